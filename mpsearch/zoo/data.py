@@ -1,0 +1,137 @@
+"""CIFAR-10 test images for evaluating and calibrating the CNN zoo.
+
+Two sources: the complete test set as ``<data_dir>/cifar10_test.npz`` (see
+the data folder's README for its provenance), or, without a data folder, the
+first 1000 test images embedded in the package so tests and examples run
+anywhere. Both are validated on load, because a wrongly shaped array would
+otherwise only surface later as a confusing shape error deep inside a model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpsearch.errors import DataError
+
+__all__ = [
+    "CIFAR10_FILE",
+    "DATA_DIR_ENV",
+    "EMBEDDED_CIFAR10",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "default_data_dir",
+    "load_cifar10",
+    "to_tensor",
+]
+
+#: File name of the full CIFAR-10 test set inside a data folder.
+CIFAR10_FILE = "cifar10_test.npz"
+#: Environment variable naming the default data folder.
+DATA_DIR_ENV = "MPSEARCH_DATA_DIR"
+#: The embedded first 1000 test images, shipped with the package.
+EMBEDDED_CIFAR10 = Path(__file__).resolve().parent / "assets" / "cifar10_test_first1000.npz"
+
+#: Normalisation the pretrained ResNets were trained with (ImageNet statistics on [0, 1] pixels).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_data_dir() -> Path | None:
+    """The data folder named by ``$MPSEARCH_DATA_DIR``, or None when it is unset or empty."""
+    value = os.environ.get(DATA_DIR_ENV)
+    return Path(value) if value else None
+
+
+def _validate(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Raise DataError unless ``images``/``labels`` form a valid CIFAR-10 array pair."""
+    fix = (
+        f"Regenerate {path.name} with `images` uint8 (N, 32, 32, 3) "
+        "and `labels` int64 (N,) in 0..9."
+    )
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise DataError(
+            f"`images` in {path} must be uint8 of shape (N, 32, 32, 3) (HWC, RGB), "
+            f"but got dtype={images.dtype}, shape={images.shape}. {fix}"
+        )
+    if labels.dtype != np.int64 or labels.shape != (images.shape[0],):
+        raise DataError(
+            f"`labels` in {path} must be int64 of shape ({images.shape[0]},) to match `images`, "
+            f"but got dtype={labels.dtype}, shape={labels.shape}. {fix}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(
+            f"`labels` in {path} must lie in 0..9, but got min={labels.min()}, "
+            f"max={labels.max()}. {fix}"
+        )
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike[str] | None = None, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load CIFAR-10 test images and labels.
+
+    Args:
+        data_dir: Folder holding ``cifar10_test.npz`` (all 10,000 images). None reads the
+            embedded first 1000 test images instead.
+        limit: Keep only the first ``limit`` images (None keeps all).
+
+    Returns:
+        ``(images, labels)``: uint8 array (N, 32, 32, 3), HWC RGB, and int64 array (N,).
+
+    Example:
+        >>> images, labels = load_cifar10(limit=8)
+        >>> images.shape, labels.dtype
+        ((8, 32, 32, 3), dtype('int64'))
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise DataError(f"`limit` must be a non-negative int or None, but got limit={limit!r}.")
+    path = EMBEDDED_CIFAR10 if data_dir is None else Path(data_dir) / CIFAR10_FILE
+    if not path.is_file():
+        raise DataError(
+            f"The CIFAR-10 test set must exist at {path}, but it was not found. Pass --data-dir "
+            f"(or set ${DATA_DIR_ENV}) pointing at a folder containing {CIFAR10_FILE}."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"images", "labels"} - set(archive.files)
+            if missing:
+                raise DataError(
+                    f"{path} must contain the arrays `images` and `labels`, but it lacks "
+                    f"{sorted(missing)} (has {sorted(archive.files)}). Regenerate the file."
+                )
+            images, labels = archive["images"], archive["labels"]
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(
+            f"{path} must be a readable .npz archive without pickled objects, but loading "
+            f"failed: {exc}. Regenerate the file."
+        ) from exc
+    _validate(path, images, labels)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """Convert uint8 HWC images (N, 32, 32, 3) to a normalised float32 tensor (N, 3, 32, 32).
+
+    Pixels are scaled to [0, 1] and normalised with the ImageNet mean and std that the
+    pretrained ResNets expect.
+    """
+    ok = isinstance(images, np.ndarray) and images.dtype == np.uint8
+    if not ok or images.ndim != 4 or images.shape[-1] != 3:
+        shape = getattr(images, "shape", None)
+        dtype = getattr(images, "dtype", type(images).__name__)
+        raise DataError(
+            f"`images` must be a uint8 numpy array of shape (N, H, W, 3), but got "
+            f"dtype={dtype}, shape={shape}. Pass the arrays returned by load_cifar10()."
+        )
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
