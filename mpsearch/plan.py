@@ -1,0 +1,216 @@
+"""Bit plans: the assignment unit -> bits, with the quantizer that reproduces the model.
+
+A plan is saved as versioned JSON with an envelope::
+
+    {"format": "mpsearch.bitplan", "version": 1,
+     "quantizer": {"scheme": "symmetric", "group_size": null, ...},
+     "bits": {"conv1": 8, "layer1.0.conv1": 3, ...},
+     "meta": {"budget": "3 bits/weight", "solver": "ilp", ...}}
+
+Bits are integers 1..8; 16 means "left in floating point". Serialization is
+deterministic (sorted keys, fixed float formatting) so the same plan always
+gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ._io import atomic_write_text
+from .errors import BitsOutOfRangeError, MPSearchError, PlanFormatError, PlanMismatchError
+from .kernels.config import QuantizerConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .space import SearchSpace
+
+FORMAT = "mpsearch.bitplan"
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+FLOAT_BITS = 16
+
+
+def _check_bits_value(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= 8 or value == FLOAT_BITS):
+        raise BitsOutOfRangeError(
+            f"plan bits must be an integer within 1..8 (or 16 for floating point), but got "
+            f"{name!r}: {value!r}. Fix the plan entry."
+        )
+    return value
+
+
+def _check_json_value(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PlanFormatError(f"plan metadata must be finite JSON numbers, but {where} = {value!r}.")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json_value(item, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise PlanFormatError(f"plan metadata keys must be strings, but {where} has key {key!r}.")
+            _check_json_value(item, f"{where}.{key}")
+        return
+    raise PlanFormatError(
+        f"plan metadata must be plain JSON (numbers, strings, lists, dicts), but {where} is a {type(value).__name__}."
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BitPlan:
+    """Bits per unit plus the quantizer settings needed to reproduce the model.
+
+    >>> plan = BitPlan(bits={"conv1": 8, "fc": 4})
+    >>> BitPlan.from_json(plan.to_json()) == plan
+    True
+    """
+
+    bits: Mapping[str, int]
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, Mapping) or not self.bits:
+            raise PlanFormatError(
+                f"plan `bits` must be a non-empty mapping of unit name to bits, but got {self.bits!r}."
+            )
+        clean: dict[str, int] = {}
+        for name, value in self.bits.items():
+            if not isinstance(name, str) or not name:
+                raise PlanFormatError(f"plan unit names must be non-empty strings, but got {name!r}.")
+            clean[name] = _check_bits_value(name, value)
+        if not isinstance(self.quantizer, QuantizerConfig):
+            raise PlanFormatError(f"plan `quantizer` must be a QuantizerConfig, but got {type(self.quantizer).__name__}.")
+        if not isinstance(self.meta, Mapping):
+            raise PlanFormatError(f"plan `meta` must be a mapping, but got {type(self.meta).__name__}.")
+        _check_json_value(dict(self.meta), "meta")
+        object.__setattr__(self, "bits", dict(sorted(clean.items())))
+        object.__setattr__(self, "meta", json.loads(json.dumps(dict(self.meta), sort_keys=True)))
+
+    # ---- serialization -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "quantizer": self.quantizer.to_dict(),
+            "bits": dict(self.bits),
+            "meta": dict(self.meta),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> "BitPlan":
+        if not isinstance(doc, Mapping):
+            raise PlanFormatError(
+                f"a plan document must be a JSON object, but got {type(doc).__name__}. "
+                "Write it with BitPlan.save or `mpsearch search`."
+            )
+        if doc.get("format") != FORMAT:
+            raise PlanFormatError(
+                f"a plan document must have format={FORMAT!r}, but got format={doc.get('format')!r}. "
+                "This file is not an mpsearch bit plan."
+            )
+        version = doc.get("version")
+        if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+            raise PlanFormatError(
+                f"plan version must be one of {list(SUPPORTED_VERSIONS)}, but got version={version!r}. "
+                "Upgrade mpsearch or re-export the plan."
+            )
+        extra = sorted(set(doc) - {"format", "version", "quantizer", "bits", "meta"})
+        if extra:
+            raise PlanFormatError(f"a version-1 plan has no keys {extra}. Remove them.")
+        if "bits" not in doc:
+            raise PlanFormatError("a plan document must have a `bits` object mapping unit names to bits.")
+        quantizer_doc = doc.get("quantizer", {})
+        if not isinstance(quantizer_doc, Mapping):
+            raise PlanFormatError(f"plan `quantizer` must be an object, but got {quantizer_doc!r}.")
+        try:
+            quantizer = QuantizerConfig.from_dict(dict(quantizer_doc))
+        except MPSearchError as err:
+            raise PlanFormatError(f"plan `quantizer` is invalid: {err}") from None
+        except (TypeError, ValueError, KeyError) as err:
+            raise PlanFormatError(f"plan `quantizer` is invalid: {err!r}. Fix or remove the entry.") from None
+        return cls(bits=doc["bits"], quantizer=quantizer, meta=doc.get("meta", {}))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "BitPlan":
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+            raise PlanFormatError(f"a plan must be valid JSON, but parsing failed: {err}.") from None
+        return cls.from_dict(doc)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the plan atomically (never half a file)."""
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "BitPlan":
+        try:
+            text = Path(path).read_bytes()
+        except OSError as err:
+            raise PlanFormatError(f"a plan file must be readable, but {str(path)!r} is not: {err.strerror}.") from None
+        return cls.from_json(text)
+
+    # ---- validation ----------------------------------------------------
+    def validate(self, space: "SearchSpace") -> "BitPlan":
+        """Check the plan against a search space: same units, bits among each unit's choices."""
+        names = set(space.names)
+        missing = sorted(names - set(self.bits))
+        extra = sorted(set(self.bits) - names)
+        if missing or extra:
+            raise PlanMismatchError(
+                "a plan must name exactly the units of the search space, but "
+                f"{len(missing)} are missing {missing} and {len(extra)} are unknown {extra}. "
+                "Make the plan for this model (mpsearch search) or fix the names."
+            )
+        for unit in space.units:
+            value = self.bits[unit.name]
+            if value not in unit.bits:
+                raise BitsOutOfRangeError(
+                    f"plan bits must be among the unit's choices, but {unit.name!r} has {value} "
+                    f"and allows {list(unit.bits)}. Re-solve or change the choices."
+                )
+        for tie in space.ties:
+            values = {self.bits[n] for n in tie}
+            if len(values) > 1:
+                raise PlanMismatchError(
+                    f"tied units must share bits, but {list(tie)} have {[self.bits[n] for n in tie]}."
+                )
+        return self
+
+    def validate_model(self, model: "nn.Module") -> "BitPlan":
+        """Check the plan against a model: every named unit exists and is quantizable, none is missing."""
+        from .kernels.fake import quantizable_kind
+
+        kinds = {name: quantizable_kind(m) for name, m in model.named_modules() if name}
+        quantizable = {n for n, k in kinds.items() if k is not None}
+        unknown = sorted(n for n in self.bits if n not in kinds)
+        not_quantizable = sorted(n for n in self.bits if n in kinds and kinds[n] is None)
+        missing = sorted(quantizable - set(self.bits))
+        if unknown or not_quantizable or missing:
+            raise PlanMismatchError(
+                f"a plan must name every quantizable unit of {type(model).__name__} and nothing else, but "
+                f"missing={missing}, unknown={unknown}, not quantizable={not_quantizable}. "
+                "Make the plan for this model, or list a unit with 16 bits to keep it in floating point."
+            )
+        return self
+
+    # ---- summaries -----------------------------------------------------
+    def average_bits(self, space: "SearchSpace") -> float:
+        """Average code bits per weight over the space (without scale overhead)."""
+        total = sum(u.n_weights * self.bits[u.name] for u in space.units)
+        return total / space.n_weights
