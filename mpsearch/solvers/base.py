@@ -1,0 +1,209 @@
+"""What every solver shares: the result type, the base class and tie collapsing.
+
+Solvers work on arrays only (numpy, no torch). A solver gets a
+:class:`~mpsearch.costs.CostTable` and one or more :class:`~mpsearch.budget.Budget`
+and returns a :class:`SolveResult`. Infeasible is a status, not an exception;
+asking an infeasible result for its plan raises
+:class:`~mpsearch.errors.InfeasibleBudgetError` naming the smallest feasible budget.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..budget import Budget, as_budgets
+from ..costs import CostTable
+from ..errors import InfeasibleBudgetError, MPSearchError
+from ..registry import Registry
+
+SOLVERS: Registry["Solver"] = Registry("solver")
+
+# Budgets are compared with this relative slack, so that float rounding in a
+# resource sum never turns a budget that is met exactly into a violation.
+RTOL = 1e-9
+
+
+class Status(str, Enum):
+    OPTIMAL = "optimal"  # proven optimal (within the solver's tolerance)
+    FEASIBLE = "feasible"  # a valid plan, optimality not proven (heuristic, or gap > 0)
+    TIME_LIMIT = "time_limit"  # stopped at the time limit; plan is the best found so far
+    INFEASIBLE = "infeasible"  # no plan meets the budgets
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SolveResult:
+    """The outcome of one solve."""
+
+    status: Status
+    costs: CostTable
+    budgets: tuple[Budget, ...]
+    choice: np.ndarray | None = None
+    objective: float | None = None
+    bound: float | None = None
+    seconds: float = 0.0
+    solver: str = ""
+    min_feasible: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.choice is not None
+
+    @property
+    def gap(self) -> float | None:
+        """Relative optimality gap (objective - bound) / |objective|, when a bound is known."""
+        if self.objective is None or self.bound is None:
+            return None
+        if self.objective == 0:
+            return 0.0
+        return max(0.0, (self.objective - self.bound) / abs(self.objective))
+
+    @property
+    def usage(self) -> dict[str, float]:
+        if self.choice is None:
+            return {}
+        return {b.kind: self.costs.usage(self.choice, b) for b in self.budgets}
+
+    def _require(self) -> np.ndarray:
+        if self.choice is None:
+            needs = ", ".join(f"{k} >= {v:.6g}" for k, v in self.min_feasible.items())
+            raise InfeasibleBudgetError(
+                f"the budget must be at least the smallest feasible one, but "
+                f"{', '.join(b.describe() for b in self.budgets)} is infeasible. "
+                f"Raise it to {needs or 'a larger value'}."
+            )
+        return self.choice
+
+    @property
+    def plan(self):
+        """The :class:`~mpsearch.plan.BitPlan`; raises InfeasibleBudgetError when there is none."""
+        choice = self._require()
+        return self.costs.plan(
+            choice,
+            budget=[{"kind": b.kind, "value": b.value} for b in self.budgets],
+            solver=self.solver,
+            objective=self.objective,
+        )
+
+    @property
+    def bits(self) -> dict[str, int]:
+        choice = self._require()
+        return {n: self.costs.bits[int(c)] for n, c in zip(self.costs.items, choice)}
+
+
+@dataclass(frozen=True, eq=False)
+class Reduced:
+    """A cost table with every tie group merged into one super-item.
+
+    ``members[r]`` lists the original items of super-item ``r``; its cost and
+    resources are the sums over its members, and a choice is allowed only where
+    every member allows it.
+    """
+
+    members: tuple[tuple[int, ...], ...]
+    cost: np.ndarray
+    allowed: np.ndarray
+    matrices: tuple[np.ndarray, ...]
+    limits: tuple[float, ...]
+
+    def expand(self, choice: np.ndarray, n_items: int) -> np.ndarray:
+        out = np.empty(n_items, np.int64)
+        for r, group in enumerate(self.members):
+            out[list(group)] = choice[r]
+        return out
+
+
+def reduce(costs: CostTable, budgets: Iterable[Budget]) -> Reduced:
+    """Collapse ties so that solvers see independent items."""
+    budgets = tuple(budgets)
+    tied = {i for g in costs.ties for i in g}
+    members = [tuple(g) for g in costs.ties] + [(i,) for i in range(costs.n_items) if i not in tied]
+    members.sort(key=lambda g: g[0])
+    if not costs.ties:
+        cost = np.where(costs.allowed, costs.cost, 0.0)
+        mats = tuple(np.where(costs.allowed, b.matrix(costs), 0.0) for b in budgets)
+        return Reduced(tuple(members), cost, costs.allowed.copy(), mats, tuple(b.value for b in budgets))
+    cost = np.zeros((len(members), costs.n_choices))
+    allowed = np.zeros_like(cost, bool)
+    base = [np.where(costs.allowed, b.matrix(costs), 0.0) for b in budgets]
+    mats = [np.zeros_like(cost) for _ in budgets]
+    safe_cost = np.where(costs.allowed, costs.cost, 0.0)
+    for r, group in enumerate(members):
+        idx = list(group)
+        allowed[r] = costs.allowed[idx].all(axis=0)
+        cost[r] = safe_cost[idx].sum(axis=0)
+        for m, b in zip(mats, base):
+            m[r] = b[idx].sum(axis=0)
+    return Reduced(tuple(members), cost, allowed, tuple(mats), tuple(b.value for b in budgets))
+
+
+def within(costs: CostTable, choice: np.ndarray, budgets: Iterable[Budget]) -> bool:
+    """Whether an assignment meets every budget (with a tiny relative slack)."""
+    return all(costs.usage(choice, b) <= b.value * (1 + RTOL) + 1e-12 for b in budgets)
+
+
+def min_feasible(costs: CostTable, budgets: Iterable[Budget]) -> dict[str, float]:
+    return {b.kind: costs.min_usage(b) for b in budgets}
+
+
+class Solver:
+    """Base class. Subclasses set the capability attributes and implement :meth:`_solve`."""
+
+    name: str = "solver"
+    exact: bool = False
+    multi_objective: bool = False
+    requires: tuple[str, ...] = ()
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return all(importlib.util.find_spec(mod) is not None for mod in cls.requires)
+
+    def solve(self, costs: CostTable, budget: Budget | Iterable[Budget] | float, *, time_limit: float | None = None) -> SolveResult:
+        """Find the lowest-cost assignment that meets every budget."""
+        import time
+
+        if not isinstance(costs, CostTable):
+            raise MPSearchError(f"`costs` must be a CostTable, but got {type(costs).__name__}.")
+        if not self.is_available():
+            raise MPSearchError(
+                f"solver {self.name!r} needs {list(self.requires)}, which are not installed. "
+                f"Install them (pip install {' '.join(self.requires)}) or pick another solver."
+            )
+        budgets = as_budgets(budget)
+        for b in budgets:
+            b.matrix(costs)  # unknown resource kinds fail here, clearly
+        start = time.perf_counter()
+        floor = min_feasible(costs, budgets)
+        if any(floor[b.kind] > b.value * (1 + RTOL) + 1e-12 for b in budgets):
+            return SolveResult(
+                status=Status.INFEASIBLE, costs=costs, budgets=budgets, solver=self.name,
+                min_feasible=floor, seconds=time.perf_counter() - start,
+            )
+        result = self._solve(costs, budgets, time_limit=time_limit)
+        if result.choice is not None and not within(costs, result.choice, budgets):
+            raise MPSearchError(f"solver {self.name!r} returned a plan over budget; this is a bug, please report it.")
+        return SolveResult(
+            status=result.status, costs=costs, budgets=budgets, choice=result.choice,
+            objective=None if result.choice is None else costs.objective(result.choice),
+            bound=result.bound, seconds=time.perf_counter() - start, solver=self.name,
+            min_feasible=floor if result.choice is None else {}, info=result.info,
+        )
+
+    def _solve(self, costs: CostTable, budgets: tuple[Budget, ...], *, time_limit: float | None) -> SolveResult:
+        raise NotImplementedError
+
+
+def get_solver(solver: "str | Solver", **options: Any) -> Solver:
+    """A solver instance from a registered name or an instance."""
+    if isinstance(solver, Solver):
+        if options:
+            raise MPSearchError("solver options go to the constructor when you pass an instance.")
+        return solver
+    if isinstance(solver, str):
+        return SOLVERS.get(solver)(**options)
+    raise MPSearchError(f"`solver` must be a name among {list(SOLVERS.names())} or a Solver instance, but got {solver!r}.")
