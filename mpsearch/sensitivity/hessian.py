@@ -1,0 +1,187 @@
+"""Hessian trace per unit by Hutchinson's method (HAWQ-V2).
+
+For a Rademacher vector v (entries +-1), E[v^T H v] = tr(H). Restricted to the
+weights of unit u, v_u^T (H v)_u is an unbiased estimate of tr(H_uu), so one
+Hessian-vector product per probe (a double backward pass) estimates every
+unit's trace at once. The score of a unit is its trace divided by its number
+of weights (the mean Hessian diagonal), which multiplies ``||Q_b(W) - W||^2``
+into the HAWQ-V3 cost.
+
+Stopping rule: after ``min_probes``, stop when every unit's relative standard
+error (standard error of the mean over probes / |mean|) is below ``tol``, or
+at ``max_probes``, or at ``time_limit`` seconds. Pinned units (one bit
+choice, so their cost never changes a plan) are estimated but do not hold up
+the stopping rule. Each probe runs through one calibration batch, in
+rotation, so small batches give many cheap probes. The result records how many
+probes ran and whether the tolerance was met.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import MPSearchError
+from ..space import SearchSpace
+from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
+
+
+def rademacher(shape: torch.Size, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8)
+    return (bits.to(dtype) * 2 - 1).to(device)
+
+
+def hessian_vector_products(model: nn.Module, data: Calibration, params: list[torch.Tensor]):
+    """Return a function (vs, k) -> H_k v for batch k, with H_k the Hessian of batch k's mean loss.
+
+    The gradient graph of every batch is built once and kept, so each probe
+    costs one extra backward pass through one batch. Averaged over whole
+    cycles of batches (weighted by size), E[v^T H_k v] is the trace of the
+    Hessian of the mean calibration loss.
+    """
+    grads = []
+    for batch in data.batches:
+        loss = data.loss_fn(model, batch)
+        grads.append(torch.autograd.grad(loss, params, create_graph=True))
+
+    def hvp(vs: list[torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(grads[k], params, grad_outputs=vs, retain_graph=True)
+
+    return hvp
+
+
+def _stratified(sums: np.ndarray, squares: np.ndarray, counts: np.ndarray, share: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Size-weighted mean of per-batch means, and its standard error (batches x tensors inputs)."""
+    seen = counts > 0
+    n = counts[seen][:, None]
+    means = sums[seen] / n
+    var = np.maximum(squares[seen] / n - means**2, 0.0) * n / np.maximum(n - 1, 1)
+    weights = share[seen] / share[seen].sum()
+    mean = (weights[:, None] * means).sum(axis=0)
+    stderr = np.sqrt((weights[:, None] ** 2 * var / n).sum(axis=0))
+    return mean, stderr
+
+
+@ESTIMATORS.register("hessian")
+class HutchinsonTrace(Estimator):
+    """Per-unit Hessian trace by Hutchinson's method, averaged per parameter.
+
+    >>> est = HutchinsonTrace(tol=0.05, max_probes=200, seed=0)
+    >>> # sens = est.estimate(model, Calibration.classification(x, y), space)
+    """
+
+    name = "hessian"
+
+    def __init__(
+        self,
+        *,
+        tol: float = 0.05,
+        min_probes: int | None = None,
+        max_probes: int = 400,
+        seed: int = 0,
+        progress: bool = True,
+        time_limit: float | None = None,
+    ) -> None:
+        if not 0 < tol < 1:
+            raise MPSearchError(f"`tol` must be within (0, 1), but got tol={tol!r}. Use e.g. 0.05 (5 % relative error).")
+        if min_probes is None:  # default floor: 16 probes, or fewer under a smaller cap
+            min_probes = min(16, max_probes)
+        if not 2 <= min_probes <= max_probes:
+            raise MPSearchError(
+                f"probes must satisfy 2 <= min_probes <= max_probes, but got {min_probes} and {max_probes}."
+            )
+        self.tol, self.min_probes, self.max_probes = tol, min_probes, max_probes
+        self.seed, self.progress, self.time_limit = seed, progress, time_limit
+
+    def settings(self) -> dict:
+        return {"tol": self.tol, "min_probes": self.min_probes, "max_probes": self.max_probes, "seed": self.seed}
+
+    def traces(
+        self, model: nn.Module, data: Calibration, params: list[torch.Tensor], watch: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, int, bool]:
+        """Estimate tr(H_uu) for each parameter tensor: (means, standard errors, probes, converged).
+
+        Probe k runs through batch k mod B. The estimate is stratified: the
+        mean of each batch's probes, weighted by batch size, so the spread
+        between batches (fixed, not random) never counts as noise; the
+        standard error comes from the spread within each batch. Only the
+        tensors flagged in ``watch`` take part in the stopping rule.
+        """
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.seed)
+        hvp = hessian_vector_products(model, data, params)
+        n_batches = len(data.batches)
+        share = np.array(data.sizes, dtype=np.float64) / data.n_samples
+        watch = np.ones(len(params), bool) if watch is None else watch
+        sums = np.zeros((n_batches, len(params)))
+        squares = np.zeros_like(sums)
+        counts = np.zeros(n_batches)
+        floor = max(self.min_probes, 2 * n_batches)  # at least two probes per batch for a variance
+        converged = False
+        probes = 0
+        mean = stderr = np.zeros(len(params))
+        bar = tqdm(total=self.max_probes, desc="hutchinson", disable=not self.progress, leave=False, mininterval=0.5)
+        try:
+            for probes in range(1, self.max_probes + 1):
+                k = (probes - 1) % n_batches
+                vs = [rademacher(p.shape, generator, p.dtype, p.device) for p in params]
+                hv = hvp(vs, k)
+                sample = np.array([float((v * h).sum(dtype=torch.float64)) for v, h in zip(vs, hv)])
+                sums[k] += sample
+                squares[k] += sample * sample
+                counts[k] += 1
+                bar.update(1)
+                if probes < 2 * n_batches and probes < self.max_probes:
+                    continue
+                mean, stderr = _stratified(sums, squares, counts, share)
+                rel = stderr / np.maximum(np.abs(mean), 1e-30)
+                worst = float(rel[watch].max()) if watch.any() else 0.0
+                bar.set_postfix(rel_err=f"{worst:.3f}", refresh=False)
+                if probes >= floor and worst < self.tol:
+                    converged = True
+                    break
+                if self.time_limit is not None and time.perf_counter() - start > self.time_limit:
+                    break
+        finally:
+            bar.close()
+        return mean, stderr, probes, converged
+
+    def estimate(self, model: nn.Module, data: Calibration, space: SearchSpace) -> Sensitivity:
+        start = time.perf_counter()
+        modules = unit_modules(model, space)
+        was_training = model.training
+        model.eval()
+        params = [m.weight for m in modules]
+        saved = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            watch = np.array([not u.pinned for u in space.units])
+            mean, stderr, probes, converged = self.traces(model, data, params, watch)
+        finally:
+            for p, flag in zip(params, saved):
+                p.requires_grad_(flag)
+            model.train(was_training)
+        sizes = np.array([u.n_weights for u in space.units], dtype=np.float64)
+        # A trained network's curvature is positive, but a noisy estimate of a
+        # nearly flat unit can dip below zero; it is clamped to zero and reported.
+        negative = [n for n, t in zip(space.names, mean) if t < 0]
+        scores = {n: max(float(t), 0.0) / s for n, t, s in zip(space.names, mean, sizes)}
+        details = {
+            "trace": {n: float(t) for n, t in zip(space.names, mean)},
+            "trace_stderr": {n: float(e) for n, e in zip(space.names, stderr)},
+            "probes": probes,
+            "converged": converged,
+            "clamped_negative": negative,
+            "calibration_samples": data.n_samples,
+        }
+        if not all(math.isfinite(v) for v in mean):
+            raise MPSearchError("the Hessian trace came out non-finite; check the model and data for NaN or inf.")
+        return Sensitivity(
+            method=self.name, scores=scores, settings=self.settings(), seconds=time.perf_counter() - start, details=details
+        )

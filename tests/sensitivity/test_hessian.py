@@ -1,0 +1,145 @@
+"""Hutchinson's trace against the exact Hessian of small networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from mpsearch.errors import MPSearchError
+from mpsearch.sensitivity import Calibration, HutchinsonTrace, build_cost_table
+from mpsearch.space import discover
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.Tanh(), nn.Linear(5, 3)
+    )
+
+
+def small_data(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 2, 4, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def trained_net(x: torch.Tensor, y: torch.Tensor, steps: int = 150) -> nn.Module:
+    """The small net fitted to (x, y): near a minimum the Hessian is close to
+    positive semi-definite, the regime HAWQ estimates traces in."""
+    model = small_net()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def exact_block_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """tr(H_uu) of the mean cross-entropy, from the full Hessian block of each unit's weight."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name in names:
+        key = f"{name}.weight"
+
+        def loss_of(w: torch.Tensor, key: str = key) -> torch.Tensor:
+            p = dict(params)
+            p[key] = w
+            return nn.functional.cross_entropy(functional_call(model, p, (x,)), y)
+
+        h = torch.autograd.functional.hessian(loss_of, params[key].detach())
+        n = params[key].numel()
+        out[name] = float(h.reshape(n, n).diagonal().sum())
+    return out
+
+
+def test_trace_matches_exact_hessian_within_5_percent():
+    x, y = small_data()
+    model = trained_net(x, y)
+    space = discover(model, pin_first_last=None)
+    calib = Calibration.classification(x, y, batch_size=8)  # 3 batches in rotation
+    est = HutchinsonTrace(tol=0.02, min_probes=30, max_probes=6000, seed=3, progress=False)
+    sens = est.estimate(model, calib, space)
+    exact = exact_block_traces(model, x, y, list(space.names))
+    assert sens.details["converged"]
+    for name in space.names:
+        got = sens.details["trace"][name]
+        assert abs(got - exact[name]) <= 0.05 * abs(exact[name]), (name, got, exact[name])
+        n = space.unit(name).n_weights
+        assert sens.scores[name] == pytest.approx(max(exact[name], 0) / n, rel=0.05)
+
+
+def test_stopping_rule_and_seed():
+    model = small_net()
+    x, y = small_data()
+    space = discover(model)  # first and last pinned: they do not hold up the rule
+    calib = Calibration.classification(x, y, batch_size=24)
+    a = HutchinsonTrace(tol=0.2, min_probes=4, max_probes=500, seed=7, progress=False).estimate(model, calib, space)
+    b = HutchinsonTrace(tol=0.2, min_probes=4, max_probes=500, seed=7, progress=False).estimate(model, calib, space)
+    c = HutchinsonTrace(tol=0.2, min_probes=4, max_probes=500, seed=8, progress=False).estimate(model, calib, space)
+    assert a.details == b.details and dict(a.scores) == dict(b.scores)
+    assert a.details["trace"] != c.details["trace"]
+    assert a.details["converged"] and a.details["probes"] < 500
+    searched = [u.name for u in space.units if not u.pinned]
+    for name in searched:
+        assert a.details["trace_stderr"][name] < 0.2 * abs(a.details["trace"][name])
+
+
+def test_max_probes_caps_and_reports_not_converged():
+    model = small_net()
+    x, y = small_data()
+    space = discover(model, pin_first_last=None)
+    sens = HutchinsonTrace(tol=1e-4, min_probes=2, max_probes=5, progress=False).estimate(
+        model, Calibration.classification(x, y), space
+    )
+    assert sens.details["probes"] == 5 and sens.details["converged"] is False
+
+
+def test_model_left_as_found():
+    model = small_net()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = small_data()
+    HutchinsonTrace(max_probes=3, min_probes=2, progress=False).estimate(model, Calibration.classification(x, y), discover(model))
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_cost_is_score_times_quantization_error():
+    model = small_net()
+    x, y = small_data()
+    space = discover(model, pin_first_last=None, bits=(2, 4, 8))
+    sens = HutchinsonTrace(max_probes=20, min_probes=2, progress=False).estimate(model, Calibration.classification(x, y), space)
+    costs = build_cost_table(model, space, sens)
+    from mpsearch.kernels.quantize import quant_error, weight_matrix
+
+    for i, unit in enumerate(space.units):
+        w = weight_matrix(dict(model.named_modules())[unit.name].weight.detach(), unit.kind)
+        for j, b in enumerate(costs.bits):
+            expected = sens.scores[unit.name] * quant_error(w, b, space.quantizer)
+            assert costs.cost[i, j] == pytest.approx(expected, rel=1e-9)
+    assert np.all(np.diff(costs.cost, axis=1) <= 0)  # more bits never cost more
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"tol": 0}, "`tol` must be within"), ({"tol": 1.5}, "`tol` must be within"),
+     ({"min_probes": 1}, "min_probes"), ({"min_probes": 10, "max_probes": 5}, "min_probes <= max_probes")],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(MPSearchError, match=match):
+        HutchinsonTrace(**kwargs)
+
+
+def test_bad_calibration_data():
+    with pytest.raises(MPSearchError, match="floating-point tensor"):
+        Calibration.classification(torch.zeros(4, 3, dtype=torch.int64), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(MPSearchError, match="1-D int64"):
+        Calibration.classification(torch.zeros(4, 3), torch.zeros(4))
+    with pytest.raises(MPSearchError, match="equally long"):
+        Calibration.classification(torch.zeros(4, 3), torch.zeros(3, dtype=torch.int64))
