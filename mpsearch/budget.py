@@ -41,6 +41,8 @@ class Budget:
         if not isinstance(self.kind, str) or not self.kind:
             raise BudgetError(f"`kind` must be a resource name such as 'avg_bits', but got kind={self.kind!r}.")
         try:
+            if isinstance(self.value, bool):
+                raise TypeError("bool")
             value = float(self.value)
         except (TypeError, ValueError):
             raise BudgetError(
@@ -67,7 +69,7 @@ class Budget:
         """Parse CLI text: ``3`` or ``3bits`` (average bits), ``120000B``, ``1.5MiB``, ``200KiB``,
         or ``KIND=VALUE`` for any resource (``bops=1e9``)."""
         raw = str(text).strip()
-        units = {"mib": 2**20, "kib": 2**10, "gib": 2**30, "mb": 1e6, "kb": 1e3, "b": 1}
+        units = {"gib": 2**30, "mib": 2**20, "kib": 2**10, "gb": 1e9, "mb": 1e6, "kb": 1e3, "b": 1}
         lowered = raw.lower()
         try:
             if "=" in raw:

@@ -97,7 +97,7 @@ class CostTable:
                 i, j = np.argwhere(allowed & ~(np.isfinite(arr) & (arr >= 0)))[0]
                 raise CostTableError(
                     f"`{label}` must be finite and non-negative where a choice is allowed, but "
-                    f"item {self.items[i]!r} at {self.bits[j]} bits has {arr[i, j]!r}. "
+                    f"item {self.items[i]!r} at {self.bits[j]} bits has {float(arr[i, j])!r}. "
                     "Check the sensitivity estimate (NaN or negative scores)."
                 )
         cost[~allowed] = np.inf
@@ -147,6 +147,12 @@ class CostTable:
             raise CostTableError(f"assignment indices must be within 0..{self.n_choices - 1}.")
         if not self.allowed[np.arange(self.n_items), choice].all():
             raise CostTableError("an assignment picks a bit width that an item does not allow.")
+        for group in self.ties:
+            if len(set(choice[list(group)].tolist())) > 1:
+                raise CostTableError(
+                    f"tied items must share one bit width, but {[self.items[i] for i in group]} get "
+                    f"{[self.bits[int(c)] for c in choice[list(group)]]}."
+                )
         return choice
 
     def objective(self, choice: np.ndarray) -> float:
@@ -179,8 +185,11 @@ class CostTable:
         if bits not in self.bits:
             raise BitsOutOfRangeError(f"uniform bits must be one of the table's choices {list(self.bits)}, but got {bits}.")
         col = self.bits.index(bits)
-        choice = np.where(self.allowed[:, col], col, self.allowed.argmax(axis=1))
-        return choice.astype(np.int64)
+        choice = np.where(self.allowed[:, col], col, self.allowed.argmax(axis=1)).astype(np.int64)
+        for group in self.ties:  # a tie takes the shared choice nearest to `bits`
+            common = np.flatnonzero(self.allowed[list(group)].all(axis=0))
+            choice[list(group)] = common[np.argmin(np.abs(common - col))]
+        return choice
 
     def plan(self, choice: np.ndarray, **meta: Any) -> "BitPlan":
         """The :class:`BitPlan` of an assignment."""
@@ -253,7 +262,9 @@ class CostTable:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "CostTable":
         try:
-            doc = json.loads(Path(path).read_text())
+            doc = json.loads(Path(path).read_bytes())
+        except UnicodeDecodeError:
+            raise CostTableError(f"a cost table file must be UTF-8 JSON, but {str(path)!r} is binary. Recompute it.") from None
         except OSError as err:
             raise CostTableError(f"a cost table file must be readable, but {str(path)!r} is not: {err.strerror}.") from None
         except json.JSONDecodeError as err:

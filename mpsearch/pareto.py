@@ -104,11 +104,13 @@ class ParetoFront:
         x: str = "avg_bits",
         measured: str | None = None,
         baselines: Mapping[str, tuple[float, float]] | None = None,
+        reference: tuple[str, float] | None = None,
         title: str | None = None,
     ):
         """Plot predicted cost (and a measured metric, when given) against average bits or MiB.
 
-        ``baselines`` maps a label to an (x, measured value) point, e.g. uniform plans.
+        ``baselines`` maps a label to an (x, measured value) point, e.g. uniform plans;
+        ``reference`` is a (label, value) drawn as a horizontal line, e.g. ("fp32", 91.7).
         Returns the figure; writes it atomically when ``path`` is given (PNG or SVG by suffix).
         """
         import matplotlib
@@ -137,6 +139,8 @@ class ParetoFront:
             ax2.plot(frame[x], frame[measured], "o-", color="C1", label="mixed precision")
             for i, (label, (bx, by)) in enumerate((baselines or {}).items()):
                 ax2.plot([bx], [by], marker="s", linestyle="none", color=f"C{i + 2}", label=label)
+            if reference is not None:
+                ax2.axhline(reference[1], color="0.4", linestyle="--", linewidth=1, label=reference[0])
             ax2.set_xlabel(ax.get_xlabel())
             ax2.set_ylabel(measured)
             ax2.grid(alpha=0.3)

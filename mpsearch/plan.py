@@ -169,14 +169,21 @@ class BitPlan:
     def validate(self, space: "SearchSpace") -> "BitPlan":
         """Check the plan against a search space: same units, bits among each unit's choices."""
         names = set(space.names)
+        floats = set(space.float_units)  # left out of the search: must stay in floating point
         missing = sorted(names - set(self.bits))
-        extra = sorted(set(self.bits) - names)
+        extra = sorted(set(self.bits) - names - floats)
         if missing or extra:
             raise PlanMismatchError(
                 "a plan must name exactly the units of the search space, but "
                 f"{len(missing)} are missing {missing} and {len(extra)} are unknown {extra}. "
                 "Make the plan for this model (mpsearch search) or fix the names."
             )
+        for name in sorted(floats & set(self.bits)):
+            if self.bits[name] != FLOAT_BITS:
+                raise BitsOutOfRangeError(
+                    f"units outside the search space stay in floating point, but {name!r} has "
+                    f"{self.bits[name]} bits. Give it 16 or include it in the space."
+                )
         for unit in space.units:
             value = self.bits[unit.name]
             if value not in unit.bits:

@@ -71,6 +71,17 @@ class SolveResult:
 
     def _require(self) -> np.ndarray:
         if self.choice is None:
+            if self.status == Status.TIME_LIMIT:
+                raise InfeasibleBudgetError(
+                    f"a plan needs the solver to find one, but {self.solver!r} hit its time limit before "
+                    "the first. Give it more time (time_limit) or use a faster solver."
+                )
+            if self.min_feasible and all(self.min_feasible[b.kind] <= b.value * (1 + RTOL) for b in self.budgets):
+                raise InfeasibleBudgetError(
+                    f"budgets must be met together, but {', '.join(b.describe() for b in self.budgets)} are "
+                    f"each feasible alone (floors {', '.join(f'{k} >= {v:.6g}' for k, v in self.min_feasible.items())}) "
+                    "and infeasible together. Raise one of them."
+                )
             needs = ", ".join(f"{k} >= {v:.6g}" for k, v in self.min_feasible.items())
             raise InfeasibleBudgetError(
                 f"the budget must be at least the smallest feasible one, but "
@@ -191,7 +202,7 @@ class Solver:
             status=result.status, costs=costs, budgets=budgets, choice=result.choice,
             objective=None if result.choice is None else costs.objective(result.choice),
             bound=result.bound, seconds=time.perf_counter() - start, solver=self.name,
-            min_feasible=floor if result.choice is None else {}, info=result.info,
+            min_feasible=floor if result.status == Status.INFEASIBLE else {}, info=result.info,
         )
 
     def _solve(self, costs: CostTable, budgets: tuple[Budget, ...], *, time_limit: float | None) -> SolveResult:

@@ -18,7 +18,7 @@ import numpy as np
 from ..budget import Budget
 from ..costs import CostTable
 from ..errors import MPSearchError, SolverError
-from .base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, reduce
+from .base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, reduce, within
 
 
 def lp_bound(red: Reduced) -> float | None:
@@ -77,9 +77,20 @@ class ILPSolver(Solver):
             return pulp.PULP_CBC_CMD(threads=self.threads, **kwargs), "cbc"
 
     def _solve(self, costs: CostTable, budgets: tuple[Budget, ...], *, time_limit: float | None) -> SolveResult:
+        red = reduce(costs, budgets)
+        # CBC accepts a constraint violated by up to its feasibility tolerance
+        # (~1e-6). Budget rows are normalized to a right-hand side of 1 and, if
+        # the plan still overshoots in exact arithmetic, re-solved with the
+        # right-hand side tightened by a few tolerances.
+        for margin in (0.0, 2e-6, 1e-5, 1e-4):
+            result = self._solve_once(costs, budgets, red, time_limit, 1.0 + RTOL - margin)
+            if result.choice is None or within(costs, result.choice, budgets):
+                return result
+        raise SolverError("the ILP backend kept returning plans over budget; try backend='cbc' or report a bug.")
+
+    def _solve_once(self, costs, budgets, red: Reduced, time_limit: float | None, rhs: float) -> SolveResult:
         import pulp
 
-        red = reduce(costs, budgets)
         prob = pulp.LpProblem("mpsearch_bit_allocation", pulp.LpMinimize)
         rows, cols = np.nonzero(red.allowed)
         make = getattr(prob, "add_variable", None)  # PuLP >= 3.3; LpVariable before
@@ -97,7 +108,7 @@ class ILPSolver(Solver):
         for r, vs in by_item.items():
             prob += pulp.lpSum(vs) == 1, f"one_choice_{r}"
         for k, (mat, limit) in enumerate(zip(red.matrices, red.limits)):
-            prob += pulp.lpSum(float(mat[r, c]) * v for r, c, v in zip(rows, cols, x)) <= limit * (1 + RTOL), f"budget_{k}"
+            prob += pulp.lpSum(float(mat[r, c]) / limit * v for r, c, v in zip(rows, cols, x)) <= rhs, f"budget_{k}"
         backend, backend_name = self._backend(time_limit)
         try:
             prob.solve(backend)
@@ -105,19 +116,19 @@ class ILPSolver(Solver):
             raise SolverError(f"the ILP backend {backend_name} failed: {err}. Try backend='cbc' or a longer time limit.") from None
         status = pulp.LpStatus[prob.status]
         info = {"backend": backend_name, "variables": len(x), "pulp_status": status}
-        if status == "Infeasible":
+        if status == "Infeasible" or prob.sol_status == pulp.LpSolutionInfeasible:
             return SolveResult(status=Status.INFEASIBLE, costs=costs, budgets=budgets, info=info)
+        if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+            # stopped before the first integer plan: the values are not a plan
+            return SolveResult(status=Status.TIME_LIMIT, costs=costs, budgets=budgets, bound=lp_bound(red), info=info)
         values = np.array([v.value() if v.value() is not None else 0.0 for v in x])
         choice_r = np.full(red.cost.shape[0], -1, np.int64)
         picked = values > 0.5
         choice_r[rows[picked]] = cols[picked]
-        if status != "Optimal" or (choice_r < 0).any():
-            if (choice_r < 0).any():
-                # no incumbent (time limit before the first plan)
-                return SolveResult(status=Status.TIME_LIMIT, costs=costs, budgets=budgets, bound=lp_bound(red), info=info)
+        if (choice_r < 0).any() or np.bincount(rows[picked], minlength=len(choice_r)).max() > 1:
+            return SolveResult(status=Status.TIME_LIMIT, costs=costs, budgets=budgets, bound=lp_bound(red), info=info)
         choice = red.expand(choice_r, costs.n_items)
-        hit_limit = prob.sol_status == pulp.LpSolutionIntegerFeasible or status != "Optimal"
-        if hit_limit:
+        if prob.sol_status == pulp.LpSolutionIntegerFeasible or status != "Optimal":
             return SolveResult(
                 status=Status.TIME_LIMIT, costs=costs, budgets=budgets, choice=choice, bound=lp_bound(red), info=info
             )
