@@ -1,0 +1,71 @@
+"""mpsearch: mixed-precision bit-allocation search for neural-network quantization.
+
+Measure how sensitive each layer is, find the bits per layer that lose the least
+under a memory budget, and look at the whole Pareto front::
+
+    import mpsearch as mp
+    model = mp.zoo.load_pretrained("resnet20")
+    images, labels = mp.zoo.load_cifar10()
+    x, y = mp.zoo.to_tensor(images), torch.from_numpy(labels)
+    space = mp.discover(model)                                 # units, bit choices, pins
+    calib = mp.Calibration.classification(x[:256], y[:256])
+    sens = mp.HutchinsonTrace(seed=0).estimate(model, calib, space)
+    costs = mp.build_cost_table(model, space, sens)
+    result = mp.solve(costs, mp.Budget.avg_bits(3.0))          # exact ILP
+    result.plan.save("plan.json")
+    front = mp.pareto(costs, [2.5, 3, 3.5, 4]); front.plot("front.png")
+
+Public names are imported lazily, so ``import mpsearch.solvers`` (arrays only)
+does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MPSearchError": "mpsearch.errors",
+    "PlanFormatError": "mpsearch.errors",
+    "PlanMismatchError": "mpsearch.errors",
+    "BitsOutOfRangeError": "mpsearch.errors",
+    "InfeasibleBudgetError": "mpsearch.errors",
+    "Budget": "mpsearch.budget",
+    "CostTable": "mpsearch.costs",
+    "BitPlan": "mpsearch.plan",
+    "QuantizerConfig": "mpsearch.kernels.config",
+    "Scheme": "mpsearch.kernels.config",
+    "QuantUnit": "mpsearch.space",
+    "SearchSpace": "mpsearch.space",
+    "discover": "mpsearch.space",
+    "Calibration": "mpsearch.sensitivity.base",
+    "Sensitivity": "mpsearch.sensitivity.base",
+    "build_cost_table": "mpsearch.sensitivity.base",
+    "HutchinsonTrace": "mpsearch.sensitivity.hessian",
+    "solve": "mpsearch.solvers",
+    "SolveResult": "mpsearch.solvers.base",
+    "Status": "mpsearch.solvers.base",
+    "pareto": "mpsearch.pareto",
+    "ParetoFront": "mpsearch.pareto",
+    "fake_quantize_model": "mpsearch.evaluate",
+    "evaluate_plan": "mpsearch.evaluate",
+}
+_SUBMODULES = ("zoo", "solvers", "sensitivity", "kernels", "hardware_models", "testing", "errors")
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mpsearch.{name}")
+    raise AttributeError(f"module 'mpsearch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,79 @@
+"""Applying a plan (fake-quant reference) and measuring what it does to a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .kernels.fake import fake_quantize_model as _fake_quantize_units
+from .kernels.quantize import overhead_bits
+from .plan import BitPlan
+
+
+def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` with every unit's weight replaced by its quantized values under ``plan``.
+
+    The plan is validated against the model first (unknown, missing or non-quantizable
+    units raise :class:`~mpsearch.errors.PlanMismatchError`).
+    """
+    plan.validate_model(model)
+    return _fake_quantize_units(model, plan.bits, plan.quantizer, inplace=inplace)
+
+
+@dataclass(frozen=True)
+class PlanSize:
+    """Storage of a plan's quantized units and of the rest of the model."""
+
+    quantized_weights: int  # number of weights in units below 16 bits
+    code_bits: int  # bits of the integer codes
+    overhead_bits: int  # bits of scales and zero-points
+    float_bytes: int  # every other parameter and buffer, in their own dtype
+
+    @property
+    def quantized_bytes(self) -> float:
+        return (self.code_bits + self.overhead_bits) / 8
+
+    @property
+    def average_bits(self) -> float:
+        """Stored bits per quantized weight, scales and zero-points included."""
+        return (self.code_bits + self.overhead_bits) / max(self.quantized_weights, 1)
+
+    @property
+    def total_bytes(self) -> float:
+        return self.quantized_bytes + self.float_bytes
+
+
+def plan_size(model: nn.Module, plan: BitPlan) -> PlanSize:
+    """Bytes of ``model`` stored under ``plan``: codes, scale overhead, and the parameters left in float."""
+    from .kernels.fake import quantizable_kind
+
+    plan.validate_model(model)
+    modules = dict(model.named_modules())
+    quantized_ids = set()
+    weights = codes = overhead = 0
+    for name, bits in plan.bits.items():
+        if bits == 16:
+            continue
+        module = modules[name]
+        kind = quantizable_kind(module)
+        shape = module.weight.shape
+        out_f, fan_in = (shape[1], shape[0]) if kind == "conv1d" else (shape[0], module.weight[0].numel())
+        quantized_ids.add(id(module.weight))
+        weights += out_f * fan_in
+        codes += out_f * fan_in * bits
+        overhead += overhead_bits(out_f, fan_in, bits, plan.quantizer)
+    float_bytes = sum(
+        t.numel() * t.element_size()
+        for t in list(model.parameters()) + list(model.buffers())
+        if id(t) not in quantized_ids
+    )
+    return PlanSize(quantized_weights=weights, code_bits=codes, overhead_bits=overhead, float_bytes=float_bytes)
+
+
+def evaluate_plan(model: nn.Module, plan: BitPlan, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500) -> float:
+    """Top-1 accuracy (percent) of ``model`` under ``plan`` (fake-quant reference)."""
+    from .zoo.eval import accuracy
+
+    return accuracy(fake_quantize_model(model, plan), images, labels, batch_size=batch_size)
