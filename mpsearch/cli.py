@@ -111,6 +111,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     model = load_pretrained(args.model, data_dir)
+    if args.plan is None:
+        from .zoo.eval import accuracy
+
+        top1 = accuracy(model, to_tensor(images), torch.from_numpy(labels))
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"top-1 {top1:.2f} % on {len(images)} images; fp32, {n_params:,} parameters")
+        return 0
     plan = BitPlan.load(args.plan)
     size = plan_size(model, plan)
     top1 = evaluate_plan(model, plan, to_tensor(images), torch.from_numpy(labels))
@@ -183,10 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(func=cmd_pareto)
 
-    p = sub.add_parser("evaluate", help="measure a plan's top-1 accuracy and size", epilog=EPILOG,
-                       description="Apply a plan (fake-quant reference) to a pretrained model and measure top-1 on CIFAR-10.")
+    p = sub.add_parser("evaluate", help="measure a plan's top-1 accuracy and size (fp32 without --plan)", epilog=EPILOG,
+                       description="Apply a plan (fake-quant reference) to a pretrained model and measure top-1 on CIFAR-10. "
+                       "Without --plan, measure the fp32 model.")
     common(p)
-    p.add_argument("--plan", type=Path, required=True, help="plan JSON")
+    p.add_argument("--plan", type=Path, default=None, help="plan JSON (omit for the fp32 model)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.set_defaults(func=cmd_evaluate)
     return parser
