@@ -31,6 +31,60 @@ FORMAT = "mpsearch.costtable"
 VERSION = 1
 
 
+class GroupIndex(Sequence[str]):
+    """The items of a group-granularity table, without a name string per group.
+
+    Unit u contributes ``counts[u]`` consecutive items, its groups in row-major
+    order (output row, then block of G inputs); item names read ``"unit#k"``.
+    A 7B-parameter model at G=64 has about 10^8 groups, so names are made on
+    demand rather than stored.
+
+    >>> idx = GroupIndex(("fc1", "fc2"), (4, 2))
+    >>> len(idx), idx[5], idx.unit_slice("fc2")
+    (6, 'fc2#1', slice(4, 6, None))
+    """
+
+    def __init__(self, units: Sequence[str], counts: Sequence[int]) -> None:
+        self.units = tuple(units)
+        self.counts = tuple(int(c) for c in counts)
+        if len(self.units) != len(self.counts) or not self.units:
+            raise CostTableError(f"a group index needs one count per unit, but got {len(self.units)} units and {len(self.counts)} counts.")
+        if len(set(self.units)) != len(self.units) or any(c <= 0 for c in self.counts):
+            raise CostTableError("group index units must be unique with positive group counts.")
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        u = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return f"{self.units[u]}#{i - self.offsets[u]}"
+
+    def unit_slice(self, unit: str) -> slice:
+        u = self.units.index(unit)
+        return slice(int(self.offsets[u]), int(self.offsets[u + 1]))
+
+    def unit_of(self) -> np.ndarray:
+        """The unit index of every item (int32 array)."""
+        return np.repeat(np.arange(len(self.units), dtype=np.int32), self.counts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GroupIndex) and self.units == other.units and self.counts == other.counts
+
+    def __hash__(self) -> int:
+        return hash((self.units, self.counts))
+
+    def __repr__(self) -> str:
+        return f"GroupIndex({len(self.units)} units, {len(self)} groups)"
+
+
 def _merge_ties(ties: Sequence[Sequence[int]], n_items: int) -> tuple[tuple[int, ...], ...]:
     """Merge overlapping ties into disjoint groups (union-find)."""
     parent = list(range(n_items))
@@ -58,7 +112,7 @@ def _merge_ties(ties: Sequence[Sequence[int]], n_items: int) -> tuple[tuple[int,
 class CostTable:
     """Items x bit choices: predicted cost, storage and other resources."""
 
-    items: tuple[str, ...]
+    items: "tuple[str, ...] | GroupIndex"
     bits: tuple[int, ...]
     cost: np.ndarray
     storage_bits: np.ndarray
@@ -73,7 +127,7 @@ class CostTable:
         n, c = len(self.items), len(self.bits)
         if n == 0 or c == 0:
             raise CostTableError(f"a cost table needs at least one item and one bit choice, but got {n} x {c}.")
-        if len(set(self.items)) != n:
+        if not isinstance(self.items, GroupIndex) and len(set(self.items)) != n:
             raise CostTableError("cost table item names must be unique.")
         if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 8 for b in self.bits):
             raise BitsOutOfRangeError(f"cost table bits must be integers within 1..8, but got {self.bits!r}.")
@@ -110,7 +164,8 @@ class CostTable:
         object.__setattr__(self, "n_weights", n_weights)
         object.__setattr__(self, "resources", {k: np.asarray(v, np.float64) for k, v in self.resources.items()})
         object.__setattr__(self, "ties", _merge_ties(self.ties, n))
-        object.__setattr__(self, "items", tuple(self.items))
+        if not isinstance(self.items, GroupIndex):
+            object.__setattr__(self, "items", tuple(self.items))
         object.__setattr__(self, "bits", tuple(int(b) for b in self.bits))
         for group in self.ties:
             if not allowed[list(group)].all(axis=0).any():
@@ -197,7 +252,14 @@ class CostTable:
         from .plan import BitPlan
 
         choice = self.check_choice(choice)
-        bits = {name: self.bits[int(c)] for name, c in zip(self.items, choice)}
+        if isinstance(self.items, GroupIndex):
+            widths = np.asarray(self.bits, np.int64)[choice]
+            bits: dict[str, Any] = {}
+            for unit in self.items.units:
+                per_group = widths[self.items.unit_slice(unit)]
+                bits[unit] = int(per_group[0]) if (per_group == per_group[0]).all() else per_group.tolist()
+        else:
+            bits = {name: self.bits[int(c)] for name, c in zip(self.items, choice)}
         merged = {k: v for k, v in self.meta.items() if k != "float_units"}
         merged.update(meta)
         # quantizable modules the search space left out stay in floating point
@@ -206,22 +268,39 @@ class CostTable:
 
     def choice_of(self, plan: "BitPlan") -> np.ndarray:
         """The assignment of a plan over this table's items."""
+        from .errors import PlanMismatchError
+
+        column = {b: j for j, b in enumerate(self.bits)}
+        if isinstance(self.items, GroupIndex):
+            missing = [u for u in self.items.units if u not in plan.bits]
+            if missing:
+                raise PlanMismatchError(f"the plan must name every unit of the cost table, but misses {missing}.")
+            parts = []
+            for unit, count in zip(self.items.units, self.items.counts):
+                value = plan.bits[unit]
+                widths = np.full(count, value) if isinstance(value, int) else np.asarray(value)
+                if widths.shape != (count,):
+                    raise PlanMismatchError(f"the plan must give {unit!r} {count} group widths, but gives {widths.shape[0]}.")
+                parts.append(np.array([column.get(int(b), -1) for b in widths]))
+            return self.check_choice(np.concatenate(parts).astype(np.int64))
         missing = [n for n in self.items if n not in plan.bits]
         if missing:
-            from .errors import PlanMismatchError
-
             raise PlanMismatchError(f"the plan must name every item of the cost table, but misses {missing}.")
-        return self.check_choice(np.array([self.bits.index(plan.bits[n]) if plan.bits[n] in self.bits else -1 for n in self.items]))
+        return self.check_choice(np.array([column.get(plan.bits[n], -1) if isinstance(plan.bits[n], int) else -1 for n in self.items]))
 
     # ---- persistence -----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         def rows(arr: np.ndarray) -> list[list[float | None]]:
             return [[float(v) if ok else None for v, ok in zip(r, a)] for r, a in zip(arr, self.allowed)]
 
+        items = (
+            {"units": list(self.items.units), "counts": list(self.items.counts)}
+            if isinstance(self.items, GroupIndex) else list(self.items)
+        )
         return {
             "format": FORMAT,
             "version": VERSION,
-            "items": list(self.items),
+            "items": items,
             "bits": list(self.bits),
             "cost": rows(self.cost),
             "storage_bits": rows(self.storage_bits),
@@ -247,8 +326,12 @@ class CostTable:
             def arr(rows: list) -> np.ndarray:
                 return np.array([[0.0 if v is None else float(v) for v in r] for r in rows], np.float64)
 
+            raw_items = doc["items"]
+            items = (
+                GroupIndex(raw_items["units"], raw_items["counts"]) if isinstance(raw_items, Mapping) else tuple(raw_items)
+            )
             return cls(
-                items=tuple(doc["items"]), bits=tuple(doc["bits"]), cost=arr(doc["cost"]),
+                items=items, bits=tuple(doc["bits"]), cost=arr(doc["cost"]),
                 storage_bits=arr(doc["storage_bits"]), n_weights=np.array(doc["n_weights"], np.int64),
                 allowed=allowed, ties=tuple(tuple(t) for t in doc.get("ties", [])),
                 resources={k: arr(v) for k, v in doc.get("resources", {}).items()},
@@ -304,4 +387,50 @@ def cost_table_from_space(
         items=space.names, bits=bits, cost=cost, storage_bits=storage,
         n_weights=np.array([u.n_weights for u in space.units]), allowed=allowed, ties=ties,
         quantizer=space.quantizer.to_dict(), meta={**dict(meta or {}), "float_units": list(space.float_units)},
+    )
+
+
+def cost_table_from_groups(
+    space: "SearchSpace",
+    group_costs: Mapping[str, np.ndarray],
+    *,
+    meta: Mapping[str, Any] | None = None,
+) -> CostTable:
+    """Build a group-granularity :class:`CostTable` (one item per group of G inputs of one output row).
+
+    ``group_costs[unit]`` has shape (n_groups, len(bits)) with the unit's groups in row-major
+    order (output row, then block), columns following the sorted union of the space's bit
+    choices (NaN where a unit does not allow a width). Storage counts each group's codes
+    (the last block of a row may be partial) plus its scale and zero-point.
+    """
+    from .kernels.quantize import num_groups, overhead_bits
+
+    G = space.quantizer.group_size
+    if G is None:
+        raise CostTableError("group-wise cost tables need a quantizer with group_size, but it is None. Pass e.g. QuantizerConfig(group_size=128).")
+    bits = tuple(sorted({b for u in space.units for b in u.bits}))
+    counts, costs_parts, storage_parts, weight_parts, allowed_parts = [], [], [], [], []
+    for unit in space.units:
+        blocks = num_groups(unit.fan_in, space.quantizer)
+        n = unit.out_features * blocks
+        arr = np.asarray(group_costs.get(unit.name, np.empty(0)), np.float64)
+        if arr.shape != (n, len(bits)):
+            raise CostTableError(f"group costs of {unit.name!r} must have shape {(n, len(bits))}, but have {arr.shape}.")
+        sizes = np.full(blocks, G, np.int64)
+        sizes[-1] = unit.fan_in - G * (blocks - 1)
+        per_group = np.tile(sizes, unit.out_features)
+        ok = np.array([b in unit.bits for b in bits])
+        over = np.array([overhead_bits(1, G, b, space.quantizer) if ok[j] else 0 for j, b in enumerate(bits)], np.float64)
+        counts.append(n)
+        costs_parts.append(np.where(ok, arr, 0.0))
+        storage_parts.append(per_group[:, None] * np.asarray(bits, np.float64)[None, :] + over[None, :])
+        weight_parts.append(per_group)
+        allowed_parts.append(np.broadcast_to(ok, (n, len(bits))))
+    if any(t for t in space.ties):
+        raise CostTableError("ties are supported at layer granularity only; drop them for group-wise tables.")
+    return CostTable(
+        items=GroupIndex(space.names, counts), bits=bits, cost=np.concatenate(costs_parts),
+        storage_bits=np.concatenate(storage_parts), n_weights=np.concatenate(weight_parts),
+        allowed=np.concatenate(allowed_parts), quantizer=space.quantizer.to_dict(),
+        meta={**dict(meta or {}), "granularity": "group", "float_units": list(space.float_units)},
     )

@@ -19,7 +19,21 @@ def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = Fals
     units raise :class:`~mpsearch.errors.PlanMismatchError`).
     """
     plan.validate_model(model)
-    return _fake_quantize_units(model, plan.bits, plan.quantizer, inplace=inplace)
+    return _fake_quantize_units(model, unit_bit_specs(model, plan), plan.quantizer, inplace=inplace)
+
+
+def unit_bit_specs(model: nn.Module, plan: BitPlan) -> dict:
+    """Plan bits as the reference quantizer takes them: an int, or an (out, n_blocks) tensor per group."""
+    modules = dict(model.named_modules())
+    specs = {}
+    for name, value in plan.bits.items():
+        if isinstance(value, tuple):
+            module = modules[name]
+            out_f = module.weight.shape[1] if type(module).__name__ == "Conv1D" else module.weight.shape[0]
+            specs[name] = plan.group_tensor(name, out_f)
+        else:
+            specs[name] = value
+    return specs
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,15 @@ def plan_size(model: nn.Module, plan: BitPlan) -> PlanSize:
         out_f, fan_in = (shape[1], shape[0]) if kind == "conv1d" else (shape[0], module.weight[0].numel())
         quantized_ids.add(id(module.weight))
         weights += out_f * fan_in
+        if isinstance(bits, tuple):  # per group: blocks of G inputs, the last one maybe partial
+            G = plan.quantizer.group_size
+            blocks = -(-fan_in // G)
+            sizes = [G] * (blocks - 1) + [fan_in - G * (blocks - 1)]
+            for k, b in enumerate(bits):
+                if b != 16:
+                    codes += sizes[k % blocks] * b
+                    overhead += overhead_bits(1, G, b, plan.quantizer)
+            continue
         codes += out_f * fan_in * bits
         overhead += overhead_bits(out_f, fan_in, bits, plan.quantizer)
     float_bytes = sum(

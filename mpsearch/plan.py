@@ -7,7 +7,9 @@ A plan is saved as versioned JSON with an envelope::
      "bits": {"conv1": 8, "layer1.0.conv1": 3, ...},
      "meta": {"budget": "3 bits/weight", "solver": "ilp", ...}}
 
-Bits are integers 1..8; 16 means "left in floating point". Serialization is
+Bits are integers 1..8; 16 means "left in floating point". With group-wise
+allocation a unit's entry is a list with one width per group (groups of G
+inputs of one output row, row-major), which needs ``quantizer.group_size``. Serialization is
 deterministic (sorted keys, fixed float formatting) so the same plan always
 gives the same bytes.
 """
@@ -36,13 +38,21 @@ SUPPORTED_VERSIONS = (1,)
 FLOAT_BITS = 16
 
 
-def _check_bits_value(name: str, value: Any) -> int:
+def _check_bits_value(name: str, value: Any) -> "int | tuple[int, ...]":
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise BitsOutOfRangeError(f"per-group plan bits must be a non-empty list, but {name!r} has []. Fix the plan entry.")
+        return tuple(_check_bits_value(f"{name}[{i}]", v) for i, v in enumerate(value))  # type: ignore[misc]
     if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= 8 or value == FLOAT_BITS):
         raise BitsOutOfRangeError(
-            f"plan bits must be an integer within 1..8 (or 16 for floating point), but got "
-            f"{name!r}: {value!r}. Fix the plan entry."
+            f"plan bits must be an integer within 1..8 (or 16 for floating point), or a list of them per group, "
+            f"but got {name!r}: {value!r}. Fix the plan entry."
         )
     return value
+
+
+def _widths(value: "int | tuple[int, ...]") -> set[int]:
+    return set(value) if isinstance(value, tuple) else {value}
 
 
 def _check_json_value(value: Any, where: str) -> None:
@@ -76,7 +86,7 @@ class BitPlan:
     True
     """
 
-    bits: Mapping[str, int]
+    bits: Mapping[str, "int | tuple[int, ...]"]
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     meta: Mapping[str, Any] = field(default_factory=dict)
 
@@ -85,13 +95,18 @@ class BitPlan:
             raise PlanFormatError(
                 f"plan `bits` must be a non-empty mapping of unit name to bits, but got {self.bits!r}."
             )
-        clean: dict[str, int] = {}
+        clean: dict[str, Any] = {}
         for name, value in self.bits.items():
             if not isinstance(name, str) or not name:
                 raise PlanFormatError(f"plan unit names must be non-empty strings, but got {name!r}.")
             clean[name] = _check_bits_value(name, value)
         if not isinstance(self.quantizer, QuantizerConfig):
             raise PlanFormatError(f"plan `quantizer` must be a QuantizerConfig, but got {type(self.quantizer).__name__}.")
+        if self.quantizer.group_size is None and any(isinstance(v, tuple) for v in clean.values()):
+            raise PlanFormatError(
+                "per-group plan bits need a quantizer with group_size, but group_size is None. "
+                "Set quantizer.group_size or give one width per unit."
+            )
         if not isinstance(self.meta, Mapping):
             raise PlanFormatError(f"plan `meta` must be a mapping, but got {type(self.meta).__name__}.")
         _check_json_value(dict(self.meta), "meta")
@@ -104,7 +119,7 @@ class BitPlan:
             "format": FORMAT,
             "version": VERSION,
             "quantizer": self.quantizer.to_dict(),
-            "bits": dict(self.bits),
+            "bits": {k: list(v) if isinstance(v, tuple) else v for k, v in self.bits.items()},
             "meta": dict(self.meta),
         }
 
@@ -179,18 +194,26 @@ class BitPlan:
                 "Make the plan for this model (mpsearch search) or fix the names."
             )
         for name in sorted(floats & set(self.bits)):
-            if self.bits[name] != FLOAT_BITS:
+            if _widths(self.bits[name]) != {FLOAT_BITS}:
                 raise BitsOutOfRangeError(
                     f"units outside the search space stay in floating point, but {name!r} has "
                     f"{self.bits[name]} bits. Give it 16 or include it in the space."
                 )
         for unit in space.units:
             value = self.bits[unit.name]
-            if value not in unit.bits:
+            bad = sorted(_widths(value) - set(unit.bits))
+            if bad:
                 raise BitsOutOfRangeError(
-                    f"plan bits must be among the unit's choices, but {unit.name!r} has {value} "
+                    f"plan bits must be among the unit's choices, but {unit.name!r} has {bad} "
                     f"and allows {list(unit.bits)}. Re-solve or change the choices."
                 )
+            if isinstance(value, tuple):
+                expected = unit.out_features * -(-unit.fan_in // self.quantizer.group_size)
+                if len(value) != expected:
+                    raise PlanMismatchError(
+                        f"per-group bits must give one width per group, but {unit.name!r} has {len(value)} "
+                        f"and {expected} groups (group_size={self.quantizer.group_size}). Re-solve for this model."
+                    )
         for tie in space.ties:
             values = {self.bits[n] for n in tie}
             if len(values) > 1:
@@ -217,7 +240,13 @@ class BitPlan:
         return self
 
     # ---- summaries -----------------------------------------------------
-    def average_bits(self, space: "SearchSpace") -> float:
-        """Average code bits per weight over the space (without scale overhead)."""
-        total = sum(u.n_weights * self.bits[u.name] for u in space.units)
-        return total / space.n_weights
+    def group_tensor(self, name: str, out_features: int):
+        """A unit's per-group widths as an (out, n_blocks) int tensor (for fake-quant and kernels)."""
+        import torch
+
+        value = self.bits[name]
+        if not isinstance(value, tuple):
+            raise PlanFormatError(f"{name!r} has one width for the whole unit, not per group.")
+        if len(value) % out_features:
+            raise PlanMismatchError(f"{name!r} has {len(value)} group widths, not a multiple of its {out_features} rows.")
+        return torch.tensor(value, dtype=torch.int64).reshape(out_features, -1)
