@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ._io import atomic_write_text
-from .errors import BitsOutOfRangeError, CostTableError
+from .errors import BitsOutOfRangeError, CostTableError, MPSearchError
 
 if TYPE_CHECKING:
     from .budget import Budget
@@ -337,9 +337,9 @@ class CostTable:
                 resources={k: arr(v) for k, v in doc.get("resources", {}).items()},
                 quantizer=doc.get("quantizer", {}), meta=doc.get("meta", {}),
             )
-        except (KeyError, TypeError, ValueError) as err:
-            if isinstance(err, CostTableError):
-                raise
+        except MPSearchError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
             raise CostTableError(f"a cost table document is malformed: {err!r}. Recompute it.") from None
 
     @classmethod
