@@ -11,6 +11,7 @@ Any other kind names a resource column of the :class:`~mpsearch.costs.CostTable`
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -41,7 +42,7 @@ class Budget:
         if not isinstance(self.kind, str) or not self.kind:
             raise BudgetError(f"`kind` must be a resource name such as 'avg_bits', but got kind={self.kind!r}.")
         try:
-            if isinstance(self.value, bool):
+            if isinstance(self.value, (bool, np.bool_)):
                 raise TypeError("bool")
             value = float(self.value)
         except (TypeError, ValueError):
@@ -111,8 +112,8 @@ def as_budgets(budget: "Budget | Iterable[Budget] | float") -> tuple[Budget, ...
     """Normalize one budget, a float (average bits) or several budgets to a tuple."""
     if isinstance(budget, Budget):
         return (budget,)
-    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
-        return (Budget.avg_bits(budget),)
+    if isinstance(budget, numbers.Real) and not isinstance(budget, (bool, np.bool_)):
+        return (Budget.avg_bits(float(budget)),)
     if isinstance(budget, str):
         return (Budget.parse(budget),)
     try:

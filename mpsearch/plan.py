@@ -38,11 +38,11 @@ SUPPORTED_VERSIONS = (1,)
 FLOAT_BITS = 16
 
 
-def _check_bits_value(name: str, value: Any) -> "int | tuple[int, ...]":
-    if isinstance(value, (list, tuple)):
+def _check_bits_value(name: str, value: Any, *, nested: bool = False) -> "int | tuple[int, ...]":
+    if isinstance(value, (list, tuple)) and not nested:
         if not value:
             raise BitsOutOfRangeError(f"per-group plan bits must be a non-empty list, but {name!r} has []. Fix the plan entry.")
-        return tuple(_check_bits_value(f"{name}[{i}]", v) for i, v in enumerate(value))  # type: ignore[misc]
+        return tuple(_check_bits_value(f"{name}[{i}]", v, nested=True) for i, v in enumerate(value))  # type: ignore[misc]
     if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= 8 or value == FLOAT_BITS):
         raise BitsOutOfRangeError(
             f"plan bits must be an integer within 1..8 (or 16 for floating point), or a list of them per group, "

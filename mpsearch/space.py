@@ -14,6 +14,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 from torch import nn
 
 from .errors import BitsOutOfRangeError, SearchSpaceError
@@ -26,7 +27,7 @@ FLOAT_BITS = 16  # "left in floating point" in a plan
 
 def check_bits(bits: Iterable[int], *, what: str = "bits", scheme: Scheme | None = None) -> tuple[int, ...]:
     """Validate a collection of bit widths and return it sorted and deduplicated."""
-    values = tuple(bits)
+    values = tuple(int(b) if isinstance(b, np.integer) else b for b in bits)
     bad = [b for b in values if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8]
     if not values or bad:
         raise BitsOutOfRangeError(

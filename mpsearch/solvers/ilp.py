@@ -62,7 +62,7 @@ class ILPSolver(Solver):
         self.threads = threads
         self.seed = seed  # the ILP is deterministic; kept for the common solver signature
 
-    def _backend(self, time_limit: float | None):
+    def _backend(self, time_limit: float | None, preprocess: bool = False):
         import pulp
 
         kwargs = dict(msg=False, timeLimit=time_limit, gapRel=self.gap if self.gap > 0 else None)
@@ -74,7 +74,11 @@ class ILPSolver(Solver):
                 raise MPSearchError("backend 'highs' needs the highspy package. pip install highspy, or use backend='cbc'.")
         with warnings.catch_warnings():  # PuLP 3.3 warns that 4.0 unbundles CBC; we pin pulp < 4
             warnings.simplefilter("ignore", DeprecationWarning)
-            return pulp.PULP_CBC_CMD(threads=self.threads, **kwargs), "cbc"
+            # CBC 2.10's integer preprocessing can fix variables wrongly when a
+            # plan's usage sits within ~1e-6 of the budget and then report a worse
+            # plan as optimal; these problems are small, so it is switched off.
+            options = [] if preprocess else ["preprocess off"]
+            return pulp.PULP_CBC_CMD(threads=self.threads, options=options, **kwargs), "cbc"
 
     def _solve(self, costs: CostTable, budgets: tuple[Budget, ...], *, time_limit: float | None) -> SolveResult:
         red = reduce(costs, budgets)
@@ -112,8 +116,14 @@ class ILPSolver(Solver):
         backend, backend_name = self._backend(time_limit)
         try:
             prob.solve(backend)
-        except pulp.PulpSolverError as err:
-            raise SolverError(f"the ILP backend {backend_name} failed: {err}. Try backend='cbc' or a longer time limit.") from None
+        except pulp.PulpSolverError:
+            # CBC without preprocessing aborts on some infeasible models; with its
+            # defaults it reports them properly (any plan it returns is re-checked).
+            backend, backend_name = self._backend(time_limit, preprocess=True)
+            try:
+                prob.solve(backend)
+            except pulp.PulpSolverError as err:
+                raise SolverError(f"the ILP backend {backend_name} failed: {err}. Try backend='highs' or a longer time limit.") from None
         status = pulp.LpStatus[prob.status]
         info = {"backend": backend_name, "variables": len(x), "pulp_status": status}
         if status == "Infeasible" or prob.sol_status == pulp.LpSolutionInfeasible:
