@@ -82,6 +82,8 @@ class Budget:
                 if lowered.endswith(suffix):
                     return cls(kind="bytes", value=float(lowered[: -len(suffix)]) * scale)
             return cls(kind="avg_bits", value=float(raw))
+        except BudgetError:
+            raise
         except ValueError:
             raise BudgetError(
                 f"a budget must read like '3', '3bits', '1.5MiB', '120000B' or 'bops=1e9', but got {text!r}."

@@ -26,6 +26,15 @@ def _data_dir(args: argparse.Namespace):
     return args.data_dir if args.data_dir is not None else default_data_dir()
 
 
+def parse_bits(text: str) -> tuple[int, ...]:
+    from .errors import BitsOutOfRangeError
+
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise BitsOutOfRangeError(f"--bits must be a comma list of integers such as 2,3,4,8, but got {text!r}.") from None
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import budget_grid, format_table, run_quickstart
 
@@ -53,7 +62,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     images, labels = load_cifar10(data_dir)
     x, y = to_tensor(images[: args.calib]), torch.from_numpy(labels[: args.calib])
     model = load_pretrained(args.model, data_dir)
-    space = discover(model, bits=tuple(int(b) for b in args.bits.split(",")), pin_first_last=None if args.no_pins else 8)
+    space = discover(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
     estimator = HutchinsonTrace(seed=args.seed, tol=args.tol, max_probes=args.max_probes, progress=not args.quiet)
     sens = estimator.estimate(model, Calibration.classification(x, y, batch_size=args.batch_size), space)
     costs = build_cost_table(model, space, sens, meta={"model": args.model, "calibration": len(x)})
