@@ -1,0 +1,76 @@
+"""Study: every combination in one table; an interrupted study resumes without recomputing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mpsearch.errors import MPSearchError
+from mpsearch.sensitivity import Calibration, HutchinsonTrace
+from mpsearch.space import discover
+from mpsearch.study import COLUMNS, Study
+
+
+class CountingHutchinson(HutchinsonTrace):
+    calls = 0
+
+    def estimate(self, model, data, space):
+        CountingHutchinson.calls += 1
+        return super().estimate(model, data, space)
+
+
+def setup(tmp_path, metric):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+    space = discover(model, pin_first_last=None)
+    est = CountingHutchinson(max_probes=8, progress=False)
+    return Study(model=model, calibration=Calibration.classification(x, y), space=space, metric=metric,
+                 estimators=[est], solvers=["ilp"], budgets=[3.0, 4.0, 6.0], uniform=[8, 4],
+                 out_dir=tmp_path, progress=False)
+
+
+def test_study_table_plans_and_plot(tmp_path):
+    study = setup(tmp_path, metric=lambda m: float(sum(p.detach().abs().sum() for p in m.parameters())))
+    frame = study.run()
+    assert list(frame.columns) == COLUMNS and len(frame) == 5
+    assert set(frame["estimator"]) == {"uniform", "hessian"}
+    assert (frame.loc[frame["estimator"] == "hessian", "avg_bits"] <= frame.loc[frame["estimator"] == "hessian", "budget"] + 1e-9).all()
+    for plan_file in frame["plan_file"]:
+        assert (tmp_path / plan_file).is_file()
+    study.plot(tmp_path / "study.png", reference=1.0)
+    assert (tmp_path / "study.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "study.svg").is_file()
+
+
+def test_interrupted_study_resumes_without_recomputing(tmp_path):
+    calls = {"n": 0}
+
+    def flaky_metric(model):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the third evaluation
+        return float(calls["n"])
+
+    CountingHutchinson.calls = 0
+    study = setup(tmp_path, flaky_metric)
+    with pytest.raises(KeyboardInterrupt):
+        study.run()
+    finished = study.load()
+    assert len(finished) == 2 and CountingHutchinson.calls == 1
+    evaluated_before = calls["n"]
+    resumed = setup(tmp_path, flaky_metric)  # a new process would build a new Study
+    frame = resumed.run()
+    assert len(frame) == 5
+    assert CountingHutchinson.calls == 1  # the cost table was reloaded, not re-estimated
+    assert frame.iloc[:2].equals(finished.iloc[:2])  # finished rows untouched
+    assert calls["n"] - evaluated_before <= 3  # only the unfinished rows were evaluated
+    assert len(resumed.run()) == 5  # a finished study runs nothing
+
+
+def test_corrupt_results_file_is_a_clear_error(tmp_path):
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    study = setup(tmp_path, metric=lambda m: 0.0)
+    with pytest.raises(MPSearchError, match="not a study's results file"):
+        study.run()
