@@ -13,13 +13,19 @@ from .plan import BitPlan
 
 
 def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
-    """A copy of ``model`` with every unit's weight replaced by its quantized values under ``plan``.
+    """A copy of ``model`` with every unit's weight replaced by its quantized values under ``plan``,
+    and each unit's input quantized where the plan sets activation bits (forward pre-hooks).
 
     The plan is validated against the model first (unknown, missing or non-quantizable
     units raise :class:`~mpsearch.errors.PlanMismatchError`).
     """
     plan.validate_model(model)
-    return _fake_quantize_units(model, unit_bit_specs(model, plan), plan.quantizer, inplace=inplace)
+    quantized = _fake_quantize_units(model, unit_bit_specs(model, plan), plan.quantizer, inplace=inplace)
+    if plan.activation_bits:
+        from .kernels.activations import attach_activation_quant
+
+        attach_activation_quant(quantized, plan.activation_bits, plan.activation_ranges)
+    return quantized
 
 
 def unit_bit_specs(model: nn.Module, plan: BitPlan) -> dict:

@@ -89,6 +89,8 @@ class BitPlan:
     bits: Mapping[str, "int | tuple[int, ...]"]
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    activation_bits: Mapping[str, int] = field(default_factory=dict)
+    activation_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, Mapping) or not self.bits:
@@ -111,17 +113,57 @@ class BitPlan:
             raise PlanFormatError(f"plan `meta` must be a mapping, but got {type(self.meta).__name__}.")
         _check_json_value(dict(self.meta), "meta")
         object.__setattr__(self, "bits", dict(sorted(clean.items())))
+        self._check_activations()
         object.__setattr__(self, "meta", json.loads(json.dumps(dict(self.meta), sort_keys=True)))
+
+    def _check_activations(self) -> None:
+        if not isinstance(self.activation_bits, Mapping) or not isinstance(self.activation_ranges, Mapping):
+            raise PlanFormatError("plan `activations` must hold `bits` and `ranges` objects.")
+        bits: dict[str, int] = {}
+        for name, value in self.activation_bits.items():
+            if isinstance(value, bool) or not isinstance(value, int) or not (2 <= value <= 8 or value == FLOAT_BITS):
+                raise BitsOutOfRangeError(
+                    f"activation bits must be an integer within 2..8 (or 16), but got {name!r}: {value!r}. Fix the plan entry."
+                )
+            bits[str(name)] = value
+        ranges: dict[str, tuple[float, float]] = {}
+        for name, pair in self.activation_ranges.items():
+            ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair
+            )
+            if not ok or not pair[0] <= 0 <= pair[1]:
+                raise PlanFormatError(
+                    f"activation ranges must be [lo, hi] with lo <= 0 <= hi, finite, but {name!r} has {pair!r}. "
+                    "Recalibrate with mpsearch.kernels.activations.calibrate_ranges."
+                )
+            ranges[str(name)] = (float(pair[0]), float(pair[1]))
+        unranged = sorted(n for n, b in bits.items() if b != FLOAT_BITS and n not in ranges)
+        if unranged:
+            raise PlanFormatError(f"quantized activations need a calibrated range, but {unranged} have none.")
+        object.__setattr__(self, "activation_bits", dict(sorted(bits.items())))
+        object.__setattr__(self, "activation_ranges", dict(sorted(ranges.items())))
+
+    def with_activations(self, bits: Mapping[str, int], ranges: Mapping[str, tuple[float, float]]) -> "BitPlan":
+        """A copy that also quantizes each named unit's input to ``bits`` over its calibrated range."""
+        import dataclasses
+
+        return dataclasses.replace(self, activation_bits=dict(bits), activation_ranges=dict(ranges))
 
     # ---- serialization -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "format": FORMAT,
             "version": VERSION,
             "quantizer": self.quantizer.to_dict(),
             "bits": {k: list(v) if isinstance(v, tuple) else v for k, v in self.bits.items()},
             "meta": dict(self.meta),
         }
+        if self.activation_bits:
+            doc["activations"] = {
+                "bits": dict(self.activation_bits),
+                "ranges": {k: list(v) for k, v in self.activation_ranges.items()},
+            }
+        return doc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False) + "\n"
@@ -144,7 +186,7 @@ class BitPlan:
                 f"plan version must be one of {list(SUPPORTED_VERSIONS)}, but got version={version!r}. "
                 "Upgrade mpsearch or re-export the plan."
             )
-        extra = sorted(set(doc) - {"format", "version", "quantizer", "bits", "meta"})
+        extra = sorted(set(doc) - {"format", "version", "quantizer", "bits", "meta", "activations"})
         if extra:
             raise PlanFormatError(f"a version-1 plan has no keys {extra}. Remove them.")
         if "bits" not in doc:
@@ -158,7 +200,13 @@ class BitPlan:
             raise PlanFormatError(f"plan `quantizer` is invalid: {err}") from None
         except (TypeError, ValueError, KeyError) as err:
             raise PlanFormatError(f"plan `quantizer` is invalid: {err!r}. Fix or remove the entry.") from None
-        return cls(bits=doc["bits"], quantizer=quantizer, meta=doc.get("meta", {}))
+        acts = doc.get("activations", {})
+        if not isinstance(acts, Mapping) or set(acts) - {"bits", "ranges"}:
+            raise PlanFormatError(f"plan `activations` must be an object with `bits` and `ranges`, but got {acts!r}.")
+        return cls(
+            bits=doc["bits"], quantizer=quantizer, meta=doc.get("meta", {}),
+            activation_bits=acts.get("bits", {}), activation_ranges=acts.get("ranges", {}),
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "BitPlan":
