@@ -1,0 +1,85 @@
+"""Checks shared by the packed matmul backends (Numba and PyTorch).
+
+A packed weight is ``packed`` (out, ceil(K*bits/8)) uint8 (see :mod:`mpsearch.kernels.packing`),
+``scale`` (out, n_groups) float16 (float32 and bfloat16 are accepted too) and ``zero``
+(out, n_groups) uint8 in code units: ``W[o, k] = (code[o, k] - zero[o, k // G]) * scale[...]``.
+Only shapes and dtypes are checked here (cheap, no pass over the data), never values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mpsearch.errors import DataError
+from mpsearch.kernels.config import Scheme, check_bits
+from mpsearch.kernels.packing import packed_row_bytes
+
+SCALE_DTYPES = ("float16", "float32", "bfloat16")
+
+
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
+def dtype_name(a: Any) -> str:
+    """'uint8', 'float16', ... for numpy arrays and torch tensors alike."""
+    name = _DTYPE_NAMES.get(a.dtype)
+    if name is None:
+        name = _DTYPE_NAMES[a.dtype] = str(a.dtype).removeprefix("torch.")
+    return name
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class PackedShape:
+    """The checked geometry of a packed weight."""
+
+    out: int
+    K: int
+    bits: int
+    group: int  # G, or K when there is one group per row
+    n_groups: int
+
+
+def check_operands(packed: Any, scale: Any, zero: Any, bits: Any, K: Any, G: Any) -> PackedShape:
+    """Validate a packed weight's arrays against ``bits``, ``K`` and ``G``; return its shape."""
+    bits = check_bits(bits, Scheme.AFFINE)
+    if not _is_int(K) or K < 1:
+        raise DataError(f"`K` (the fan-in) must be an integer >= 1, but got K={K!r}. "
+                        f"Pass the number of input features of the weight.")
+    if G is not None and (not _is_int(G) or G < 1):
+        raise DataError(f"`G` (the group size) must be None or an integer >= 1, but got G={G!r}. "
+                        f"Pass the group size the weight was quantized with, e.g. 128.")
+    K = int(K)
+    n_groups = 1 if G is None else -(-K // int(G))
+    group = K if n_groups == 1 else int(G)
+    if dtype_name(packed) != "uint8" or len(packed.shape) != 2:
+        raise DataError(f"`packed` must be a 2-D uint8 array, but got dtype {dtype_name(packed)} "
+                        f"with shape {tuple(packed.shape)}. Build it with packing.pack().")
+    out = int(packed.shape[0])
+    if packed.shape[1] != packed_row_bytes(K, bits):
+        raise DataError(f"`packed` must have ceil(K*bits/8) = {packed_row_bytes(K, bits)} bytes "
+                        f"per row for K={K}, bits={bits}, but got shape {tuple(packed.shape)}. "
+                        f"Pass the K and bits it was packed with.")
+    want = (out, n_groups)
+    for name, arr, dtypes in (("scale", scale, SCALE_DTYPES), ("zero", zero, ("uint8",))):
+        if tuple(arr.shape) != want or dtype_name(arr) not in dtypes:
+            raise DataError(f"`{name}` must have shape (out, n_groups) = {want} (K={K}, G={G}) "
+                            f"and dtype {' or '.join(dtypes)}, but got shape {tuple(arr.shape)}, "
+                            f"dtype {dtype_name(arr)}. Pass the {name}s the weight was quantized "
+                            f"with.")
+    return PackedShape(out=out, K=K, bits=bits, group=group, n_groups=n_groups)
+
+
+def check_activations(x: Any, K: int, name: str = "x") -> None:
+    """``x`` must be a floating array whose last dimension is K."""
+    if not dtype_name(x).startswith(("float", "bfloat")) or len(x.shape) == 0 \
+            or x.shape[-1] != K:
+        raise DataError(f"`{name}` must be a floating array whose last dimension is K={K}, but "
+                        f"got dtype {dtype_name(x)} with shape {tuple(x.shape)}. Pass "
+                        f"activations of shape (..., {K}).")
