@@ -5,6 +5,7 @@
     mpsearch search --costs costs.json --budget 3 --out plan.json
     mpsearch pareto --costs costs.json --budgets 2.5:4:0.25 --out-dir front/
     mpsearch evaluate --model resnet20 --plan plan.json --data-dir ../shared/data
+    mpsearch study study.toml                 # estimators x solvers x budgets, resumable
 
 Errors on user input print one line naming the rule, the value and the fix, and exit with status 2.
 """
@@ -136,6 +137,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study_config import run_config
+
+    frame, fp32, out_dir = run_config(args.config, progress=not args.quiet)
+    shown = frame[["estimator", "solver", "budget", "status", "avg_bits", "mib", "predicted_cost", "metric"]]
+    print(shown.to_string(index=False))
+    print(f"fp32: {fp32:.2f}; wrote {out_dir}/results.csv, study.png, study.svg, costs/ and plans/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -198,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("study", help="run estimators x solvers x budgets from a TOML config",
+                       description="Run a search study described by a TOML file (see mpsearch/study_config.py for "
+                       "every key) and write results.csv, study.png/svg, the cost tables and the plans into its "
+                       "out_dir. An interrupted study resumes where it stopped.")
+    p.add_argument("config", type=Path, help="study config (TOML)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("evaluate", help="measure a plan's top-1 accuracy and size (fp32 without --plan)", epilog=EPILOG,
                        description="Apply a plan (fake-quant reference) to a pretrained model and measure top-1 on CIFAR-10. "

@@ -59,6 +59,8 @@ class Study:
         out_dir: str | Path = "study-out",
         metric_name: str = "metric",
         progress: bool = True,
+        activation_bits: int | None = None,
+        activation_ranges: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         if not estimators or not solvers or not (budgets or uniform):
             raise MPSearchError("a study needs at least one estimator, one solver, and a budget or a uniform width.")
@@ -70,6 +72,13 @@ class Study:
         self.out = Path(out_dir)
         self.metric_name = metric_name
         self.progress = progress
+        if activation_bits is not None and not activation_ranges:
+            raise MPSearchError(
+                "activation bits need calibrated ranges, but none were given. "
+                "Pass activation_ranges=calibrate_ranges(model, batches, space.names)."
+            )
+        self.activation_bits = activation_bits
+        self.activation_ranges = dict(activation_ranges or {})
         self._metric_cache: dict[str, float] = {}
 
     # ---- persistence ------------------------------------------------------
@@ -165,6 +174,9 @@ class Study:
         row: dict[str, Any] = {**ident, "status": status, "seconds_estimate": t_est, "seconds_solve": t_solve}
         if plan is None:
             return {**row, **{k: np.nan for k in ("avg_bits", "bytes", "mib", "predicted_cost", "metric", "seconds_evaluate")}, "plan_file": ""}
+        if self.activation_bits is not None:
+            units = [n for n, b in plan.bits.items() if b != 16 and n in self.activation_ranges]
+            plan = plan.with_activations({u: self.activation_bits for u in units}, {u: self.activation_ranges[u] for u in units})
         slug = "_".join(str(v) for v in ident.values()).replace("/", "-")
         plan_path = self.out / "plans" / f"{slug}.json"
         plan.save(plan_path)
