@@ -85,8 +85,31 @@ class GroupIndex(Sequence[str]):
         return f"GroupIndex({len(self.units)} units, {len(self)} groups)"
 
 
+CHUNK_ROWS = 1 << 20  # validation works on row blocks, so no items x choices temporary is made
+
+
+def _float_array(a: Any, *, copy: bool) -> np.ndarray:
+    """float32 input stays float32, anything else becomes float64; copied only when asked or converted."""
+    arr = np.asarray(a)
+    dtype = np.float32 if arr.dtype == np.float32 else np.float64
+    return np.array(arr, dtype=dtype, copy=True) if copy else np.asarray(arr, dtype=dtype)
+
+
+def _first_bad(arr: np.ndarray, allowed: np.ndarray) -> tuple[int, int] | None:
+    """The first allowed cell that is NaN, infinite or negative, scanning blocks of rows."""
+    for a in range(0, arr.shape[0], CHUNK_ROWS):
+        block, ok = arr[a : a + CHUNK_ROWS], allowed[a : a + CHUNK_ROWS]
+        bad = ok & ~(np.isfinite(block) & (block >= 0))
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            return a + int(i), int(j)
+    return None
+
+
 def _merge_ties(ties: Sequence[Sequence[int]], n_items: int) -> tuple[tuple[int, ...], ...]:
     """Merge overlapping ties into disjoint groups (union-find)."""
+    if not ties:  # the common case, and 10^8 group items: no per-item Python loop
+        return ()
     parent = list(range(n_items))
 
     def find(i: int) -> int:
@@ -139,22 +162,25 @@ class CostTable:
         for label, arr in arrays.items():
             if np.shape(arr) != (n, c):
                 raise CostTableError(f"`{label}` must have shape (items, choices) = {(n, c)}, but has {np.shape(arr)}.")
-        cost = np.array(self.cost, dtype=np.float64)
-        if not allowed.any(axis=1).all():
+        all_allowed = bool(allowed.all())
+        # float32 stays float32 (10^8 groups); an array is copied only to mark disallowed cells
+        cost = _float_array(self.cost, copy=not all_allowed)
+        if not all_allowed and not allowed.any(axis=1).all():
             bad = [self.items[i] for i in np.flatnonzero(~allowed.any(axis=1))[:5]]
             raise CostTableError(f"every item needs at least one allowed bit choice, but {bad} have none.")
-        checked = {"cost": cost, "storage_bits": np.asarray(self.storage_bits, np.float64)}
-        checked.update({f"resources[{k!r}]": np.asarray(v, np.float64) for k, v in self.resources.items()})
+        checked = {"cost": cost, "storage_bits": _float_array(self.storage_bits, copy=False)}
+        checked.update({f"resources[{k!r}]": _float_array(v, copy=False) for k, v in self.resources.items()})
         for label, arr in checked.items():
-            vals = arr[allowed]
-            if not np.all(np.isfinite(vals)) or np.any(vals < 0):
-                i, j = np.argwhere(allowed & ~(np.isfinite(arr) & (arr >= 0)))[0]
+            bad = _first_bad(arr, allowed)
+            if bad is not None:
+                i, j = bad
                 raise CostTableError(
                     f"`{label}` must be finite and non-negative where a choice is allowed, but "
                     f"item {self.items[i]!r} at {self.bits[j]} bits has {float(arr[i, j])!r}. "
                     "Check the sensitivity estimate (NaN or negative scores)."
                 )
-        cost[~allowed] = np.inf
+        if not all_allowed:
+            cost[~allowed] = np.inf
         n_weights = np.asarray(self.n_weights, np.int64)
         if n_weights.shape != (n,) or np.any(n_weights <= 0):
             raise CostTableError(f"`n_weights` must be {n} positive integers, but got shape {n_weights.shape}.")
@@ -162,7 +188,7 @@ class CostTable:
         object.__setattr__(self, "storage_bits", checked["storage_bits"])
         object.__setattr__(self, "allowed", allowed)
         object.__setattr__(self, "n_weights", n_weights)
-        object.__setattr__(self, "resources", {k: np.asarray(v, np.float64) for k, v in self.resources.items()})
+        object.__setattr__(self, "resources", {k: checked[f"resources[{k!r}]"] for k in self.resources})
         object.__setattr__(self, "ties", _merge_ties(self.ties, n))
         if not isinstance(self.items, GroupIndex):
             object.__setattr__(self, "items", tuple(self.items))
@@ -211,20 +237,29 @@ class CostTable:
         return choice
 
     def objective(self, choice: np.ndarray) -> float:
-        return float(self.cost[np.arange(self.n_items), choice].sum())
+        return float(self.cost[np.arange(self.n_items), choice].sum(dtype=np.float64))
 
     def usage(self, choice: np.ndarray, budget: "Budget") -> float:
-        return float(budget.matrix(self)[np.arange(self.n_items), choice].sum())
+        # built-in kinds read storage_bits directly: no items x choices temporary
+        if budget.kind == "avg_bits":
+            return self.average_bits(choice)
+        if budget.kind == "bytes":
+            return self.storage_bytes(choice)
+        return float(budget.matrix(self)[np.arange(self.n_items), choice].sum(dtype=np.float64))
 
     def average_bits(self, choice: np.ndarray) -> float:
         """Average stored bits per weight, scales and zero-points included."""
-        return float(self.storage_bits[np.arange(self.n_items), choice].sum() / self.n_weights.sum())
+        return float(self.storage_bits[np.arange(self.n_items), choice].sum(dtype=np.float64) / self.n_weights.sum())
 
     def storage_bytes(self, choice: np.ndarray) -> float:
-        return float(self.storage_bits[np.arange(self.n_items), choice].sum() / 8.0)
+        return float(self.storage_bits[np.arange(self.n_items), choice].sum(dtype=np.float64) / 8.0)
 
     def min_usage(self, budget: "Budget") -> float:
         """The smallest value of the budget's resource any valid assignment reaches (ties respected)."""
+        if not self.ties and budget.kind in ("avg_bits", "bytes") and self.allowed.all():
+            # straight from storage_bits: no items x choices temporary (10^8 group items)
+            total_bits = float(self.storage_bits.min(axis=1).sum(dtype=np.float64))
+            return total_bits / (float(self.n_weights.sum()) if budget.kind == "avg_bits" else 8.0)
         matrix = np.where(self.allowed, budget.matrix(self), np.inf)
         tied = np.zeros(self.n_items, bool)
         total = 0.0
@@ -232,7 +267,7 @@ class CostTable:
             idx = list(group)
             tied[idx] = True
             total += float(matrix[idx].sum(axis=0).min())
-        total += float(matrix[~tied].min(axis=1).sum())
+        total += float(matrix[~tied].min(axis=1).sum(dtype=np.float64))
         return total
 
     def uniform_choice(self, bits: int) -> np.ndarray:
@@ -260,7 +295,8 @@ class CostTable:
                 bits[unit] = int(per_group[0]) if (per_group == per_group[0]).all() else per_group.tolist()
         else:
             bits = {name: self.bits[int(c)] for name, c in zip(self.items, choice)}
-        merged = {k: v for k, v in self.meta.items() if k != "float_units"}
+        # timings differ run to run; a plan must not (same inputs -> same bytes)
+        merged = {k: v for k, v in self.meta.items() if k != "float_units" and not k.endswith("_seconds")}
         merged.update(meta)
         # quantizable modules the search space left out stay in floating point
         bits.update({name: 16 for name in self.meta.get("float_units", ())})

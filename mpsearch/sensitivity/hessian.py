@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MPSearchError
 from ..space import SearchSpace
+from ._tensors import grads_or_zeros
 from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
 
 
@@ -47,10 +50,18 @@ def hessian_vector_products(model: nn.Module, data: Calibration, params: list[to
     grads = []
     for batch in data.batches:
         loss = data.loss_fn(model, batch)
-        grads.append(torch.autograd.grad(loss, params, create_graph=True))
+        grads.append(grads_or_zeros(loss, params, create_graph=True))
 
     def hvp(vs: list[torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
-        return torch.autograd.grad(grads[k], params, grad_outputs=vs, retain_graph=True)
+        # Parameters the loss does not use (an unused pooler) have constant zero
+        # gradients: their Hessian rows are zero, and autograd must skip them.
+        live = [i for i, g in enumerate(grads[k]) if g.requires_grad]
+        out = [torch.zeros_like(p) for p in params]
+        if live:
+            got = torch.autograd.grad([grads[k][i] for i in live], params, grad_outputs=[vs[i] for i in live],
+                                      retain_graph=True, allow_unused=True)
+            out = [o if g is None else g for o, g in zip(out, got)]
+        return tuple(out)
 
     return hvp
 
@@ -71,18 +82,20 @@ def _stratified(sums: np.ndarray, squares: np.ndarray, counts: np.ndarray, share
 class HutchinsonTrace(Estimator):
     """Per-unit Hessian trace by Hutchinson's method, averaged per parameter.
 
-    >>> est = HutchinsonTrace(tol=0.05, max_probes=200, seed=0)
+    >>> est = HutchinsonTrace(tol=0.1, max_probes=200, seed=0)
     >>> # sens = est.estimate(model, Calibration.classification(x, y), space)
     """
 
     name = "hessian"
+    supports_groups = False
+    quick_options: ClassVar[Mapping[str, Any]] = {"max_probes": 6, "min_probes": 2}
 
     def __init__(
         self,
         *,
-        tol: float = 0.05,
+        tol: float = 0.1,
         min_probes: int | None = None,
-        max_probes: int = 400,
+        max_probes: int = 200,
         seed: int = 0,
         progress: bool = True,
         time_limit: float | None = None,

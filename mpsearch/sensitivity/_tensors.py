@@ -1,0 +1,105 @@
+"""Small tensor helpers shared by the estimators: group reductions, batch slicing, parameter access.
+
+Kept apart from :mod:`mpsearch.sensitivity.base` so that the interface module stays short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DataError
+from ..kernels.config import QuantizerConfig
+from ..kernels.quantize import num_groups, weight_matrix
+from ..space import SearchSpace
+
+
+def group_reduce(per_weight: torch.Tensor, config: QuantizerConfig, how: str = "mean") -> np.ndarray:
+    """Reduce a (out, fan_in) per-weight tensor to (out, n_blocks) per group of G inputs.
+
+    ``how="mean"`` divides by each group's true size (the last block of a row may be
+    partial); ``how="sum"`` adds. Computed in float64.
+
+    >>> group_reduce(torch.arange(6.).reshape(1, 6), QuantizerConfig(group_size=4), "sum").tolist()
+    [[6.0, 9.0]]
+    """
+    out, fan_in = per_weight.shape
+    n = num_groups(fan_in, config)
+    width = fan_in if n == 1 else int(config.group_size)  # type: ignore[arg-type]
+    padded = F.pad(per_weight.detach().double(), (0, n * width - fan_in)).reshape(out, n, width)
+    sums = padded.sum(dim=2)
+    if how == "sum":
+        return sums.numpy()
+    sizes = torch.full((n,), float(width), dtype=torch.float64)
+    sizes[-1] = fan_in - width * (n - 1)
+    return (sums / sizes).numpy()
+
+
+def unit_reduce(per_weight: Sequence[torch.Tensor], space: SearchSpace) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+    """Per-unit means and (when the space's quantizer has a group size) per-group means.
+
+    ``per_weight[i]`` has the shape of unit i's weight tensor; it is viewed as
+    the unit's (out, fan_in) matrix exactly as the quantizer views the weight.
+    """
+    scores: dict[str, float] = {}
+    groups: dict[str, np.ndarray] | None = {} if space.quantizer.group_size is not None else None
+    for unit, values in zip(space.units, per_weight):
+        mat = weight_matrix(values.detach(), unit.kind)
+        scores[unit.name] = float(mat.double().mean())
+        if groups is not None:
+            groups[unit.name] = group_reduce(mat, space.quantizer, "mean")
+    return scores, groups
+
+
+def batch_length(batch: Any) -> int:
+    """The number of samples of a batch (tensor, tuple/list or dict of tensors)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, dict):
+        return batch_length(next(iter(batch.values())))
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch_length(batch[0])
+    raise DataError(f"a calibration batch must be a tensor, a tuple/list or a dict of tensors, but got {type(batch).__name__}. "
+                    "Pass batches of tensors with the samples along dimension 0.")
+
+
+def slice_batch(batch: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of a batch; every tensor is sliced along dimension 0."""
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop]
+    if isinstance(batch, dict):
+        return {k: slice_batch(v, start, stop) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(slice_batch(v, start, stop) for v in batch)
+    return batch
+
+
+@contextmanager
+def weights_requiring_grad(model: nn.Module, params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Eval mode and ``requires_grad`` on ``params`` for the block; both restored after.
+
+    Gradients are taken with :func:`torch.autograd.grad`, so no ``.grad`` is ever written.
+    """
+    was_training = model.training
+    saved = [p.requires_grad for p in params]
+    model.eval()
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, saved):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def grads_or_zeros(loss: torch.Tensor, params: Sequence[torch.Tensor], *, create_graph: bool = False) -> list[torch.Tensor]:
+    """d loss / d params, with zeros for parameters the loss does not use (e.g. an unused pooler)."""
+    grads = torch.autograd.grad(loss, list(params), create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

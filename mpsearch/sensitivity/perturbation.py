@@ -1,0 +1,155 @@
+"""ZeroQ's perturbation sensitivity: the damage of quantizing one unit alone.
+
+For every unit u and each of its bit choices b, the weight of u alone is
+fake-quantized to b bits in place, the calibration batches run, and the
+output is compared with the full-precision output (Cai et al., "ZeroQ: A Novel
+Zero Shot Quantization Framework", CVPR 2020, eq. 2):
+
+* classifiers: ``KL(softmax(fp logits) || softmax(quantized logits))``, the
+  mean over samples;
+* sentence encoders (MiniLM, no classifier): ``1 - cos(e_fp, e_q)`` of the
+  mean-pooled sentence embeddings, the mean over sentences. The embedding is
+  used through cosine similarity, so the loss of cosine is the damage a user
+  sees; a softmax over embedding dimensions would need an arbitrary
+  temperature and is not a distribution the model was trained to produce.
+
+These measured values fill ``Sensitivity.unit_costs`` (the cost table)
+directly. The weight is saved once per unit and copied back with
+``Tensor.copy_``, so it is restored bit-exactly; nothing is deep-copied.
+With a ``time_limit``, units not reached get ``ratio * ||Q_b(W) - W||^2``,
+with ``ratio`` the median cost per unit of quantization error over the units
+measured, and are listed in ``details["extrapolated"]``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..kernels.fake import quantizable_kind
+from ..kernels.quantize import fake_quantize, matrix_to_weight, weight_matrix
+from ..space import SearchSpace
+from ._forward import batch_output, is_encoder_batch
+from .base import (
+    ESTIMATORS,
+    Calibration,
+    Estimator,
+    Sensitivity,
+    quantization_errors,
+    unit_modules,
+)
+
+METRICS = ("auto", "kl", "cosine")
+
+
+def output_divergence(reference: torch.Tensor, output: torch.Tensor, metric: str) -> torch.Tensor:
+    """Summed divergence over the samples of a batch: KL of softmaxes, or 1 - cosine.
+
+    >>> a = torch.tensor([[1.0, 2.0]])
+    >>> float(output_divergence(a, a, "kl")), float(output_divergence(a, a, "cosine"))
+    (0.0, 0.0)
+    """
+    if metric == "kl":
+        log_p = torch.log_softmax(reference.double(), dim=-1)
+        log_q = torch.log_softmax(output.double(), dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum().clamp(min=0.0)
+    cos = torch.nn.functional.cosine_similarity(reference.double(), output.double(), dim=-1)
+    return (1.0 - cos).clamp(min=0.0).sum()
+
+
+@ESTIMATORS.register("zeroq")
+class PerturbationKL(Estimator):
+    """ZeroQ sensitivity: output divergence with only one unit quantized, per bit choice.
+
+    >>> est = PerturbationKL(seed=0, progress=False)
+    >>> # sens = est.estimate(model, Calibration.classification(x, y), space)
+    >>> # costs = build_cost_table(model, space, sens)  # uses sens.unit_costs
+    """
+
+    name = "zeroq"
+
+    def __init__(self, *, metric: str = "auto", seed: int = 0, progress: bool = True, time_limit: float | None = None) -> None:
+        if metric not in METRICS:
+            raise ConfigError(f"`metric` must be one of {METRICS}, but got metric={metric!r}. Use 'auto'.")
+        if time_limit is not None and not time_limit > 0:
+            raise ConfigError(f"`time_limit` must be positive seconds or None, but got {time_limit!r}.")
+        self.metric, self.seed, self.progress, self.time_limit = metric, seed, progress, time_limit
+
+    def settings(self) -> dict:
+        return {"metric": self.metric, "seed": self.seed, "time_limit": self.time_limit}
+
+    def _metric(self, data: Calibration) -> str:
+        if self.metric != "auto":
+            return self.metric
+        return "cosine" if is_encoder_batch(data.batches[0]) else "kl"
+
+    @torch.no_grad()
+    def divergence(self, model: nn.Module, data: Calibration, references: list[torch.Tensor], metric: str) -> float:
+        """Mean divergence of the model's current outputs from ``references`` over all samples."""
+        total = 0.0
+        for batch, ref in zip(data.batches, references):
+            total += float(output_divergence(ref, batch_output(model, batch), metric))
+        return total / data.n_samples
+
+    def estimate(self, model: nn.Module, data: Calibration, space: SearchSpace) -> Sensitivity:
+        start = time.perf_counter()
+        modules = unit_modules(model, space)
+        metric = self._metric(data)
+        was_training = model.training
+        model.eval()
+        measured: dict[str, dict[int, float]] = {}
+        with torch.no_grad():
+            references = [batch_output(model, b).detach() for b in data.batches]
+            total = sum(len(u.bits) for u in space.units)
+            bar = tqdm(total=total, desc="zeroq", disable=not self.progress, leave=False, mininterval=0.5)
+            try:
+                for unit, module in zip(space.units, modules):
+                    if self.time_limit is not None and measured and time.perf_counter() - start > self.time_limit:
+                        break
+                    measured[unit.name] = self._unit_costs(model, module, unit.bits, space, data, references, metric)
+                    bar.update(len(unit.bits))
+            finally:
+                bar.close()
+                model.train(was_training)
+        costs, extrapolated = self._complete(model, space, measured)
+        scores = {u.name: costs[u.name][min(u.bits)] for u in space.units}
+        details = {"metric": metric, "extrapolated": extrapolated, "calibration_samples": data.n_samples}
+        return Sensitivity(
+            method=self.name, scores=scores, settings=self.settings(), seconds=time.perf_counter() - start,
+            details=details, unit_costs=costs,
+        )
+
+    def _unit_costs(self, model, module, bits, space, data, references, metric) -> dict[int, float]:
+        kind = quantizable_kind(module)
+        weight = module.weight
+        saved = weight.detach().clone()
+        out: dict[int, float] = {}
+        try:
+            for b in bits:
+                quantized = fake_quantize(weight_matrix(saved, kind), b, space.quantizer)
+                weight.data.copy_(matrix_to_weight(quantized, saved.shape, kind))
+                out[b] = self.divergence(model, data, references, metric)
+        finally:
+            weight.data.copy_(saved)  # bit-exact restore, even on error
+        return out
+
+    @staticmethod
+    def _complete(model, space, measured) -> tuple[dict[str, dict[int, float]], list[str]]:
+        missing = [u.name for u in space.units if u.name not in measured]
+        if not missing:
+            return measured, []
+        errors = quantization_errors(model, space)
+        ratios = [c / errors[n][b] for n, per in measured.items() for b, c in per.items() if errors[n][b] > 0]
+        ratio = float(np.median(ratios)) if ratios else 0.0
+        costs = dict(measured)
+        for name in missing:
+            costs[name] = {b: ratio * e for b, e in errors[name].items()}
+        return costs, missing
+
+
+__all__ = ["PerturbationKL", "output_divergence"]
