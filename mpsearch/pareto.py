@@ -175,6 +175,8 @@ def pareto(
     kinds = {b.kind for b in values}
     if len(kinds) != 1:
         raise MPSearchError(f"a sweep must vary one budget kind, but got {sorted(kinds)}. Use extra_budgets for fixed limits.")
+    if hasattr(engine, "front") and not extra_budgets:  # a one-pass front (e.g. the DP)
+        return engine.front(costs, values, kind=values[0].kind)
     results = [
         engine.solve(costs, (b, *extra_budgets), time_limit=time_limit)
         for b in tqdm(values, desc="pareto", disable=not progress, leave=False)

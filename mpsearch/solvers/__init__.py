@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from .base import SOLVERS, SolveResult, Solver, Status, get_solver
+from .convex import ConvexSolver
+from .dp import DPSolver
+from .greedy import GreedySolver
 from .ilp import ILPSolver
+from .lagrange import LagrangeSolver, LagrangeSolution, lagrange_solve
+from .search import NSGA2Solver, TPESolver
 
-__all__ = ["SOLVERS", "SolveResult", "Solver", "Status", "get_solver", "ILPSolver", "solve"]
+__all__ = [
+    "SOLVERS", "SolveResult", "Solver", "Status", "get_solver", "solve",
+    "ILPSolver", "ConvexSolver", "LagrangeSolver", "LagrangeSolution", "lagrange_solve",
+    "DPSolver", "GreedySolver", "TPESolver", "NSGA2Solver",
+]
 
 
 def solve(costs, budget, *, solver="ilp", time_limit=None, **options):

@@ -136,6 +136,9 @@ def reduce(costs: CostTable, budgets: Iterable[Budget]) -> Reduced:
     members = [tuple(g) for g in costs.ties] + [(i,) for i in range(costs.n_items) if i not in tied]
     members.sort(key=lambda g: g[0])
     if not costs.ties:
+        if costs.allowed.all():  # nothing to mask: no copies of the table's arrays
+            return Reduced(tuple(members), costs.cost, costs.allowed, tuple(b.matrix(costs) for b in budgets),
+                           tuple(b.value for b in budgets))
         cost = np.where(costs.allowed, costs.cost, 0.0)
         mats = tuple(np.where(costs.allowed, b.matrix(costs), 0.0) for b in budgets)
         return Reduced(tuple(members), cost, costs.allowed.copy(), mats, tuple(b.value for b in budgets))
@@ -187,7 +190,8 @@ class Solver:
             )
         budgets = as_budgets(budget)
         for b in budgets:
-            b.matrix(costs)  # unknown resource kinds fail here, clearly
+            if b.kind not in ("avg_bits", "bytes"):
+                b.matrix(costs)  # unknown resource kinds fail here, clearly
         start = time.perf_counter()
         floor = min_feasible(costs, budgets)
         if any(floor[b.kind] > b.value * (1 + RTOL) + 1e-12 for b in budgets):
