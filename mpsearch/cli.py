@@ -6,6 +6,8 @@
     mpsearch pareto --costs costs.json --budgets 2.5:4:0.25 --out-dir front/
     mpsearch evaluate --model resnet20 --plan plan.json --data-dir ../shared/data
     mpsearch study study.toml                 # estimators x solvers x budgets, resumable
+    mpsearch hw calibrate --out lut.json      # time the packed kernels on this machine
+    mpsearch hw add --costs costs.json --lut lut.json --out costs_hw.json   # + latency_ms, bops, bytes_packed
 
 Errors on user input print one line naming the rule, the value and the fix, and exit with status 2.
 """
@@ -204,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, model=False)
     p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
     p.add_argument("--budgets", default="2:8:0.25", help="START:STOP:STEP or a comma list (default: %(default)s)")
-    p.add_argument("--kind", default="avg_bits", help="budget kind swept: avg_bits or bytes (default: %(default)s)")
+    p.add_argument("--kind", default="avg_bits", help="budget kind swept: avg_bits, bytes, or a resource "
+                   "column such as latency_ms, bops, bytes_packed (see `mpsearch hw add`) (default: %(default)s)")
     p.add_argument("--x", default="avg_bits", choices=("avg_bits", "mib"), help="x axis of the plot")
     p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
     p.add_argument("--out-dir", type=Path, required=True)
@@ -217,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="study config (TOML)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_study)
+
+    from .hw_cli import add_hw_parser
+
+    add_hw_parser(sub)
 
     p = sub.add_parser("evaluate", help="measure a plan's top-1 accuracy and size (fp32 without --plan)", epilog=EPILOG,
                        description="Apply a plan (fake-quant reference) to a pretrained model and measure top-1 on CIFAR-10. "

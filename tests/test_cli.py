@@ -10,7 +10,7 @@ from mpsearch.cli import main
 from mpsearch.plan import BitPlan
 
 
-@pytest.mark.parametrize("command", ["quickstart", "sensitivity", "search", "pareto", "evaluate"])
+@pytest.mark.parametrize("command", ["quickstart", "sensitivity", "search", "pareto", "evaluate", "study", "hw"])
 def test_help_answers(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

@@ -1,0 +1,142 @@
+"""Exact bytes of a plan in mpsearch's packed format.
+
+The packed layout of one unit with a (out, K) weight matrix at b bits (1..8), with
+n_groups = ceil(K / G) (1 when the quantizer has no group size):
+
+====================  =======================  ===============================================
+buffer                shape                    bytes
+====================  =======================  ===============================================
+``packed`` uint8      (out, ceil(K*b/8))       out * ceil(K*b/8)  (rows padded to whole bytes)
+``scale``             (out, n_groups)          out * n_groups * 2 (float16/bfloat16) or 4 (float32)
+``zero`` uint8        (out, n_groups)          out * n_groups, affine only (symmetric has none)
+``bias``              (out,)                   4 * out, float32, when the unit has a bias
+====================  =======================  ===============================================
+
+A unit at 16 bits keeps its weight (and bias) in its float dtype. Every other parameter and
+buffer of the model (batch norm, embeddings, layer norms, biases of float units) stays as it is.
+Because each row is padded to whole bytes, a unit's codes take ``out * ceil(K*b/8)`` bytes, not
+``out*K*b/8``: that is why the cost table gets an exact ``bytes_packed`` column here rather
+than reusing ``storage_bits / 8``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpsearch.errors import DataError
+from mpsearch.hardware_models.shapes import LayerShapes
+from mpsearch.kernels.config import FLOAT_BITS, SCALE_BITS, QuantizerConfig, Scheme
+
+if TYPE_CHECKING:
+    from mpsearch.costs import CostTable
+
+QUANT_BIAS_BYTES = 4  # the bias of a quantized unit is kept in float32
+
+
+def _config(quantizer: QuantizerConfig | Mapping[str, Any] | None) -> QuantizerConfig:
+    if quantizer is None:
+        return QuantizerConfig()
+    return quantizer if isinstance(quantizer, QuantizerConfig) else QuantizerConfig.from_dict(quantizer)
+
+
+def weight_bytes(out_features: Any, fan_in: Any, bits: Any,
+                 quantizer: QuantizerConfig | Mapping[str, Any] | None = None,
+                 *, float_itemsize: Any = 4) -> np.ndarray:
+    """Bytes of the weight buffers (packed codes, scales, zero-points) of units, broadcast.
+
+    ``bits`` of 16 gives the float weight, ``out * K * float_itemsize``. Bias not included.
+
+    >>> int(weight_bytes(16, 27, 3))  # 16 rows * ceil(81/8)=11 bytes + 16 fp16 scales
+    208
+    """
+    cfg = _config(quantizer)
+    out = np.asarray(out_features, np.int64)
+    K = np.asarray(fan_in, np.int64)
+    b = np.asarray(bits, np.int64)
+    if np.any((b < 1) | ((b > 8) & (b != FLOAT_BITS))):
+        raise DataError(f"`bits` must lie within 1..8 or be 16 (float), but got {np.unique(b).tolist()}. "
+                        "Pass plan widths.")
+    groups = np.ones_like(K) if cfg.group_size is None else -(-K // cfg.group_size)
+    per_group = SCALE_BITS[cfg.scale_dtype] // 8 + (1 if cfg.scheme is Scheme.AFFINE else 0)
+    packed = out * (-(-K * b // 8)) + out * groups * per_group
+    floating = out * K * np.asarray(float_itemsize, np.int64)
+    return np.where(b == FLOAT_BITS, floating, packed)
+
+
+def bytes_packed_column(costs: CostTable, shapes: LayerShapes) -> np.ndarray:
+    """Resource column ``bytes_packed`` (items x choices): the weight buffers of each unit at each width.
+
+    Add it with ``costs.with_resources(bytes_packed=bytes_packed_column(costs, shapes))`` and
+    constrain it with ``Budget(kind="bytes_packed", value=...)``. Biases and float leftovers are
+    the same for every plan, so they are left out of the column (see :func:`plan_bytes`).
+    """
+    s = shapes.for_costs(costs)
+    bits = np.asarray(costs.bits, np.int64)[None, :]
+    return weight_bytes(s.out_features[:, None], s.fan_in[:, None], bits, costs.quantizer).astype(np.float64)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class MemoryInventory:
+    """What a model stores besides its quantizable weights (arrays only; see
+    :func:`mpsearch.profile.memory_inventory`)."""
+
+    names: tuple[str, ...]
+    out_features: np.ndarray
+    fan_in: np.ndarray
+    weight_itemsize: np.ndarray  # bytes per element of each unit's float weight
+    bias_numel: np.ndarray  # 0 when a unit has no bias
+    bias_itemsize: np.ndarray
+    other_bytes: int  # every other parameter and buffer, in its own dtype
+
+
+@dataclass(frozen=True)
+class PlanBytes:
+    """Bytes of a whole model under a plan, by buffer kind."""
+
+    packed: int
+    scale: int
+    zero: int
+    bias: int
+    float_weights: int
+    other: int
+
+    @property
+    def total(self) -> int:
+        return self.packed + self.scale + self.zero + self.bias + self.float_weights + self.other
+
+
+def plan_bytes(inventory: MemoryInventory, bits: Mapping[str, Any] | Sequence[int],
+               quantizer: QuantizerConfig | Mapping[str, Any] | None = None) -> PlanBytes:
+    """Exact bytes of the model under ``bits`` (a plan's ``bits`` mapping, or one width per unit).
+
+    Units missing from the mapping, and units at 16 bits, keep their float weights.
+    """
+    cfg = _config(quantizer)
+    n = len(inventory.names)
+    if isinstance(bits, Mapping):
+        b = np.full(n, FLOAT_BITS, np.int64)
+        index = {name: i for i, name in enumerate(inventory.names)}
+        for name, value in bits.items():
+            if name not in index or isinstance(value, (tuple, list)):
+                raise DataError(f"plan units must be quantizable units with one width each, but got {name!r}: "
+                                f"{value!r}. Use a layer-granularity plan for this model.")
+            b[index[name]] = int(value)
+    else:
+        b = np.asarray(bits, np.int64)
+        if b.shape != (n,):
+            raise DataError(f"`bits` must give one width per unit ({n}), but has shape {b.shape}.")
+    quant = b != FLOAT_BITS
+    out, K = inventory.out_features, inventory.fan_in
+    groups = np.ones_like(K) if cfg.group_size is None else -(-K // cfg.group_size)
+    packed = int((out * (-(-K * b // 8)))[quant].sum())
+    scale = int((out * groups)[quant].sum()) * (SCALE_BITS[cfg.scale_dtype] // 8)
+    zero = int((out * groups)[quant].sum()) if cfg.scheme is Scheme.AFFINE else 0
+    bias_size = np.where(quant, QUANT_BIAS_BYTES, inventory.bias_itemsize)
+    bias = int((inventory.bias_numel * bias_size).sum())
+    floating = int((out * K * inventory.weight_itemsize)[~quant].sum())
+    return PlanBytes(packed=packed, scale=scale, zero=zero, bias=bias, float_weights=floating,
+                     other=int(inventory.other_bytes))

@@ -1,0 +1,20 @@
+"""Shared fixtures: ResNet-20 traced once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpsearch.profile import trace_layers
+from mpsearch.zoo.resnet import cifar_resnet
+
+
+@pytest.fixture(scope="session")
+def resnet20():
+    torch.manual_seed(0)
+    return cifar_resnet(20).eval()
+
+
+@pytest.fixture(scope="session")
+def resnet20_shapes(resnet20):
+    return trace_layers(resnet20, torch.zeros(1, 3, 32, 32))

@@ -1,0 +1,54 @@
+"""Hardware columns plug into the solvers and the Pareto sweep as budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpsearch.budget import Budget
+from mpsearch.costs import cost_table_from_space
+from mpsearch.hardware_models.bops import bops_column
+from mpsearch.hardware_models.lut import LUTLatencyModel
+from mpsearch.hardware_models.memory import bytes_packed_column
+from mpsearch.hardware_models.roofline import latency_column
+from mpsearch.pareto import pareto
+from mpsearch.solvers import solve
+from mpsearch.space import discover
+
+
+@pytest.fixture(scope="module")
+def hw_costs(resnet20, resnet20_shapes):
+    space = discover(resnet20, bits=(2, 3, 4, 8))
+    rng = np.random.default_rng(0)
+    costs = cost_table_from_space(space, {u.name: {b: float(rng.random()) * 2.0 ** -b * u.n_weights for b in u.bits}
+                                          for u in space.units})
+    lut = LUTLatencyModel(bits=(2, 4, 8), shapes=[(16, 144), (64, 576), (384, 1536)], batches=[1, 64, 1024],
+                          ms=np.array([[[0.01, 0.03, 0.3], [0.02, 0.2, 6.0], [0.03, 1.2, 25.0]]])
+                          * np.array([1.0, 1.1, 1.3])[:, None, None])
+    return costs.with_resources(latency_ms=lut.latency_column(costs, resnet20_shapes),
+                                bops=bops_column(costs, resnet20_shapes),
+                                bytes_packed=bytes_packed_column(costs, resnet20_shapes),
+                                roofline_ms=latency_column(costs, resnet20_shapes, "t4", batch=64))
+
+
+def test_latency_budget_is_respected(hw_costs):
+    lo = hw_costs.min_usage(Budget(kind="latency_ms", value=1.0))
+    for value in (lo * 1.02, lo * 1.1, lo * 1.3):
+        result = solve(hw_costs, Budget(kind="latency_ms", value=value), solver="ilp")
+        assert hw_costs.usage(result.choice, Budget(kind="latency_ms", value=value)) <= value * (1 + 1e-9)
+
+
+def test_several_hardware_budgets_at_once(hw_costs):
+    budgets = [Budget(kind=k, value=hw_costs.min_usage(Budget(kind=k, value=1.0)) * 1.15)
+               for k in ("latency_ms", "bops", "bytes_packed", "roofline_ms")]
+    result = solve(hw_costs, budgets, solver="ilp")
+    for b in budgets:
+        assert hw_costs.usage(result.choice, b) <= b.value * (1 + 1e-9)
+
+
+def test_pareto_front_on_latency(hw_costs):
+    lo = hw_costs.min_usage(Budget(kind="latency_ms", value=1.0))
+    front = pareto(hw_costs, [lo * f for f in (1.05, 1.2, 1.4)], kind="latency_ms")
+    frame = front.to_frame()
+    assert len(frame) >= 2 and np.all(frame["latency_ms"] <= frame["budget"] * (1 + 1e-9))
+    assert np.all(np.diff(frame["predicted_cost"].to_numpy()) < 0)
