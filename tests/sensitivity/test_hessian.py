@@ -6,54 +6,17 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from mpsearch.errors import MPSearchError
 from mpsearch.sensitivity import Calibration, HutchinsonTrace, build_cost_table
 from mpsearch.space import discover
 
-
-def small_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.Tanh(), nn.Linear(5, 3)
-    )
-
-
-def small_data(n: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 2, 4, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
-
-
-def trained_net(x: torch.Tensor, y: torch.Tensor, steps: int = 150) -> nn.Module:
-    """The small net fitted to (x, y): near a minimum the Hessian is close to
-    positive semi-definite, the regime HAWQ estimates traces in."""
-    model = small_net()
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model
+from _nets import exact_hessian_block, tiny_data as small_data, tiny_net as small_net, trained_tiny_net as trained_net
 
 
 def exact_block_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, float]:
     """tr(H_uu) of the mean cross-entropy, from the full Hessian block of each unit's weight."""
-    params = dict(model.named_parameters())
-    out = {}
-    for name in names:
-        key = f"{name}.weight"
-
-        def loss_of(w: torch.Tensor, key: str = key) -> torch.Tensor:
-            p = dict(params)
-            p[key] = w
-            return nn.functional.cross_entropy(functional_call(model, p, (x,)), y)
-
-        h = torch.autograd.functional.hessian(loss_of, params[key].detach())
-        n = params[key].numel()
-        out[name] = float(h.reshape(n, n).diagonal().sum())
-    return out
+    return {name: float(exact_hessian_block(model, x, y, name).diagonal().sum()) for name in names}
 
 
 def test_trace_matches_exact_hessian_within_5_percent():
