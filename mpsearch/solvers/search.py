@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -145,7 +146,9 @@ class _OptunaSearch(Solver):
     def _constraints(trial) -> list[float]:
         return list(trial.user_attrs.get("constraints", [1.0]))
 
-    def _best(self, costs, budgets, study, red, names, value_index: int = 0) -> SolveResult:
+    def _best(self, costs, budgets, study, red, names, value_index: int = 0, started: float | None = None,
+              time_limit: float | None = None) -> SolveResult:
+        """The best feasible trial; status time_limit when the search was cut short by ``time_limit``."""
         import optuna
 
         best, best_value = None, np.inf
@@ -159,7 +162,9 @@ class _OptunaSearch(Solver):
             return SolveResult(status=Status.INFEASIBLE, costs=costs, budgets=budgets, info=info)
         choice = red.expand(np.array([best.params[n] for n in names], np.int64), costs.n_items)
         info["measured"] = best_value if self.evaluate is not None else None
-        return SolveResult(status=Status.FEASIBLE, costs=costs, budgets=budgets, choice=choice, info=info)
+        stopped = time_limit is not None and started is not None and time.perf_counter() - started >= time_limit
+        status = Status.TIME_LIMIT if stopped else Status.FEASIBLE
+        return SolveResult(status=status, costs=costs, budgets=budgets, choice=choice, info=info)
 
 
 def _greedy_start(costs: CostTable, budgets: tuple[Budget, ...]):
@@ -188,8 +193,9 @@ class TPESolver(_OptunaSearch):
         import optuna
 
         sampler = optuna.samplers.TPESampler(seed=self.seed, constraints_func=self._constraints_func(), n_startup_trials=10)
+        started = time.perf_counter()
         study, red, names = self._run(costs, budgets, sampler, ["minimize"], lambda v, u: v, time_limit, _greedy_start(costs, budgets))
-        return self._best(costs, budgets, study, red, names)
+        return self._best(costs, budgets, study, red, names, started=started, time_limit=time_limit)
 
 
 @SOLVERS.register("nsga2")
@@ -233,11 +239,12 @@ class NSGA2Solver(_OptunaSearch):
 
     def _solve(self, costs: CostTable, budgets: tuple[Budget, ...], *, time_limit: float | None) -> SolveResult:
         greedy = _greedy_start(costs, budgets)
+        started = time.perf_counter()
         study, red, names = self._run(
             costs, budgets, self._sampler(True), ["minimize"] * (1 + len(budgets)), lambda v, u: (v, *u),
             time_limit, lambda red: greedy(red) + self._uniform_starts(red),
         )
-        return self._best(costs, budgets, study, red, names)
+        return self._best(costs, budgets, study, red, names, started=started, time_limit=time_limit)
 
     def front(self, costs: CostTable, budgets=None, *, kind: str = "avg_bits", time_limit: float | None = None):
         """Search cost vs ``kind`` without a limit; one result per budget value (or every non-dominated trial).
