@@ -20,6 +20,24 @@ from ..kernels.quantize import num_groups, weight_matrix
 from ..space import SearchSpace
 
 
+class Deadline:
+    """A wall-clock limit: ``expired()`` is True once ``seconds`` have passed (never, for None)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        import time
+
+        if seconds is not None and not seconds > 0:
+            raise DataError(f"`time_limit` must be positive seconds or None, but got {seconds!r}.")
+        self._clock = time.perf_counter
+        self.end = None if seconds is None else self._clock() + float(seconds)
+        self.hit = False
+
+    def expired(self) -> bool:
+        if self.end is not None and self._clock() >= self.end:
+            self.hit = True
+        return self.hit
+
+
 def group_reduce(per_weight: torch.Tensor, config: QuantizerConfig, how: str = "mean") -> np.ndarray:
     """Reduce a (out, fan_in) per-weight tensor to (out, n_blocks) per group of G inputs.
 

@@ -30,22 +30,28 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..space import SearchSpace
-from ._tensors import unit_reduce, weights_requiring_grad
+from ._tensors import Deadline, unit_reduce, weights_requiring_grad
 from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
 from .hessian import hessian_vector_products, rademacher
 
 
 def hutchinson_diagonal(
-    model: nn.Module, data: Calibration, params: list[torch.Tensor], *, probes: int, seed: int, progress: bool = False
+    model: nn.Module, data: Calibration, params: list[torch.Tensor], *, probes: int, seed: int, progress: bool = False,
+    deadline: Deadline | None = None,
 ) -> tuple[list[torch.Tensor], int]:
-    """diag(H) of the mean calibration loss restricted to ``params`` (float64, parameter shapes), and probes run."""
+    """diag(H) of the mean calibration loss restricted to ``params`` (float64, parameter shapes), and probes run.
+
+    Probes go round the batches; a ``deadline`` stops after the round in progress, so every batch
+    keeps the same number of probes and the weighting stays exact.
+    """
     n_batches = len(data.batches)
     per_batch = max(1, math.ceil(probes / n_batches))
     total = per_batch * n_batches
     generator = torch.Generator().manual_seed(seed)
     hvp = hessian_vector_products(model, data, params)
     acc = [torch.zeros(p.shape, dtype=torch.float64) for p in params]
-    share = [s / data.n_samples / per_batch for s in data.sizes]
+    share = [s / data.n_samples for s in data.sizes]
+    rounds = 0
     with tqdm(total=total, desc="hessian diag", disable=not progress, leave=False, mininterval=0.5) as bar:
         for probe in range(total):
             k = probe % n_batches
@@ -53,7 +59,13 @@ def hutchinson_diagonal(
             for a, v, h in zip(acc, vs, hvp(vs, k)):
                 a.add_((v * h).double().cpu(), alpha=share[k])
             bar.update(1)
-    return acc, total
+            if k == n_batches - 1:
+                rounds += 1
+                if deadline is not None and deadline.expired():
+                    break
+    for a in acc:
+        a.div_(rounds)
+    return acc, rounds * n_batches
 
 
 @ESTIMATORS.register("hessian_diag")
@@ -70,10 +82,10 @@ class HutchinsonDiagonal(Estimator):
     supports_groups = True
     quick_options: ClassVar[Mapping[str, Any]] = {"probes": 8}
 
-    def __init__(self, *, probes: int = 64, seed: int = 0, progress: bool = True) -> None:
+    def __init__(self, *, probes: int = 64, seed: int = 0, progress: bool = True, time_limit: float | None = None) -> None:
         if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
             raise ConfigError(f"`probes` must be a positive integer, but got probes={probes!r}. Pass e.g. probes=64.")
-        self.probes, self.seed, self.progress = probes, seed, progress
+        self.probes, self.seed, self.progress, self.time_limit = probes, seed, progress, time_limit
 
     def settings(self) -> dict:
         return {"probes": self.probes, "seed": self.seed}
@@ -82,7 +94,10 @@ class HutchinsonDiagonal(Estimator):
         start = time.perf_counter()
         params = [m.weight for m in unit_modules(model, space)]
         with weights_requiring_grad(model, params):
-            diag, probes = hutchinson_diagonal(model, data, params, probes=self.probes, seed=self.seed, progress=self.progress)
+            deadline = Deadline(self.time_limit)
+            diag, probes = hutchinson_diagonal(
+                model, data, params, probes=self.probes, seed=self.seed, progress=self.progress, deadline=deadline
+            )
         if not all(bool(torch.isfinite(d).all()) for d in diag):
             raise ConfigError("the Hessian diagonal came out non-finite; check the model and data for NaN or inf.")
         means, groups = unit_reduce(diag, space)
@@ -94,6 +109,7 @@ class HutchinsonDiagonal(Estimator):
         details = {
             "trace": {u.name: float(d.sum()) for u, d in zip(space.units, diag)},
             "probes": probes,
+            "time_limited": deadline.hit,
             "clamped_negative": negative,
             "clamped_negative_groups": clamped,
             "calibration_samples": data.n_samples,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..space import SearchSpace
-from ._tensors import grads_or_zeros, slice_batch, weights_requiring_grad
+from ._tensors import Deadline, grads_or_zeros, slice_batch, weights_requiring_grad
 from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
 
 
@@ -53,9 +53,14 @@ def first_samples(data: Calibration, limit: int | None) -> Calibration:
 
 
 def top_eigenvalues(
-    model: nn.Module, data: Calibration, params: list[torch.Tensor], *, max_iter: int, tol: float, seed: int, progress: bool = False
+    model: nn.Module, data: Calibration, params: list[torch.Tensor], *, max_iter: int, tol: float, seed: int, progress: bool = False,
+    deadline: Deadline | None = None,
 ) -> tuple[list[float], list[int], list[bool]]:
-    """Largest-magnitude eigenvalue of each H_uu: (eigenvalues, iterations, converged) per parameter tensor."""
+    """Largest-magnitude eigenvalue of each H_uu: (eigenvalues, iterations, converged) per parameter tensor.
+
+    Once ``deadline`` has passed, the unit in progress stops iterating and every later unit gets a
+    single power step (its Rayleigh quotient, a cheap lower estimate), reported as not converged.
+    """
     grads = [grads_or_zeros(data.loss_fn(model, b), params, create_graph=True) for b in data.batches]
     shares = [s / data.n_samples for s in data.sizes]
     generator = torch.Generator().manual_seed(seed)
@@ -66,6 +71,8 @@ def top_eigenvalues(
         live = [k for k in range(len(grads)) if grads[k][u].requires_grad]
         lam, done, it = 0.0, not live, 0
         while not done and it < max_iter:
+            if it >= 1 and deadline is not None and deadline.expired():
+                break
             it += 1
             hv = torch.zeros_like(v)
             for k in live:
@@ -100,7 +107,7 @@ class PowerIterationEigen(Estimator):
 
     def __init__(
         self, *, max_iter: int = 20, tol: float = 1e-3, max_samples: int | None = 32, include_pinned: bool = False,
-        seed: int = 0, progress: bool = True,
+        seed: int = 0, progress: bool = True, time_limit: float | None = None,
     ) -> None:
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 2:
             raise ConfigError(f"`max_iter` must be an integer >= 2, but got max_iter={max_iter!r}. Pass e.g. max_iter=20.")
@@ -109,7 +116,7 @@ class PowerIterationEigen(Estimator):
         if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
             raise ConfigError(f"`max_samples` must be None or a positive integer, but got max_samples={max_samples!r}. Pass e.g. 32.")
         self.max_iter, self.tol, self.max_samples, self.include_pinned = max_iter, tol, max_samples, bool(include_pinned)
-        self.seed, self.progress = seed, progress
+        self.seed, self.progress, self.time_limit = seed, progress, time_limit
 
     def settings(self) -> dict:
         return {"max_iter": self.max_iter, "tol": self.tol, "max_samples": self.max_samples,
@@ -122,10 +129,12 @@ class PowerIterationEigen(Estimator):
         modules = unit_modules(model, space)
         params = [modules[i].weight for i in todo]
         found: tuple = ([], [], [])
+        deadline = Deadline(self.time_limit)
         if params:  # every unit pinned: nothing to iterate
             with weights_requiring_grad(model, params):
                 found = top_eigenvalues(
-                    model, data, params, max_iter=self.max_iter, tol=self.tol, seed=self.seed, progress=self.progress
+                    model, data, params, max_iter=self.max_iter, tol=self.tol, seed=self.seed, progress=self.progress,
+                    deadline=deadline,
                 )
         values, iters, converged = [0.0] * len(space), [0] * len(space), [False] * len(space)
         for i, v, it, ok in zip(todo, *found):
@@ -139,6 +148,7 @@ class PowerIterationEigen(Estimator):
             "clamped_negative": [n for n, v in zip(names, values) if v < 0],
             "skipped_pinned": [u.name for i, u in enumerate(space.units) if i not in todo],
             "calibration_samples": data.n_samples,
+            "time_limited": deadline.hit,
         }
         return Sensitivity(
             method=self.name, scores={n: max(v, 0.0) for n, v in zip(names, values)}, settings=self.settings(),

@@ -33,34 +33,51 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..space import SearchSpace
-from ._tensors import grads_or_zeros, slice_batch, unit_reduce, weights_requiring_grad
+from ._tensors import Deadline, grads_or_zeros, slice_batch, unit_reduce, weights_requiring_grad
 from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
 
 
-def mean_loss_gradient(model: nn.Module, data: Calibration, params: list[torch.Tensor], progress: bool = False) -> list[torch.Tensor]:
-    """Gradient of the size-weighted mean calibration loss (float64, one tensor per parameter)."""
+def mean_loss_gradient(
+    model: nn.Module, data: Calibration, params: list[torch.Tensor], progress: bool = False, deadline: Deadline | None = None
+) -> list[torch.Tensor]:
+    """Gradient of the size-weighted mean calibration loss (float64, one tensor per parameter).
+
+    A ``deadline`` stops after the batch in progress; the mean is then over the samples seen.
+    """
     total = [torch.zeros(p.shape, dtype=torch.float64) for p in params]
+    seen = 0
     for batch, size in tqdm(list(zip(data.batches, data.sizes)), desc="gradient", disable=not progress, leave=False):
         for t, g in zip(total, grads_or_zeros(data.loss_fn(model, batch), params)):
-            t.add_(g.double(), alpha=size / data.n_samples)
-    return total
+            t.add_(g.double(), alpha=size)
+        seen += size
+        if deadline is not None and deadline.expired():
+            break
+    return [t.div_(seen) for t in total]
 
 
 def fisher_diagonal(
-    model: nn.Module, data: Calibration, params: list[torch.Tensor], *, micro_batch: int = 1, progress: bool = False
+    model: nn.Module, data: Calibration, params: list[torch.Tensor], *, micro_batch: int = 1, progress: bool = False,
+    deadline: Deadline | None = None,
 ) -> list[torch.Tensor]:
-    """(1/N) sum over micro-batches of size n_i of n_i * g_i^2 (per-sample squared gradients when micro_batch=1)."""
+    """(1/N) sum over micro-batches of size n_i of n_i * g_i^2 (per-sample squared gradients when micro_batch=1).
+
+    A ``deadline`` stops after the micro-batch in progress; N is then the number of samples seen.
+    """
     total = [torch.zeros(p.shape, dtype=torch.float64) for p in params]
     steps = sum(math.ceil(s / micro_batch) for s in data.sizes)
+    seen = 0
     with tqdm(total=steps, desc="fisher", disable=not progress, leave=False, mininterval=0.5) as bar:
         for batch, size in zip(data.batches, data.sizes):
             for lo in range(0, size, micro_batch):
                 n = min(micro_batch, size - lo)
                 grads = grads_or_zeros(data.loss_fn(model, slice_batch(batch, lo, lo + n)), params)
                 for t, g in zip(total, grads):
-                    t.add_(g.double().square(), alpha=n / data.n_samples)
+                    t.add_(g.double().square(), alpha=n)
+                seen += n
                 bar.update(1)
-    return total
+                if deadline is not None and deadline.expired():
+                    return [t.div_(seen) for t in total]
+    return [t.div_(seen) for t in total]
 
 
 class _GradientEstimator(Estimator):
@@ -68,8 +85,9 @@ class _GradientEstimator(Estimator):
 
     supports_groups = True
 
-    def __init__(self, *, seed: int = 0, progress: bool = True) -> None:
-        self.seed, self.progress = seed, progress
+    def __init__(self, *, seed: int = 0, progress: bool = True, time_limit: float | None = None) -> None:
+        self.seed, self.progress, self.time_limit = seed, progress, time_limit
+        self.deadline = Deadline(None)
 
     def settings(self) -> dict:
         return {"seed": self.seed}
@@ -80,10 +98,11 @@ class _GradientEstimator(Estimator):
     def estimate(self, model: nn.Module, data: Calibration, space: SearchSpace) -> Sensitivity:
         start = time.perf_counter()
         params = [m.weight for m in unit_modules(model, space)]
+        self.deadline = Deadline(self.time_limit)
         with weights_requiring_grad(model, params):
             values, details = self.per_weight(model, data, params)
         scores, groups = unit_reduce(values, space)
-        details = {**details, "calibration_samples": data.n_samples}
+        details = {**details, "calibration_samples": data.n_samples, "time_limited": self.deadline.hit}
         return Sensitivity(
             method=self.name, scores=scores, settings=self.settings(), seconds=time.perf_counter() - start,
             details=details, group_scores=groups,
@@ -101,18 +120,18 @@ class FisherDiagonal(_GradientEstimator):
 
     name = "fisher"
 
-    def __init__(self, *, micro_batch: int = 1, seed: int = 0, progress: bool = True) -> None:
+    def __init__(self, *, micro_batch: int = 1, seed: int = 0, progress: bool = True, time_limit: float | None = None) -> None:
         if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
             raise ConfigError(f"`micro_batch` must be a positive integer, but got micro_batch={micro_batch!r}. "
                               "Pass 1 for per-sample gradients.")
-        super().__init__(seed=seed, progress=progress)
+        super().__init__(seed=seed, progress=progress, time_limit=time_limit)
         self.micro_batch = micro_batch
 
     def settings(self) -> dict:
         return {"micro_batch": self.micro_batch, "seed": self.seed}
 
     def per_weight(self, model, data, params):
-        return fisher_diagonal(model, data, params, micro_batch=self.micro_batch, progress=self.progress), {
+        return fisher_diagonal(model, data, params, micro_batch=self.micro_batch, progress=self.progress, deadline=self.deadline), {
             "gradients": "per-sample" if self.micro_batch == 1 else f"per-{self.micro_batch}-sample micro-batch"
         }
 
@@ -128,7 +147,7 @@ class FirstOrderSalience(_GradientEstimator):
     name = "first_order"
 
     def per_weight(self, model, data, params):
-        grads = mean_loss_gradient(model, data, params, self.progress)
+        grads = mean_loss_gradient(model, data, params, self.progress, self.deadline)
         return [(p.detach().double() * g).abs() for p, g in zip(params, grads)], {}
 
 
@@ -143,17 +162,17 @@ class GradientOutliers(_GradientEstimator):
 
     name = "gwq"
 
-    def __init__(self, *, fraction: float = 0.01, seed: int = 0, progress: bool = True) -> None:
+    def __init__(self, *, fraction: float = 0.01, seed: int = 0, progress: bool = True, time_limit: float | None = None) -> None:
         if not 0 < fraction <= 1:
             raise ConfigError(f"`fraction` must be within (0, 1], but got fraction={fraction!r}. Pass 0.01 for GWQ's top 1 %.")
-        super().__init__(seed=seed, progress=progress)
+        super().__init__(seed=seed, progress=progress, time_limit=time_limit)
         self.fraction = float(fraction)
 
     def settings(self) -> dict:
         return {"fraction": self.fraction, "seed": self.seed}
 
     def per_weight(self, model, data, params):
-        grads = mean_loss_gradient(model, data, params, self.progress)
+        grads = mean_loss_gradient(model, data, params, self.progress, self.deadline)
         flat = torch.cat([g.abs().reshape(-1) for g in grads])
         k = max(1, math.ceil(self.fraction * flat.numel()))
         mask = torch.zeros(flat.numel(), dtype=torch.float64)

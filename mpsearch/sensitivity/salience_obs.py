@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..kernels.quantize import weight_matrix
 from ..space import SearchSpace
-from ._tensors import unit_reduce
+from ._tensors import Deadline, unit_reduce
 from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
 
 
@@ -49,8 +49,13 @@ def layer_input_rows(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Ten
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-def input_hessians(model: nn.Module, data: Calibration, space: SearchSpace, progress: bool = False) -> tuple[list[torch.Tensor], list[int]]:
-    """H_u = X_u^T X_u (float64, fan_in x fan_in) for every unit, and the number of rows seen."""
+def input_hessians(
+    model: nn.Module, data: Calibration, space: SearchSpace, progress: bool = False, deadline: Deadline | None = None
+) -> tuple[list[torch.Tensor], list[int]]:
+    """H_u = X_u^T X_u (float64, fan_in x fan_in) for every unit, and the number of rows seen.
+
+    A ``deadline`` stops after the batch in progress (H then sums the rows seen so far).
+    """
     modules = unit_modules(model, space)
     hessians = [torch.zeros(u.fan_in, u.fan_in, dtype=torch.float64) for u in space.units]
     rows = [0] * len(modules)
@@ -69,6 +74,8 @@ def input_hessians(model: nn.Module, data: Calibration, space: SearchSpace, prog
         with torch.no_grad():
             for batch in tqdm(data.batches, desc="obs inputs", disable=not progress, leave=False):
                 data.loss_fn(model, batch)
+                if deadline is not None and deadline.expired():
+                    break
     finally:
         for h in handles:
             h.remove()
@@ -103,17 +110,18 @@ class OBSSalience(Estimator):
     name = "obs"
     supports_groups = True
 
-    def __init__(self, *, damp: float = 0.01, seed: int = 0, progress: bool = True) -> None:
+    def __init__(self, *, damp: float = 0.01, seed: int = 0, progress: bool = True, time_limit: float | None = None) -> None:
         if not 0 <= damp < 10:
             raise ConfigError(f"`damp` must be within [0, 10), but got damp={damp!r}. Pass e.g. damp=0.01 (1 % of the mean diagonal).")
-        self.damp, self.seed, self.progress = float(damp), seed, progress
+        self.damp, self.seed, self.progress, self.time_limit = float(damp), seed, progress, time_limit
 
     def settings(self) -> dict:
         return {"damp": self.damp, "seed": self.seed}
 
     def estimate(self, model: nn.Module, data: Calibration, space: SearchSpace) -> Sensitivity:
         start = time.perf_counter()
-        hessians, rows = input_hessians(model, data, space, self.progress)
+        deadline = Deadline(self.time_limit)
+        hessians, rows = input_hessians(model, data, space, self.progress, deadline)
         values = []
         for unit, module, h, n in zip(space.units, unit_modules(model, space), hessians, rows):
             w2d = weight_matrix(module.weight.detach(), unit.kind)
@@ -126,6 +134,7 @@ class OBSSalience(Estimator):
             "salience_sum": {u.name: float(v.sum()) for u, v in zip(space.units, values)},
             "unreached": [u.name for u, n in zip(space.units, rows) if n == 0],
             "calibration_samples": data.n_samples,
+            "time_limited": deadline.hit,
         }
         return Sensitivity(
             method=self.name, scores=scores, settings=self.settings(), seconds=time.perf_counter() - start,
