@@ -19,7 +19,9 @@ probes ran and whether the tolerance was met.
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -99,6 +101,8 @@ class HutchinsonTrace(Estimator):
         seed: int = 0,
         progress: bool = True,
         time_limit: float | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 10,
     ) -> None:
         if not 0 < tol < 1:
             raise MPSearchError(f"`tol` must be within (0, 1), but got tol={tol!r}. Use e.g. 0.05 (5 % relative error).")
@@ -110,6 +114,8 @@ class HutchinsonTrace(Estimator):
             )
         self.tol, self.min_probes, self.max_probes = tol, min_probes, max_probes
         self.seed, self.progress, self.time_limit = seed, progress, time_limit
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.checkpoint_every = max(1, int(checkpoint_every))
 
     def settings(self) -> dict:
         return {"tol": self.tol, "min_probes": self.min_probes, "max_probes": self.max_probes, "seed": self.seed}
@@ -136,12 +142,16 @@ class HutchinsonTrace(Estimator):
         counts = np.zeros(n_batches)
         floor = max(self.min_probes, 2 * n_batches)  # at least two probes per batch for a variance
         converged = False
-        probes = 0
+        probes = done = 0
+        key = self._checkpoint_key(model, data) if self.checkpoint is not None else ""
+        if key:
+            done = self._resume(key, sums, squares, counts, generator)
         mean = stderr = np.zeros(len(params))
-        bar = tqdm(total=self.max_probes, desc="hutchinson", disable=not self.progress, leave=False, mininterval=0.5)
+        bar = tqdm(total=self.max_probes, initial=done, desc="hutchinson", disable=not self.progress, leave=False, mininterval=0.5)
         try:
-            for probes in range(1, self.max_probes + 1):
+            for probes in range(done + 1, self.max_probes + 1):
                 k = (probes - 1) % n_batches
+                state_before = generator.get_state() if key else None
                 vs = [rademacher(p.shape, generator, p.dtype, p.device) for p in params]
                 hv = hvp(vs, k)
                 sample = np.array([float((v * h).sum(dtype=torch.float64)) for v, h in zip(vs, hv)])
@@ -149,6 +159,8 @@ class HutchinsonTrace(Estimator):
                 squares[k] += sample * sample
                 counts[k] += 1
                 bar.update(1)
+                if key and probes % self.checkpoint_every == 0:
+                    self._save(key, probes, sums, squares, counts, generator.get_state())
                 if probes < 2 * n_batches and probes < self.max_probes:
                     continue
                 mean, stderr = _stratified(sums, squares, counts, share)
@@ -160,9 +172,56 @@ class HutchinsonTrace(Estimator):
                     break
                 if self.time_limit is not None and time.perf_counter() - start > self.time_limit:
                     break
+        except KeyboardInterrupt:
+            if key and probes > done:  # keep every finished probe; the unfinished one is redrawn on resume
+                finished = int(counts.sum())
+                state = generator.get_state() if finished == probes else state_before
+                self._save(key, finished, sums, squares, counts, state)
+            raise
         finally:
             bar.close()
+        if key and self.checkpoint.exists():
+            self.checkpoint.unlink()  # finished: the result belongs in the sensitivity cache now
         return mean, stderr, probes, converged
+
+    # ---- checkpoints: an interrupted run resumes with the same random stream ----
+    def _checkpoint_key(self, model: nn.Module, data: Calibration) -> str:
+        import hashlib
+        import json
+
+        from .cache import data_fingerprint, model_fingerprint
+
+        text = json.dumps({"model": model_fingerprint(model), "data": data_fingerprint(data), "seed": self.seed}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _save(self, key: str, probes: int, sums, squares, counts, rng_state: torch.Tensor) -> None:
+        import io
+
+        from .._io import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, key=np.array(key), probes=np.array(probes), sums=sums, squares=squares, counts=counts,
+                 rng=rng_state.numpy())
+        atomic_write_bytes(self.checkpoint, buffer.getvalue())
+
+    def _resume(self, key: str, sums, squares, counts, generator: torch.Generator) -> int:
+        """Load a matching checkpoint into the arrays and generator; the number of probes it holds."""
+        import warnings
+
+        if not self.checkpoint.is_file():
+            return 0
+        try:
+            with np.load(self.checkpoint, allow_pickle=False) as saved:
+                if str(saved["key"]) != key or saved["sums"].shape != sums.shape:
+                    warnings.warn(f"{self.checkpoint} belongs to another model, data or seed; starting afresh.", stacklevel=3)
+                    return 0
+                sums[:], squares[:], counts[:] = saved["sums"], saved["squares"], saved["counts"]
+                generator.set_state(torch.from_numpy(saved["rng"].copy()))
+                return int(saved["probes"])
+        except Exception as err:  # a truncated or foreign file: never fatal, just start over
+            warnings.warn(f"{self.checkpoint} is unreadable ({err!r}); starting afresh.", stacklevel=3)
+            sums[:], squares[:], counts[:] = 0, 0, 0
+            return 0
 
     def estimate(self, model: nn.Module, data: Calibration, space: SearchSpace) -> Sensitivity:
         start = time.perf_counter()

@@ -106,3 +106,65 @@ def test_bad_calibration_data():
         Calibration.classification(torch.zeros(4, 3), torch.zeros(4))
     with pytest.raises(MPSearchError, match="equally long"):
         Calibration.classification(torch.zeros(4, 3), torch.zeros(3, dtype=torch.int64))
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_with_identical_result(tmp_path, monkeypatch):
+    """Ctrl-C keeps every finished probe; the resumed run equals an uninterrupted one exactly (issue 8)."""
+    import mpsearch.sensitivity.hessian as hessian_module
+
+    x, y = small_data()
+    model = small_net()
+    space = discover(model, pin_first_last=None)
+    calib = Calibration.classification(x, y, batch_size=8)
+    settings = dict(tol=1e-9, min_probes=2, max_probes=40, seed=4, progress=False)
+    reference = HutchinsonTrace(**settings).estimate(model, calib, space)
+
+    real = hessian_module.hessian_vector_products
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        hvp = real(*args, **kwargs)
+
+        def wrapped(vs, k):
+            calls["n"] += 1
+            if calls["n"] == 23:  # in the middle of probe 23
+                raise KeyboardInterrupt
+            return hvp(vs, k)
+
+        return wrapped
+
+    path = tmp_path / "trace.ckpt.npz"
+    monkeypatch.setattr(hessian_module, "hessian_vector_products", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        HutchinsonTrace(checkpoint=path, **settings).estimate(model, calib, space)
+    assert path.is_file()
+    monkeypatch.setattr(hessian_module, "hessian_vector_products", real)
+    calls["n"] = 0
+    counting = {"n": 0}
+
+    def counted(*args, **kwargs):
+        hvp = real(*args, **kwargs)
+
+        def wrapped(vs, k):
+            counting["n"] += 1
+            return hvp(vs, k)
+
+        return wrapped
+
+    monkeypatch.setattr(hessian_module, "hessian_vector_products", counted)
+    resumed = HutchinsonTrace(checkpoint=path, **settings).estimate(model, calib, space)
+    assert counting["n"] == 40 - 22  # only the unfinished probes ran again
+    assert resumed.details["trace"] == reference.details["trace"]
+    assert not path.exists()  # a finished run removes its checkpoint
+
+
+def test_checkpoint_of_other_data_or_corrupt_is_ignored(tmp_path):
+    x, y = small_data()
+    model = small_net()
+    space = discover(model, pin_first_last=None)
+    settings = dict(tol=1e-9, min_probes=2, max_probes=6, seed=4, progress=False)
+    path = tmp_path / "trace.ckpt.npz"
+    path.write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match="unreadable"):
+        sens = HutchinsonTrace(checkpoint=path, **settings).estimate(model, Calibration.classification(x, y), space)
+    assert sens.details["probes"] == 6
