@@ -66,8 +66,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     x, y = to_tensor(images[: args.calib]), torch.from_numpy(labels[: args.calib])
     model = load_pretrained(args.model, data_dir)
     space = discover(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
-    estimator = HutchinsonTrace(seed=args.seed, tol=args.tol, max_probes=args.max_probes, progress=not args.quiet)
-    sens = estimator.estimate(model, Calibration.classification(x, y, batch_size=args.batch_size), space)
+    checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
+    estimator = HutchinsonTrace(seed=args.seed, tol=args.tol, max_probes=args.max_probes, progress=not args.quiet,
+                                checkpoint=checkpoint, time_limit=args.time_limit)
+    try:
+        sens = estimator.estimate(model, Calibration.classification(x, y, batch_size=args.batch_size), space)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished probes kept in {checkpoint}; rerun the same command to resume", file=sys.stderr)
+        raise
     costs = build_cost_table(model, space, sens, meta={"model": args.model, "calibration": len(x)})
     costs.save(args.out)
     print(f"{len(space)} units, {sens.details['probes']} probes (converged={sens.details['converged']}), "
@@ -187,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pins", action="store_true", help="also search the first and last layer (pinned to 8 bits by default)")
     p.add_argument("--tol", type=float, default=0.1, help="relative standard error at which probing stops (default: %(default)s)")
     p.add_argument("--max-probes", type=int, default=200, help="(default: %(default)s)")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; stop probing then and use what was measured")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sensitivity)
 
