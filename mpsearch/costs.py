@@ -439,7 +439,8 @@ def cost_table_from_groups(
     choices (NaN where a unit does not allow a width). Storage counts each group's codes
     (the last block of a row may be partial) plus its scale and zero-point.
     """
-    from .kernels.quantize import num_groups, overhead_bits
+    from .kernels.config import group_sizes, num_groups
+    from .kernels.quantize import overhead_bits
 
     G = space.quantizer.group_size
     if G is None:
@@ -452,9 +453,7 @@ def cost_table_from_groups(
         arr = np.asarray(group_costs.get(unit.name, np.empty(0)), np.float64)
         if arr.shape != (n, len(bits)):
             raise CostTableError(f"group costs of {unit.name!r} must have shape {(n, len(bits))}, but have {arr.shape}.")
-        sizes = np.full(blocks, G, np.int64)
-        sizes[-1] = unit.fan_in - G * (blocks - 1)
-        per_group = np.tile(sizes, unit.out_features)
+        per_group = np.tile(group_sizes(unit.fan_in, space.quantizer), unit.out_features)
         ok = np.array([b in unit.bits for b in bits])
         over = np.array([overhead_bits(1, G, b, space.quantizer) if ok[j] else 0 for j, b in enumerate(bits)], np.float64)
         counts.append(n)

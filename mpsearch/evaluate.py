@@ -7,9 +7,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .kernels.config import group_sizes
 from .kernels.fake import fake_quantize_model as _fake_quantize_units
-from .kernels.quantize import overhead_bits
+from .kernels.fake import quantizable_kind
+from .kernels.quantize import overhead_bits, weight_matrix
 from .plan import BitPlan
+
+
+def _matrix_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, fan_in) of a quantizable module's weight, as the quantizer sees it."""
+    out_f, fan_in = weight_matrix(module.weight, quantizable_kind(module)).shape
+    return int(out_f), int(fan_in)
 
 
 def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
@@ -34,9 +42,7 @@ def unit_bit_specs(model: nn.Module, plan: BitPlan) -> dict:
     specs = {}
     for name, value in plan.bits.items():
         if isinstance(value, tuple):
-            module = modules[name]
-            out_f = module.weight.shape[1] if type(module).__name__ == "Conv1D" else module.weight.shape[0]
-            specs[name] = plan.group_tensor(name, out_f)
+            specs[name] = plan.group_tensor(name, _matrix_shape(modules[name])[0])
         else:
             specs[name] = value
     return specs
@@ -67,8 +73,6 @@ class PlanSize:
 
 def plan_size(model: nn.Module, plan: BitPlan) -> PlanSize:
     """Bytes of ``model`` stored under ``plan``: codes, scale overhead, and the parameters left in float."""
-    from .kernels.fake import quantizable_kind
-
     plan.validate_model(model)
     modules = dict(model.named_modules())
     quantized_ids = set()
@@ -77,19 +81,15 @@ def plan_size(model: nn.Module, plan: BitPlan) -> PlanSize:
         if bits == 16:
             continue
         module = modules[name]
-        kind = quantizable_kind(module)
-        shape = module.weight.shape
-        out_f, fan_in = (shape[1], shape[0]) if kind == "conv1d" else (shape[0], module.weight[0].numel())
+        out_f, fan_in = _matrix_shape(module)
         quantized_ids.add(id(module.weight))
         weights += out_f * fan_in
         if isinstance(bits, tuple):  # per group: blocks of G inputs, the last one maybe partial
-            G = plan.quantizer.group_size
-            blocks = -(-fan_in // G)
-            sizes = [G] * (blocks - 1) + [fan_in - G * (blocks - 1)]
+            sizes = group_sizes(fan_in, plan.quantizer)
             for k, b in enumerate(bits):
                 if b != 16:
-                    codes += sizes[k % blocks] * b
-                    overhead += overhead_bits(1, G, b, plan.quantizer)
+                    codes += int(sizes[k % len(sizes)]) * b
+                    overhead += overhead_bits(1, plan.quantizer.group_size, b, plan.quantizer)
             continue
         codes += out_f * fan_in * bits
         overhead += overhead_bits(out_f, fan_in, bits, plan.quantizer)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ._io import atomic_write_text
 from .errors import BitsOutOfRangeError, MPSearchError, PlanFormatError, PlanMismatchError
-from .kernels.config import QuantizerConfig
+from .kernels.config import QuantizerConfig, num_groups
 
 if TYPE_CHECKING:
     from torch import nn
@@ -256,7 +256,7 @@ class BitPlan:
                     f"and allows {list(unit.bits)}. Re-solve or change the choices."
                 )
             if isinstance(value, tuple):
-                expected = unit.out_features * -(-unit.fan_in // self.quantizer.group_size)
+                expected = unit.out_features * num_groups(unit.fan_in, self.quantizer)
                 if len(value) != expected:
                     raise PlanMismatchError(
                         f"per-group bits must give one width per group, but {unit.name!r} has {len(value)} "

@@ -101,6 +101,24 @@ def check_bits(bits: Any, scheme: Scheme | str = Scheme.SYMMETRIC, *,
 
 
 
+def num_groups(fan_in: int, config: QuantizerConfig) -> int:
+    """Groups per output row: ceil(fan_in / G), or 1 when ``group_size`` is None."""
+    return 1 if config.group_size is None else -(-fan_in // config.group_size)
+
+
+def group_sizes(fan_in: int, config: QuantizerConfig) -> np.ndarray:
+    """The number of inputs in each group of one row (int64): G each, the last one maybe partial.
+
+    >>> group_sizes(10, QuantizerConfig(group_size=4)).tolist()
+    [4, 4, 2]
+    """
+    n = num_groups(fan_in, config)
+    width = fan_in if n == 1 else int(config.group_size)  # type: ignore[arg-type]
+    sizes = np.full(n, width, np.int64)
+    sizes[-1] = fan_in - width * (n - 1)
+    return sizes
+
+
 #: The default of :func:`mpsearch.discover` and the CLI: per-channel affine with
 #: MSE-optimal clipping. On ResNet-20 it beat symmetric round-to-nearest at every
 #: width we measured (see the README), most at 2 and 3 bits.

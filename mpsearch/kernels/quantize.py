@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mpsearch.errors import ConfigError, DataError
-from mpsearch.kernels.config import QuantizerConfig, Scheme, check_bits
+from mpsearch.kernels.config import QuantizerConfig, Scheme, check_bits, num_groups
 
 FLOAT_BITS = 16  # a unit (or group) at 16 bits is left in floating point
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -60,11 +60,6 @@ def matrix_to_weight(mat: Tensor, shape: Iterable[int], kind: str) -> Tensor:
         raise DataError(f"A matrix for a {kind} weight of shape {tuple(shape)} must have shape "
                         f"{expected}, but got {tuple(mat.shape)}. Pass weight_matrix's output.")
     return mat.t().contiguous() if kind == "conv1d" else mat.reshape(shape)
-
-
-def num_groups(fan_in: int, config: QuantizerConfig) -> int:
-    """Groups per output row: ceil(fan_in / G), or 1 when ``group_size`` is None."""
-    return 1 if config.group_size is None else -(-fan_in // config.group_size)
 
 
 def _group_width(fan_in: int, config: QuantizerConfig) -> int:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError
-from ..kernels.config import QuantizerConfig
+from ..kernels.config import QuantizerConfig, group_sizes
 from ..kernels.quantize import num_groups, weight_matrix
 from ..space import SearchSpace
 
@@ -54,9 +54,7 @@ def group_reduce(per_weight: torch.Tensor, config: QuantizerConfig, how: str = "
     sums = padded.sum(dim=2)
     if how == "sum":
         return sums.numpy()
-    sizes = torch.full((n,), float(width), dtype=torch.float64)
-    sizes[-1] = fan_in - width * (n - 1)
-    return (sums / sizes).numpy()
+    return (sums / torch.from_numpy(group_sizes(fan_in, config)).double()).numpy()
 
 
 def unit_reduce(per_weight: Sequence[torch.Tensor], space: SearchSpace) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
