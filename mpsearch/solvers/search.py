@@ -251,10 +251,6 @@ class NSGA2Solver(_OptunaSearch):
 
         >>> # NSGA2Solver(n_trials=2000).front(costs, kind="avg_bits").to_frame()
         """
-        import time
-
-        from ..pareto import ParetoFront
-
         start = time.perf_counter()
         probe = (Budget(kind=kind, value=float("1e300")),)
         study, red, names = self._run(
@@ -265,8 +261,6 @@ class NSGA2Solver(_OptunaSearch):
 
 
 def _front_of(study, costs, red, names, budgets, kind, solver, start, measured):
-    import time
-
     from ..pareto import ParetoFront
 
     probe = Budget(kind=kind, value=float("1e300"))
