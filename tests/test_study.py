@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -74,3 +77,20 @@ def test_corrupt_results_file_is_a_clear_error(tmp_path):
     study = setup(tmp_path, metric=lambda m: 0.0)
     with pytest.raises(MPSearchError, match="not a study's results file"):
         study.run()
+
+
+def test_plans_that_differ_only_in_metadata_are_evaluated_once(tmp_path):
+    calls = {"n": 0}
+
+    def counting_metric(model):
+        calls["n"] += 1
+        return float(calls["n"])
+
+    study = setup(tmp_path, counting_metric)
+    study.solvers, study.uniform = ["ilp", "dp", "greedy"], []  # their plans differ in metadata, often not in widths
+    frame = study.run()
+    assert len(frame) == 9
+    widths = [json.dumps(json.loads((tmp_path / f).read_text())["bits"], sort_keys=True) for f in frame["plan_file"]]
+    assert calls["n"] == len(set(widths)) < len(frame)
+    by_widths = pd.Series(frame["metric"].to_numpy()).groupby(widths).nunique()
+    assert (by_widths == 1).all()  # one measurement shared by every plan with these widths
