@@ -91,13 +91,16 @@ def minilm_diag(n_sentences: int = 32) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--estimators", nargs="*",
-                        default=["hessian", "hessian_diag", "hessian_eig", "fisher", "first_order", "gwq", "obs"])
+    parser.add_argument("--estimators", nargs="*", default=None, help="names (default: every registered estimator)")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.estimators is None:
+        from mpsearch.sensitivity import ESTIMATORS
+
+        args.estimators = ESTIMATORS.names()
     doc = {"benchmark": "estimators", "machine": machine(), "resnet20": resnet20(args.estimators)}
     if not args.skip_minilm:
         doc["minilm_hessian_diag"] = minilm_diag()
