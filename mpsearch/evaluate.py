@@ -22,7 +22,8 @@ def _matrix_shape(module: nn.Module) -> tuple[int, int]:
 
 def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
     """A copy of ``model`` with every unit's weight replaced by its quantized values under ``plan``,
-    and each unit's input quantized where the plan sets activation bits (forward pre-hooks).
+    and each unit's input quantized where the plan sets activation bits (forward pre-hooks);
+    the plan's bias corrections are added to the units' biases.
 
     The plan is validated against the model first (unknown, missing or non-quantizable
     units raise :class:`~mpsearch.errors.PlanMismatchError`).
@@ -33,6 +34,10 @@ def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = Fals
         from .kernels.activations import attach_activation_quant
 
         attach_activation_quant(quantized, plan.activation_bits, plan.activation_ranges)
+    if plan.bias_correction:
+        from .bias_correction import add_bias_correction
+
+        add_bias_correction(quantized, plan.bias_correction)
     return quantized
 
 

@@ -7,6 +7,10 @@ A plan is saved as versioned JSON with an envelope::
      "bits": {"conv1": 8, "layer1.0.conv1": 3, ...},
      "meta": {"budget": "3 bits/weight", "solver": "ilp", ...}}
 
+Optional sections: ``activations`` (per-tensor input bits and calibrated ranges) and
+``bias_correction`` (per unit, one value per output channel added to its bias; measured on
+calibration data by :mod:`mpsearch.bias_correction`).
+
 Bits are integers 1..8; 16 means "left in floating point". With group-wise
 allocation a unit's entry is a list with one width per group (groups of G
 inputs of one output row, row-major), which needs ``quantizer.group_size``. Serialization is
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ._io import atomic_write_text
+from ._plan_checks import FLOAT_BITS, check_bias_correction, check_bits_value, check_json_value, widths
 from .errors import BitsOutOfRangeError, MPSearchError, PlanFormatError, PlanMismatchError
 from .kernels.config import QuantizerConfig, num_groups
 
@@ -35,47 +40,6 @@ if TYPE_CHECKING:
 FORMAT = "mpsearch.bitplan"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
-FLOAT_BITS = 16
-
-
-def _check_bits_value(name: str, value: Any, *, nested: bool = False) -> "int | tuple[int, ...]":
-    if isinstance(value, (list, tuple)) and not nested:
-        if not value:
-            raise BitsOutOfRangeError(f"per-group plan bits must be a non-empty list, but {name!r} has []. Fix the plan entry.")
-        return tuple(_check_bits_value(f"{name}[{i}]", v, nested=True) for i, v in enumerate(value))  # type: ignore[misc]
-    if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= 8 or value == FLOAT_BITS):
-        raise BitsOutOfRangeError(
-            f"plan bits must be an integer within 1..8 (or 16 for floating point), or a list of them per group, "
-            f"but got {name!r}: {value!r}. Fix the plan entry."
-        )
-    return value
-
-
-def _widths(value: "int | tuple[int, ...]") -> set[int]:
-    return set(value) if isinstance(value, tuple) else {value}
-
-
-def _check_json_value(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (bool, int, str)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise PlanFormatError(f"plan metadata must be finite JSON numbers, but {where} = {value!r}.")
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_json_value(item, f"{where}[{i}]")
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise PlanFormatError(f"plan metadata keys must be strings, but {where} has key {key!r}.")
-            _check_json_value(item, f"{where}.{key}")
-        return
-    raise PlanFormatError(
-        f"plan metadata must be plain JSON (numbers, strings, lists, dicts), but {where} is a {type(value).__name__}."
-    )
-
 
 @dataclass(frozen=True, kw_only=True)
 class BitPlan:
@@ -91,6 +55,7 @@ class BitPlan:
     meta: Mapping[str, Any] = field(default_factory=dict)
     activation_bits: Mapping[str, int] = field(default_factory=dict)
     activation_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    bias_correction: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, Mapping) or not self.bits:
@@ -101,7 +66,7 @@ class BitPlan:
         for name, value in self.bits.items():
             if not isinstance(name, str) or not name:
                 raise PlanFormatError(f"plan unit names must be non-empty strings, but got {name!r}.")
-            clean[name] = _check_bits_value(name, value)
+            clean[name] = check_bits_value(name, value)
         if not isinstance(self.quantizer, QuantizerConfig):
             raise PlanFormatError(f"plan `quantizer` must be a QuantizerConfig, but got {type(self.quantizer).__name__}.")
         if self.quantizer.group_size is None and any(isinstance(v, tuple) for v in clean.values()):
@@ -111,9 +76,14 @@ class BitPlan:
             )
         if not isinstance(self.meta, Mapping):
             raise PlanFormatError(f"plan `meta` must be a mapping, but got {type(self.meta).__name__}.")
-        _check_json_value(dict(self.meta), "meta")
+        check_json_value(dict(self.meta), "meta")
         object.__setattr__(self, "bits", dict(sorted(clean.items())))
         self._check_activations()
+        corrections = check_bias_correction(self.bias_correction)
+        stray = sorted(n for n in corrections if self.bits.get(n, FLOAT_BITS) == FLOAT_BITS)
+        if stray:
+            raise PlanFormatError(f"bias corrections belong to quantized units, but {stray} are not quantized. Remove them.")
+        object.__setattr__(self, "bias_correction", corrections)
         object.__setattr__(self, "meta", json.loads(json.dumps(dict(self.meta), sort_keys=True)))
 
     def _check_activations(self) -> None:
@@ -149,6 +119,12 @@ class BitPlan:
 
         return dataclasses.replace(self, activation_bits=dict(bits), activation_ranges=dict(ranges))
 
+    def with_bias_correction(self, corrections: Mapping[str, Any]) -> "BitPlan":
+        """A copy that adds ``corrections[unit]`` (one value per output channel) to each unit's bias."""
+        import dataclasses
+
+        return dataclasses.replace(self, bias_correction={k: tuple(v) for k, v in corrections.items()})
+
     # ---- serialization -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         doc = {
@@ -163,6 +139,8 @@ class BitPlan:
                 "bits": dict(self.activation_bits),
                 "ranges": {k: list(v) for k, v in self.activation_ranges.items()},
             }
+        if self.bias_correction:
+            doc["bias_correction"] = {k: list(v) for k, v in self.bias_correction.items()}
         return doc
 
     def to_json(self) -> str:
@@ -186,7 +164,7 @@ class BitPlan:
                 f"plan version must be one of {list(SUPPORTED_VERSIONS)}, but got version={version!r}. "
                 "Upgrade mpsearch or re-export the plan."
             )
-        extra = sorted(set(doc) - {"format", "version", "quantizer", "bits", "meta", "activations"})
+        extra = sorted(set(doc) - {"format", "version", "quantizer", "bits", "meta", "activations", "bias_correction"})
         if extra:
             raise PlanFormatError(f"a version-1 plan has no keys {extra}. Remove them.")
         if "bits" not in doc:
@@ -206,6 +184,7 @@ class BitPlan:
         return cls(
             bits=doc["bits"], quantizer=quantizer, meta=doc.get("meta", {}),
             activation_bits=acts.get("bits", {}), activation_ranges=acts.get("ranges", {}),
+            bias_correction=doc.get("bias_correction", {}),
         )
 
     @classmethod
@@ -242,14 +221,14 @@ class BitPlan:
                 "Make the plan for this model (mpsearch search) or fix the names."
             )
         for name in sorted(floats & set(self.bits)):
-            if _widths(self.bits[name]) != {FLOAT_BITS}:
+            if widths(self.bits[name]) != {FLOAT_BITS}:
                 raise BitsOutOfRangeError(
                     f"units outside the search space stay in floating point, but {name!r} has "
                     f"{self.bits[name]} bits. Give it 16 or include it in the space."
                 )
         for unit in space.units:
             value = self.bits[unit.name]
-            bad = sorted(_widths(value) - set(unit.bits))
+            bad = sorted(widths(value) - set(unit.bits))
             if bad:
                 raise BitsOutOfRangeError(
                     f"plan bits must be among the unit's choices, but {unit.name!r} has {bad} "

@@ -102,6 +102,10 @@ def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool
     for name, unit in new_units.items():  # all built first: a failure leaves `model` untouched
         _replace(target, name, unit)
     _attach_activations(target, plan)
+    if plan.bias_correction:
+        from mpsearch.bias_correction import add_bias_correction
+
+        add_bias_correction(target, plan.bias_correction)
     return target
 
 
