@@ -44,7 +44,12 @@ def _name(obj: Any) -> str:
 
 
 class Study:
-    """Run estimators x solvers x budgets on one model and collect one DataFrame."""
+    """Run estimators x solvers x budgets on one model and collect one DataFrame.
+
+    Plans can quantize activations (``activation_bits`` with calibrated ``activation_ranges``)
+    and carry bias corrections measured on ``bias_correction`` batches
+    (:mod:`mpsearch.bias_correction`); either way the saved plan reproduces the evaluated model.
+    """
 
     def __init__(
         self,
@@ -62,6 +67,7 @@ class Study:
         progress: bool = True,
         activation_bits: int | None = None,
         activation_ranges: dict[str, tuple[float, float]] | None = None,
+        bias_correction: Sequence[Any] | None = None,
     ) -> None:
         if not estimators or not solvers or not (budgets or uniform):
             raise MPSearchError("a study needs at least one estimator, one solver, and a budget or a uniform width.")
@@ -80,6 +86,7 @@ class Study:
             )
         self.activation_bits = activation_bits
         self.activation_ranges = dict(activation_ranges or {})
+        self.bias_correction = None if bias_correction is None else list(bias_correction)
         self._metric_cache: dict[str, float] = {}
 
     # ---- persistence ------------------------------------------------------
@@ -181,6 +188,10 @@ class Study:
         if self.activation_bits is not None:
             units = [n for n, b in plan.bits.items() if b != 16 and n in self.activation_ranges]
             plan = plan.with_activations({u: self.activation_bits for u in units}, {u: self.activation_ranges[u] for u in units})
+        if self.bias_correction is not None:
+            from .bias_correction import measure_bias_correction
+
+            plan = plan.with_bias_correction(measure_bias_correction(self.model, plan, self.bias_correction))
         slug = "_".join(str(v) for v in ident.values()).replace("/", "-")
         plan_path = self.out / "plans" / f"{slug}.json"
         plan.save(plan_path)

@@ -9,7 +9,10 @@ the model's batch-norm statistics (ZeroQ). Accuracy is measured on the other tes
     python studies/cnn_cifar10.py --quick --out /tmp/cnn     # embedded data, a smoke run
 
 Each (model, data) pair is a resumable Study in its own folder; the combined table is written
-to OUT/cnn_cifar10.csv and OUT/cnn_cifar10.md, figures to OUT/<model>_<data>/study.png.
+to OUT/cnn_cifar10.csv and OUT/cnn_cifar10.md, figures to OUT/<model>_<data>[_bc]/study.png.
+Every plan carries bias corrections measured on its own calibration data (real or distilled;
+``mpsearch.bias_correction``) unless ``--no-bias-correction`` is given; the folder name ends in
+``_bc`` when it does.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration", type=int, default=512, help="first N test images calibrate (default: %(default)s)")
     p.add_argument("--distilled", type=int, default=256, help="distilled images for the data-free runs (0: skip)")
     p.add_argument("--activation-bits", type=int, default=8)
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="skip bias correction (default: every plan carries the mean-shift corrections measured on its calibration data)")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate at most N held-out images (0: all)")
     p.add_argument("--out", type=Path, default=Path("results/cnn_cifar10"))
     p.add_argument("--quick", action="store_true", help="embedded data, ResNet-20, few estimators: a smoke run")
@@ -73,18 +78,22 @@ def run_one(args, model_name: str, data: str, x, y, x_eval, y_eval) -> pd.DataFr
         print(f"skipping unknown estimators {skipped}", file=sys.stderr)
     estimators = [get_estimator(n, progress=not args.quiet) for n in names]
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in calib.batches]
+    folder = f"{model_name}_{data}" + ("_bc" if args.bias_correction else "")
     ranges = calibrate_ranges(model, inputs, space.names)
     study = Study(
         model=model, calibration=calib, space=space, metric=lambda m: accuracy(m, x_eval, y_eval),
         estimators=estimators, solvers=args.solvers.split(","), budgets=[float(b) for b in args.budgets.split(",")],
         uniform=[int(b) for b in args.uniform.split(",")] if data == "real" else [],
-        out_dir=args.out / f"{model_name}_{data}", metric_name="top-1 %", progress=not args.quiet,
+        out_dir=args.out / folder, metric_name="top-1 %", progress=not args.quiet,
         activation_bits=args.activation_bits, activation_ranges=ranges,
+        bias_correction=inputs if args.bias_correction else None,
     )
     frame = study.run()
     fp32 = accuracy(model, x_eval, y_eval)
-    study.plot(args.out / f"{model_name}_{data}" / "study.png", frame=frame, reference=fp32,
-               title=f"{model_name}, {data} calibration, W/A{args.activation_bits}, {len(x_eval)} held-out images")
+    correction = ", bias-corrected" if args.bias_correction else ""
+    study.plot(args.out / folder / "study.png", frame=frame, reference=fp32,
+               title=f"{model_name}, {data} calibration{correction}, W/A{args.activation_bits}, {len(x_eval)} held-out images")
+    frame.insert(0, "bias_correction", args.bias_correction)
     frame.insert(0, "data", data)
     frame.insert(0, "model", model_name)
     frame["fp32"] = fp32
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             frames.append(run_one(args, model_name, data, x, y, x_eval, y_eval))
     table = pd.concat(frames, ignore_index=True)
     atomic_write_text(args.out / "cnn_cifar10.csv", table.to_csv(index=False))
-    shown = table[["model", "data", "estimator", "solver", "budget", "avg_bits", "metric", "fp32"]].copy()
+    shown = table[["model", "data", "bias_correction", "estimator", "solver", "budget", "avg_bits", "metric", "fp32"]].copy()
     atomic_write_text(args.out / "cnn_cifar10.md", markdown(shown))
     print(shown.to_string(index=False))
     return 0

@@ -94,3 +94,13 @@ def test_plans_that_differ_only_in_metadata_are_evaluated_once(tmp_path):
     assert calls["n"] == len(set(widths)) < len(frame)
     by_widths = pd.Series(frame["metric"].to_numpy()).groupby(widths).nunique()
     assert (by_widths == 1).all()  # one measurement shared by every plan with these widths
+
+
+def test_bias_corrected_study_saves_the_corrections_in_its_plans(tmp_path):
+    study = setup(tmp_path, metric=lambda m: float((m[0].bias - study.model[0].bias).detach().abs().sum()))
+    study.bias_correction = [torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))]
+    frame = study.run()
+    for plan_file in frame["plan_file"]:
+        doc = json.loads((tmp_path / plan_file).read_text())
+        assert set(doc["bias_correction"]) == {n for n, b in doc["bits"].items() if b != 16}
+    assert (frame["metric"] > 0).all()  # every evaluated model had the corrected bias
