@@ -154,6 +154,8 @@ def study_model(name, args, images, labels) -> list[dict]:
             row["plan_status"] = str(getattr(result.status, "value", result.status))
             rows.append(row)
             print(f"[{name}] {est_name}/{data_name}: {row}", flush=True)
+            if args.partial is not None:  # a long run keeps what it finished
+                atomic_write_text(args.partial, pd.DataFrame(args.done + rows).to_csv(index=False))
     return rows
 
 
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     images, labels = load_cifar10(args.data_dir)
-    rows = []
+    rows: list[dict] = []
+    args.partial, args.done = Path(args.out) / "partial.csv", rows
     for name in args.models.split(","):
         rows += study_model(name.strip(), args, images, labels)
     order = ["model", "estimator", "data", "spearman_2bit", "spearman_3bit", "seconds", "top1_3bit", "plan_status", "note"]
