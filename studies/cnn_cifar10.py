@@ -8,8 +8,8 @@ the model's batch-norm statistics (ZeroQ). Accuracy is measured on the other tes
     python studies/cnn_cifar10.py --data-dir ../shared/data --out results/cnn
     python studies/cnn_cifar10.py --quick --out /tmp/cnn     # embedded data, a smoke run
 
-Each (model, data) pair is a resumable Study in its own folder; the combined table is written
-to OUT/cnn_cifar10.csv and OUT/cnn_cifar10.md, figures to OUT/<model>_<data>[_bc]/study.png.
+Each (model, data) pair is a resumable Study in its own folder; every folder's rows are combined
+into OUT/cnn_cifar10.csv and summarized in OUT/cnn_cifar10.md (``--summarize`` rewrites them alone), figures to OUT/<model>_<data>[_bc]/study.png.
 Every plan carries bias corrections measured on its own calibration data (real or distilled;
 ``mpsearch.bias_correction``) unless ``--no-bias-correction`` is given; the folder name ends in
 ``_bc`` when it does.
@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("results/cnn_cifar10"))
     p.add_argument("--quick", action="store_true", help="embedded data, ResNet-20, few estimators: a smoke run")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--summarize", action="store_true", help="only (re)write the summary of the study folders in --out")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.eval_limit, args.distilled = "resnet20", 300, 64
@@ -93,21 +94,62 @@ def run_one(args, model_name: str, data: str, x, y, x_eval, y_eval) -> pd.DataFr
     correction = ", bias-corrected" if args.bias_correction else ""
     study.plot(args.out / folder / "study.png", frame=frame, reference=fp32,
                title=f"{model_name}, {data} calibration{correction}, W/A{args.activation_bits}, {len(x_eval)} held-out images")
-    frame.insert(0, "bias_correction", args.bias_correction)
-    frame.insert(0, "data", data)
-    frame.insert(0, "model", model_name)
-    frame["fp32"] = fp32
     return frame
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub table (floats to 3 decimals), without the optional tabulate dependency."""
-    def cell(v) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+def summarize(out: Path, fp32: dict[str, float]) -> str:
+    """One markdown summary of every study folder under ``out`` (OUT/<model>_<data>[_bc]/results.csv).
 
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    Per model, data and bias correction: fp32 and uniform W/A8 top-1, then the top-1 of each
+    estimator's ILP plan at each budget (average weight bits in brackets), and how many of the
+    other solvers' plans matched the ILP's widths exactly.
+    """
+    frames = []
+    for path in sorted(out.glob("*/results.csv")):
+        model, data, *rest = path.parent.name.split("_")
+        frame = pd.read_csv(path)
+        frame.insert(0, "bias_correction", rest == ["bc"])
+        frame.insert(0, "data", data)
+        frame.insert(0, "model", model)
+        frames.append(frame)
+    if not frames:
+        return ""
+    table = pd.concat(frames, ignore_index=True)
+    table["fp32"] = table["model"].map(fp32)
+    atomic_write_text(out / "cnn_cifar10.csv", table.to_csv(index=False))
+    parts = []
+    for (model, data, bc), group in table.groupby(["model", "data", "bias_correction"], sort=False):
+        head = f"**{model}, {data} calibration, {'with' if bc else 'without'} bias correction** (fp32 {fp32.get(model, float('nan')):.2f} %)"
+        uniform = group[group["estimator"] == "uniform"]
+        lines = [head, ""]
+        if len(uniform):
+            lines.append("uniform: " + ", ".join(f"{r.solver}A8 {r.metric:.2f} %" for r in uniform.itertuples()))
+            lines.append("")
+        mixed = group[group["estimator"] != "uniform"]
+        budgets = sorted(mixed["budget"].unique())
+        lines += ["| estimator (ILP plan) | " + " | ".join(f"{b:g} bits" for b in budgets) + " | other solvers' plans equal to ILP's |",
+                  "|---|" + "---|" * (len(budgets) + 1)]
+        for est, rows in mixed.groupby("estimator", sort=False):
+            ilp = rows[rows["solver"] == "ilp"].set_index("budget")
+            cells = [f"{ilp.at[b, 'metric']:.2f} ({ilp.at[b, 'avg_bits']:.2f})" if b in ilp.index else "-" for b in budgets]
+            others = rows[rows["solver"] != "ilp"]
+            same = sum(
+                1 for r in others.itertuples()
+                if r.budget in ilp.index and isinstance(r.plan_file, str) and _widths(out, group, r.plan_file) == _widths(out, group, ilp.at[r.budget, "plan_file"])
+            )
+            lines.append(f"| {est} | " + " | ".join(cells) + f" | {same} of {len(others)} |")
+        parts.append("\n".join(lines))
+    text = "\n\n".join(parts) + "\n"
+    atomic_write_text(out / "cnn_cifar10.md", text)
+    return text
+
+
+def _widths(out: Path, group: pd.DataFrame, plan_file: str) -> str:
+    import json
+
+    row = group.iloc[0]
+    folder = f"{row['model']}_{row['data']}" + ("_bc" if row["bias_correction"] else "")
+    return json.dumps(json.loads((out / folder / plan_file).read_text())["bits"], sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,15 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     x_eval, y_eval = x_all[args.calibration :], y_all[args.calibration :]
     if args.eval_limit:
         x_eval, y_eval = x_eval[: args.eval_limit], y_eval[: args.eval_limit]
-    frames = []
+    fp32 = {}
     for model_name in args.models.split(","):
-        for data in ("real", "distilled") if args.distilled else ("real",):
-            frames.append(run_one(args, model_name, data, x, y, x_eval, y_eval))
-    table = pd.concat(frames, ignore_index=True)
-    atomic_write_text(args.out / "cnn_cifar10.csv", table.to_csv(index=False))
-    shown = table[["model", "data", "bias_correction", "estimator", "solver", "budget", "avg_bits", "metric", "fp32"]].copy()
-    atomic_write_text(args.out / "cnn_cifar10.md", markdown(shown))
-    print(shown.to_string(index=False))
+        if not args.summarize:
+            for data in ("real", "distilled") if args.distilled else ("real",):
+                run_one(args, model_name, data, x, y, x_eval, y_eval)
+        fp32[model_name] = accuracy(load_pretrained(model_name, args.data_dir), x_eval, y_eval)
+    print(summarize(args.out, fp32))
     return 0
 
 
