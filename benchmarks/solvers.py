@@ -4,6 +4,8 @@ Prints ONE JSON document. Run from the repository root:
 
     python benchmarks/solvers.py            # full run (the 10^8-item case needs ~8 GiB and minutes)
     python benchmarks/solvers.py --quick    # smoke run, small sizes
+    python benchmarks/solvers.py --memory   # only the CostTable path at 10^6 and 10^7 groups: seconds,
+                                            # peak memory and bytes per item (add --with-1e8 for 10^8)
 
 Real cost tables (``benchmarks/data``) were made with
 
@@ -147,29 +149,55 @@ def scale_case(n: int) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
+def rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def costtable_case(n: int) -> dict:
-    """The same through CostTable + solve(..., solver='lagrange') (validation included separately)."""
+    """n synthetic groups through CostTable + solve(..., solver='lagrange'), validation included; run
+    in a fresh process. Memory: the peak RSS, and the peak above the process after imports and the
+    JIT warm-up (the baseline), per item: the figure that must stay flat as n grows."""
     from mpsearch.budget import Budget
     from mpsearch.costs import CostTable, GroupIndex
     from mpsearch.solvers import solve
 
-    from mpsearch.solvers.lagrange import lagrange_solve
-
     warm = synthetic(1000)
-    lagrange_solve(*warm)  # JIT warm-up (float32; cached on disk after the first run)
-    cost, storage, _ = synthetic(n, seed=1)
     units = 100
+    warm_table = CostTable(items=GroupIndex([f"unit{u}" for u in range(units)], [10] * units), bits=(2, 3, 4, 8),
+                           cost=warm[0], storage_bits=warm[1], n_weights=np.full(1000, 64))
+    solve(warm_table, Budget.avg_bits(4.0), solver="lagrange")  # JIT warm-up (cached on disk after the first run)
+    baseline = rss_bytes()
+    (cost, storage, _), t_gen = timed(synthetic, n, seed=1)
     table, t_build = timed(
         CostTable, items=GroupIndex([f"unit{u}" for u in range(units)], [n // units] * units), bits=(2, 3, 4, 8),
         cost=cost, storage_bits=storage, n_weights=np.full(n, 64),
     )
+    inputs = cost.nbytes + storage.nbytes + table.n_weights.nbytes
     r, t, cpu = timed_cpu(solve, table, Budget.avg_bits(3.5 + 32 / 64), solver="lagrange")
-    import resource
+    peak = rss_bytes()
+    return {"items": n, "dtype": "float32", "solver": "lagrange", "peak_rss_gib": peak / 2**30,
+            "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+            "peak_above_baseline_bytes_per_item": (peak - baseline) / n,
+            "input_arrays_bytes_per_item": inputs / n,
+            "generate_seconds": t_gen, "build_table_seconds": t_build, "solve_seconds": t, "solve_cpu_seconds": cpu,
+            "solver_seconds_reported": r.seconds, "certified_gap_pct": 100 * r.gap, "status": r.status.value,
+            "within_budget": bool(r.usage["avg_bits"] <= 4.0 * (1 + 1e-9))}
 
-    return {"items": n, "dtype": "float32", "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "build_table_seconds": t_build, "solve_seconds": t, "solve_cpu_seconds": cpu,
-            "solver_seconds_reported": r.seconds, "certified_gap_pct": 100 * r.gap,
-            "status": r.status.value}
+
+def linearity(cases: list[dict]) -> dict:
+    """Peak memory above the baseline, per item, at each size; flat means linear in the item count."""
+    ok = [c for c in cases if "peak_rss_bytes" in c]
+    per_item = {f"{c['items']:.0e}": round(c["peak_above_baseline_bytes_per_item"], 2) for c in ok}
+    out: dict = {"peak_bytes_per_item_above_baseline": per_item}
+    for a, b in zip(ok, ok[1:]):  # the slope between two sizes: the memory each extra item costs
+        out[f"marginal_bytes_per_item_{a['items']:.0e}_to_{b['items']:.0e}"] = round(
+            (b["peak_rss_bytes"] - a["peak_rss_bytes"]) / (b["items"] - a["items"]), 2)
+    values = list(per_item.values())
+    out["max_over_min_per_item"] = round(max(values) / min(values), 3) if values else None
+    return out
 
 
 def in_subprocess(fn: str, n: int) -> dict:
@@ -249,12 +277,24 @@ def nsga2_case(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--memory", action="store_true",
+                        help="only the CostTable path at 10^6 and 10^7 groups, with peak memory per item")
+    parser.add_argument("--with-1e8", action="store_true", help="with --memory: also 10^8 groups (~8 GiB)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
     doc = {"benchmark": "mpsearch.solvers", "quick": args.quick, "machine_at_start": machine()}
+    if args.memory:
+        sizes = (1_000_000, 10_000_000) + ((100_000_000,) if args.with_1e8 else ())
+        doc["scale_costtable_path"] = [in_subprocess("costtable_case", n) for n in sizes]
+        doc["memory_linearity"] = linearity(doc["scale_costtable_path"])
+        doc["machine_at_end"] = machine()
+        print(json.dumps(doc, indent=1, default=float))
+        return
     sizes = (100_000,) if args.quick else (1_000_000, 100_000_000)
     doc["scale_array_level"] = [in_subprocess("scale_case", n) for n in sizes]
-    doc["scale_costtable_path"] = [in_subprocess("costtable_case", n) for n in sizes]
+    big = (100_000,) if args.quick else (1_000_000, 10_000_000, 100_000_000)
+    doc["scale_costtable_path"] = [in_subprocess("costtable_case", n) for n in big]
+    doc["memory_linearity"] = linearity(doc["scale_costtable_path"])
     doc["pareto_front_200_units"] = pareto_case(args.quick)
     doc["nsga2_hypervolume_20_units"] = nsga2_case(args.quick)
     doc["groupwise_table"] = groupwise_case(args.quick)

@@ -57,7 +57,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     import torch
 
     from .sensitivity import Calibration, HutchinsonTrace, build_cost_table
-    from .space import discover
+    from .space import discover_quietly
     from .zoo.data import load_cifar10, to_tensor
     from .zoo.models import load_pretrained
 
@@ -65,7 +65,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     images, labels = load_cifar10(data_dir)
     x, y = to_tensor(images[: args.calib]), torch.from_numpy(labels[: args.calib])
     model = load_pretrained(args.model, data_dir)
-    space = discover(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
+    space = discover_quietly(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
+    if space.float_notice():
+        print(f"note: {space.float_notice()}", file=sys.stderr)
     checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
     estimator = HutchinsonTrace(seed=args.seed, tol=args.tol, max_probes=args.max_probes, progress=not args.quiet,
                                 checkpoint=checkpoint, time_limit=args.time_limit)
@@ -87,6 +89,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .solvers import solve
 
     costs = CostTable.load(args.costs)
+    if costs.meta.get("float_modules"):  # only then: the space module imports torch
+        from .space import float_notice_of
+
+        notice = float_notice_of(costs)
+        if notice:
+            print(f"note: {notice}", file=sys.stderr)
     budgets = [Budget.parse(b) for b in args.budget]
     result = solve(costs, budgets, solver=args.solver, time_limit=args.time_limit)
     plan = result.plan  # raises InfeasibleBudgetError with the smallest feasible budget
@@ -101,10 +109,11 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from ._io import atomic_write_text
     from .costs import CostTable
     from .pareto import pareto
-    from .quickstart import budget_grid
+    from .quickstart import budget_grid, default_sweep
 
     costs = CostTable.load(args.costs)
-    front = pareto(costs, budget_grid(args.budgets), solver=args.solver, kind=args.kind, progress=not args.quiet)
+    values = budget_grid(args.budgets) if args.budgets is not None else default_sweep(costs, args.kind)
+    front = pareto(costs, values, solver=args.solver, kind=args.kind, progress=not args.quiet)
     out = Path(args.out_dir)
     frame = front.to_frame()
     atomic_write_text(out / "pareto.csv", frame.to_csv(index=False))
@@ -212,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Solve once per budget and keep the non-dominated plans.")
     common(p, model=False)
     p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
-    p.add_argument("--budgets", default="2:8:0.25", help="START:STOP:STEP or a comma list (default: %(default)s)")
+    p.add_argument("--budgets", default=None, help="START:STOP:STEP or a comma list (default: 2:8:0.25 average bits "
+                   "up to the largest useful budget; for other kinds 16 values from the smallest to the largest)")
     p.add_argument("--kind", default="avg_bits", help="budget kind swept: avg_bits, bytes, or a resource "
                    "column such as latency_ms, bops, bytes_packed (see `mpsearch hw add`) (default: %(default)s)")
     p.add_argument("--x", default="avg_bits", choices=("avg_bits", "mib"), help="x axis of the plot")

@@ -270,6 +270,24 @@ class CostTable:
         total += float(matrix[~tied].min(axis=1).sum(dtype=np.float64))
         return total
 
+    def max_usage(self, budget: "Budget") -> float:
+        """The largest value of the budget's resource any valid assignment reaches (ties respected).
+
+        For storage this is every unit at its widest allowed choice: a larger budget changes nothing.
+        """
+        if not self.ties and budget.kind in ("avg_bits", "bytes") and self.allowed.all():
+            total_bits = float(self.storage_bits.max(axis=1).sum(dtype=np.float64))
+            return total_bits / (float(self.n_weights.sum()) if budget.kind == "avg_bits" else 8.0)
+        matrix = np.where(self.allowed, budget.matrix(self), -np.inf)
+        tied = np.zeros(self.n_items, bool)
+        total = 0.0
+        for group in self.ties:
+            idx = list(group)
+            tied[idx] = True
+            total += float(matrix[idx].sum(axis=0).max())
+        total += float(matrix[~tied].max(axis=1).sum(dtype=np.float64))
+        return total
+
     def uniform_choice(self, bits: int) -> np.ndarray:
         """Every item at ``bits`` where allowed; pinned items keep their only choice."""
         if bits not in self.bits:
@@ -391,6 +409,17 @@ class CostTable:
         return cls.from_dict(doc)
 
 
+def _space_meta(space: "SearchSpace") -> dict[str, Any]:
+    """What a cost table keeps of its space besides the units: the units left out by include/exclude
+    (planned at 16 bits) and, when there are any, the modules that cannot be quantized (so that
+    ``mpsearch search`` can name them)."""
+    out: dict[str, Any] = {"float_units": list(space.float_units)}
+    if space.float_modules:
+        out["float_modules"] = [{"name": m.name, "kind": m.kind, "n_weights": m.n_weights, "reason": m.reason}
+                                for m in space.float_modules]
+    return out
+
+
 def cost_table_from_space(
     space: "SearchSpace",
     unit_costs: Mapping[str, Mapping[int, float]],
@@ -422,7 +451,7 @@ def cost_table_from_space(
     return CostTable(
         items=space.names, bits=bits, cost=cost, storage_bits=storage,
         n_weights=np.array([u.n_weights for u in space.units]), allowed=allowed, ties=ties,
-        quantizer=space.quantizer.to_dict(), meta={**dict(meta or {}), "float_units": list(space.float_units)},
+        quantizer=space.quantizer.to_dict(), meta={**dict(meta or {}), **_space_meta(space)},
     )
 
 
@@ -467,5 +496,5 @@ def cost_table_from_groups(
         items=GroupIndex(space.names, counts), bits=bits, cost=np.concatenate(costs_parts),
         storage_bits=np.concatenate(storage_parts), n_weights=np.concatenate(weight_parts),
         allowed=np.concatenate(allowed_parts), quantizer=space.quantizer.to_dict(),
-        meta={**dict(meta or {}), "granularity": "group", "float_units": list(space.float_units)},
+        meta={**dict(meta or {}), "granularity": "group", **_space_meta(space)},
     )

@@ -33,6 +33,10 @@ class BudgetError(MPSearchError, ValueError):
     """A budget is malformed (unknown kind, non-finite or non-positive value)."""
 
 
+class BudgetTooLargeError(BudgetError):
+    """A budget is above the largest useful one: every unit at its widest choice already fits."""
+
+
 class CostTableError(MPSearchError, ValueError):
     """A cost table is malformed (shape mismatch, NaN, negative costs...)."""
 
@@ -67,6 +71,10 @@ class SolverError(MPSearchError, RuntimeError):
     """A solver backend failed for a reason other than infeasibility."""
 
 
+class FloatModulesWarning(UserWarning):
+    """Some modules of a model cannot be quantized; they stay in floating point (named in the message)."""
+
+
 __all__ = [
     "MPSearchError",
     "PlanFormatError",
@@ -74,6 +82,7 @@ __all__ = [
     "BitsOutOfRangeError",
     "InfeasibleBudgetError",
     "BudgetError",
+    "BudgetTooLargeError",
     "CostTableError",
     "SearchSpaceError",
     "ConfigError",
@@ -81,4 +90,5 @@ __all__ = [
     "DataError",
     "UnknownNameError",
     "SolverError",
+    "FloatModulesWarning",
 ]

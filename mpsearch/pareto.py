@@ -16,7 +16,7 @@ import numpy as np
 from .budget import Budget
 from .costs import CostTable
 from .errors import MPSearchError
-from .solvers.base import SolveResult, Solver, get_solver
+from .solvers.base import SolveResult, Solver, check_ceiling, get_solver
 
 
 @dataclass(eq=False)
@@ -175,6 +175,7 @@ def pareto(
     kinds = {b.kind for b in values}
     if len(kinds) != 1:
         raise MPSearchError(f"a sweep must vary one budget kind, but got {sorted(kinds)}. Use extra_budgets for fixed limits.")
+    check_ceiling(costs, (*values, *extra_budgets))  # every value, before the first solve
     if hasattr(engine, "front") and not extra_budgets:  # a one-pass front (e.g. the DP)
         return engine.front(costs, values, kind=values[0].kind)
     results = [

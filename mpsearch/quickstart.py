@@ -24,7 +24,7 @@ from .errors import DataError
 from .evaluate import evaluate_plan, plan_size
 from .pareto import ParetoFront, pareto
 from .sensitivity import Calibration, HutchinsonTrace, build_cost_table
-from .space import discover
+from .space import discover_quietly
 from .zoo.data import load_cifar10, to_tensor
 from .zoo.eval import accuracy
 from .zoo.models import load_pretrained
@@ -80,7 +80,9 @@ def run_quickstart(
     timings["load_and_fp32"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    space = discover(model)
+    space = discover_quietly(model)
+    if space.float_notice():
+        log(f"note: {space.float_notice()}")
     calib = Calibration.classification(x_cal, y_cal, batch_size=calib_batch)
     estimator = HutchinsonTrace(seed=seed, tol=tol, max_probes=max_probes, progress=progress)
     sens = estimator.estimate(model, calib, space)
@@ -100,7 +102,7 @@ def run_quickstart(
         plan = costs.plan(choice, solver="uniform", budget=f"uniform {b}-bit")
         rows.append(_row(f"uniform W{b}", model, plan, costs, choice, x_eval, y_eval, out))
         baselines[f"uniform W{b}"] = (rows[-1]["avg_bits"], rows[-1]["top1"])
-    front_budgets = sorted(set(FRONT_BUDGETS) | {float(b) for b in budgets})
+    front_budgets = sorted(set(default_sweep(costs, "avg_bits", FRONT_BUDGETS)) | {float(b) for b in budgets})
     front = pareto(costs, front_budgets, solver="ilp", progress=progress)
     measured: list[float | None] = []
     for result in front.results:
@@ -151,6 +153,18 @@ def format_table(table) -> str:
     shown["predicted_cost"] = shown["predicted_cost"].map(lambda v: f"{v:.3g}")
     shown["top1"] = shown["top1"].map(lambda v: f"{v:.2f}")
     return shown.to_string(index=False)
+
+
+def default_sweep(costs: CostTable, kind: str = "avg_bits", grid: Sequence[float] | None = None) -> list[float]:
+    """Budget values for a sweep nobody chose: ``grid`` (default 2:8:0.25 average bits) without the
+    values above the largest useful budget, or for other kinds 16 values from the smallest feasible
+    to the largest useful one. A sweep the user chose is passed on as it is, and checked."""
+    probe = Budget(kind=kind, value=1.0)
+    top = costs.max_usage(probe)
+    if kind != "avg_bits":
+        return [float(v) for v in np.linspace(costs.min_usage(probe), top, 16)]
+    values = [float(v) for v in (budget_grid("2:8:0.25") if grid is None else grid)]
+    return [v for v in values if v <= top] or [top]
 
 
 def budget_grid(text: str) -> list[float]:

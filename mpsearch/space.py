@@ -6,18 +6,25 @@ transformers' ``Conv1D``) named by its fully qualified module name. A
 pins (units fixed to one width, such as the first convolution and the
 classifier at 8 bits), the ties (units that must share a width) and the
 quantizer used to measure and apply every plan.
+
+Modules that hold a weight matrix but are not such a layer (``nn.Embedding``,
+``nn.Conv1d``/``Conv3d``, transposed convolutions...) cannot be quantized: they are
+recorded in :attr:`SearchSpace.float_modules` with the reason, stay in floating
+point, and :func:`discover` says so once with a :class:`FloatModulesWarning`.
+Norm layers (1-D scale vectors) and biases are not searched by design and are not listed.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from torch import nn
 
-from .errors import BitsOutOfRangeError, SearchSpaceError
+from .errors import BitsOutOfRangeError, FloatModulesWarning, SearchSpaceError
 from .kernels.fake import quantizable_kind
 from .kernels.config import RECOMMENDED, QuantizerConfig, Scheme
 
@@ -63,6 +70,49 @@ class QuantUnit:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FloatModule:
+    """A module with a weight matrix that mpsearch cannot quantize: it stays in floating point."""
+
+    name: str
+    kind: str  # the module's class name, e.g. "Embedding"
+    n_weights: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.name!r} ({self.kind}, {self.n_weights:,} weights: {self.reason})"
+
+
+_REASONS = (  # (module classes, why it stays in floating point)
+    ((nn.Embedding, nn.EmbeddingBag), "embedding tables are not quantized"),
+    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), "transposed convolutions are not supported"),
+    ((nn.Conv1d, nn.Conv3d), "only 2-D convolutions are supported"),
+)
+
+
+def unquantizable(name: str, module: nn.Module) -> FloatModule | None:
+    """The :class:`FloatModule` record of a module with an own weight matrix (2-D or more) that is
+    not a quantizable unit, or None (quantizable, or no such weight: norms, activations...)."""
+    if quantizable_kind(module) is not None:
+        return None
+    matrices = [p for p in module.parameters(recurse=False) if p.is_floating_point() and p.dim() >= 2]
+    if not matrices:
+        return None
+    reason = next((why for classes, why in _REASONS if isinstance(module, classes)),
+                  "only Conv2d, Linear and Conv1D layers are quantized")
+    return FloatModule(name=name or "(root)", kind=type(module).__name__,
+                       n_weights=sum(p.numel() for p in matrices), reason=reason)
+
+
+def _float_notice(model_name: str, modules: Sequence[FloatModule], n_searched: int, limit: int = 5) -> str:
+    n = sum(m.n_weights for m in modules)
+    shown = "; ".join(m.describe() for m in modules[:limit])
+    more = f"; and {len(modules) - limit} more" if len(modules) > limit else ""
+    return (f"{len(modules)} module(s) of {model_name} cannot be quantized and stay in floating point "
+            f"({n:,} weights, {100 * n / (n + n_searched):.0f} % of the weight matrices): {shown}{more}. "
+            "Plans leave them untouched; bit budgets cover only the searched units.")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SearchSpace:
     """The units of a model, their bit choices, ties and the quantizer.
 
@@ -73,6 +123,8 @@ class SearchSpace:
     ties: tuple[tuple[str, ...], ...] = ()
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     float_units: tuple[str, ...] = ()  # quantizable modules left out by include/exclude: kept in float
+    float_modules: tuple[FloatModule, ...] = ()  # modules with weights that cannot be quantized: kept in float
+    model_name: str = "the model"
 
     def __post_init__(self) -> None:
         names = [u.name for u in self.units]
@@ -110,9 +162,44 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.units)
 
+    def float_notice(self) -> str | None:
+        """The sentence naming the modules that stay in floating point, or None when there are none."""
+        return _float_notice(self.model_name, self.float_modules, self.n_weights) if self.float_modules else None
+
+    def describe(self) -> str:
+        """What will be searched and what stays in floating point, in a few lines: ``print(space.describe())``."""
+        pinned = sum(u.pinned for u in self.units)
+        lines = [f"{len(self.units)} units, {self.n_weights:,} weights searched ({pinned} pinned)"]
+        if self.float_units:
+            lines.append(f"{len(self.float_units)} quantizable unit(s) left out by include/exclude stay in "
+                         f"floating point: {', '.join(map(repr, self.float_units[:5]))}"
+                         + (" ..." if len(self.float_units) > 5 else ""))
+        notice = self.float_notice()
+        if notice:
+            lines.append(notice)
+        return "\n".join(lines)
+
 
 def _match(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def discover_quietly(model: nn.Module, **options) -> SearchSpace:
+    """:func:`discover` without the :class:`FloatModulesWarning`, for callers that print
+    :meth:`SearchSpace.float_notice` themselves (the command line, the quickstart)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FloatModulesWarning)
+        return discover(model, **options)
+
+
+def float_notice_of(costs) -> str | None:
+    """The float-modules sentence from a :class:`~mpsearch.costs.CostTable` (``mpsearch search`` has no model)."""
+    try:
+        modules = [FloatModule(**r) for r in costs.meta.get("float_modules") or []]
+    except TypeError:  # a hand-edited table: nothing reliable to say
+        return None
+    name = str(costs.meta.get("model", "the model"))
+    return _float_notice(name, modules, int(costs.n_weights.sum())) if modules else None
 
 
 def discover(
@@ -144,9 +231,13 @@ def discover(
     choices = check_bits(bits, scheme=quantizer.scheme)
     found: list[tuple[str, str, nn.Module]] = []
     skipped: list[str] = []
+    floats: list[FloatModule] = []
     for name, module in model.named_modules():
         kind = quantizable_kind(module)
         if kind is None or not name:
+            record = unquantizable(name, module)
+            if record is not None:
+                floats.append(record)
             continue
         if (include is not None and not _match(name, include)) or _match(name, exclude):
             skipped.append(name)
@@ -201,4 +292,8 @@ def discover(
             members.extend(h for h in hits if h not in members)
         if len(members) > 1:
             resolved_ties.append(tuple(members))
-    return SearchSpace(units=tuple(units), ties=tuple(resolved_ties), quantizer=quantizer, float_units=tuple(skipped))
+    space = SearchSpace(units=tuple(units), ties=tuple(resolved_ties), quantizer=quantizer, float_units=tuple(skipped),
+                        float_modules=tuple(floats), model_name=type(model).__name__)
+    if floats:  # shown once per call site by Python's default filter; silence with warnings.filterwarnings
+        warnings.warn(space.float_notice(), FloatModulesWarning, stacklevel=2)
+    return space

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mpsearch.budget import Budget
 from mpsearch.costs import CostTable
-from mpsearch.errors import MPSearchError
+from mpsearch.errors import BudgetTooLargeError, MPSearchError
 from mpsearch.plan import BitPlan
 from mpsearch.solvers import solve
 
@@ -108,9 +108,13 @@ def test_budgets_to_the_solver(kind, value):
     try:
         budget = Budget(kind=kind, value=value)
         result = solve(TABLE, budget)
+    except BudgetTooLargeError:  # above the all-widest plan: rejected, never solved
+        assert budget.value > TABLE.max_usage(budget)
+        return
     except MPSearchError:
         return
     assert math.isfinite(budget.value) and budget.value > 0
+    assert budget.value <= TABLE.max_usage(budget) * (1 + 1e-6)
     if result.choice is not None:  # a plan that exists must meet the budget
         assert TABLE.usage(result.choice, budget) <= budget.value * (1 + 1e-9)
     else:

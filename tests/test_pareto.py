@@ -39,8 +39,9 @@ def table() -> CostTable:
 
 @pytest.fixture(scope="module")
 def sweep(table: CostTable) -> tuple[list[float], ParetoFront]:
-    low = table.min_usage(Budget.avg_bits(1.0))
-    values = [low * 0.8, low * 0.95] + list(np.linspace(low, 8.6, 14)) + [9.0, 9.5]
+    low, high = table.min_usage(Budget.avg_bits(1.0)), table.max_usage(Budget.avg_bits(1.0))
+    # infeasible, then up to the largest useful budget (every unit at 8 bits), the last three at it
+    values = [low * 0.8, low * 0.95] + list(np.linspace(low, high * 0.97, 13)) + [high * (1 - 1e-10), high, high * (1 + 1e-7)]
     return values, pareto(table, values)
 
 
@@ -101,10 +102,12 @@ def test_infeasible_budgets_are_status_rows_only(sweep) -> None:
 
 def test_saturated_budgets_collapse_to_one_point(sweep) -> None:
     _, front = sweep
-    # 8.6, 9.0 and 9.5 bits all give the all-8-bit plan: only one of them is on the front
-    top = [r for r in front.results if r.budgets[0].value >= 8.6]
-    assert len({r.choice.tobytes() for r in top}) == 1
-    assert sum(not d for r, d in zip(front.results, front.dominated()) if r.budgets[0].value >= 8.6) <= 1
+    # the last three budgets (at the largest useful one, within float rounding) give the all-8-bit plan:
+    # only one of them is on the front
+    top = [r for r in front.results if r.budgets[0].value >= front.results[-3].budgets[0].value]
+    assert len(top) == 3 and len({r.choice.tobytes() for r in top}) == 1
+    assert all(r.bits == dict.fromkeys(r.bits, 8) for r in top)
+    assert sum(not d for r, d in zip(front.results, front.dominated()) if r in top) <= 1
 
 
 def test_to_frame_columns_and_values(sweep, table: CostTable) -> None:
@@ -126,7 +129,8 @@ def test_to_frame_columns_and_values(sweep, table: CostTable) -> None:
 
 def test_custom_kind_sweep_has_its_column(table: CostTable) -> None:
     low = table.min_usage(Budget(kind="bops", value=1.0))
-    front = pareto(table, [low * 1.05, low * 1.5, low * 3], kind="bops")
+    high = table.max_usage(Budget(kind="bops", value=1.0))
+    front = pareto(table, [low * 1.05, low * 1.5, high], kind="bops")
     frame = front.to_frame(include_dominated=True)
     assert front.kind == "bops" and (frame["budget_kind"] == "bops").all()
     assert "bops" in frame.columns

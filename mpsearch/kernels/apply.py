@@ -47,6 +47,38 @@ def unit_widths(model: nn.Module, plan: BitPlan) -> dict[str, int]:
     return widths
 
 
+def _unpackable(module: nn.Module) -> str | None:
+    """Why the packed backends cannot run ``module`` (a grouped or non-zero-padded Conv2d), or None."""
+    if not isinstance(module, nn.Conv2d):
+        return None
+    why = []
+    if module.groups != 1:
+        why.append(f"groups={module.groups}")
+    if module.padding_mode != "zeros":
+        why.append(f"padding_mode={module.padding_mode!r}")
+    if isinstance(module.padding, str):
+        why.append(f"padding={module.padding!r}")
+    return ", ".join(why) or None
+
+
+def check_packable(model: nn.Module, widths: dict[str, int], backend: str) -> None:
+    """Raise :class:`PlanMismatchError` listing every planned unit a packed backend cannot run.
+
+    The fake-quant reference runs them all; ``numba`` and ``torch`` need ``groups=1`` convolutions
+    zero-padded by numbers. Nothing is changed before this check.
+    """
+    if backend == "reference":
+        return
+    modules = dict(model.named_modules())
+    bad = [(n, why) for n, b in widths.items() if b != FLOAT_BITS and (why := _unpackable(modules[n]))]
+    if bad:
+        shown = "; ".join(f"{n!r} ({why})" for n, why in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise PlanMismatchError(
+            f"the {backend!r} backend needs Conv2d units with groups=1 and zero padding given as numbers, but "
+            f"{len(bad)} planned unit(s) are not: {shown}. Use backend='reference', or plan these units at 16 bits "
+            "(they then stay in floating point).")
+
+
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
@@ -95,6 +127,7 @@ def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool
     check_backend(backend)
     plan.validate_model(model)
     widths = unit_widths(model, plan)
+    check_packable(model, widths, backend)
     target = model if inplace else copy.deepcopy(model)
     modules = dict(target.named_modules())
     new_units = {name: packed_unit(modules[name], bits, plan, backend, empty=empty)
@@ -157,4 +190,4 @@ def quantized_buffer_bytes(model: nn.Module) -> dict[str, Any]:
     return {**sizes, "total": total, "fp32": fp32, "ratio": fp32 / total if total else 1.0}
 
 
-__all__ = ["apply", "build_packed", "packed_unit", "quantized_buffer_bytes", "set_backend", "unit_widths"]
+__all__ = ["apply", "build_packed", "check_packable", "packed_unit", "quantized_buffer_bytes", "set_backend", "unit_widths"]

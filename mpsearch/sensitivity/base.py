@@ -38,6 +38,7 @@ from ..kernels.quantize import (
 )
 from ..registry import Registry
 from ..space import SearchSpace
+from ._data_checks import check_classification, check_finite, checked
 
 ESTIMATORS: Registry[Estimator] = Registry("estimator")
 
@@ -92,19 +93,9 @@ class Calibration:
 
     @classmethod
     def classification(cls, inputs: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 128, name: str = "calibration") -> Calibration:
-        """Batches of (inputs, labels) under the cross-entropy loss."""
-        if not isinstance(inputs, torch.Tensor) or not torch.is_floating_point(inputs):
-            raise DataError(
-                f"calibration inputs must be a floating-point tensor, but got "
-                f"{type(inputs).__name__}{'' if not isinstance(inputs, torch.Tensor) else ' of ' + str(inputs.dtype)}. "
-                "Convert images with mpsearch.zoo.to_tensor."
-            )
-        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
-            raise DataError(f"calibration labels must be a 1-D int64 tensor, but got {getattr(labels, 'dtype', type(labels))}.")
-        if len(inputs) != len(labels) or len(inputs) == 0:
-            raise DataError(f"calibration inputs and labels must be equally long and non-empty, but got {len(inputs)} and {len(labels)}.")
-        if batch_size < 1:
-            raise DataError(f"`batch_size` must be at least 1, but got {batch_size}.")
+        """Batches of (inputs, labels) under the cross-entropy loss; dtype, shape, length and NaN checked here,
+        the fit to the model when an estimator starts (``_data_checks``)."""
+        check_classification(inputs, labels, batch_size)
         batches = tuple((inputs[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(inputs), batch_size))
         return cls(batches=batches, sizes=tuple(len(b[1]) for b in batches), name=name)
 
@@ -122,8 +113,9 @@ class Calibration:
         if not isinstance(inputs, torch.Tensor) or not torch.is_floating_point(inputs) or inputs.ndim < 1 or len(inputs) == 0:
             raise DataError(f"`inputs` must be a non-empty floating-point tensor, but got {type(inputs).__name__} "
                             f"{tuple(getattr(inputs, 'shape', ()))}. Pass e.g. distill_bn_data(model).inputs.")
-        if batch_size < 1:
-            raise DataError(f"`batch_size` must be at least 1, but got {batch_size}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"`batch_size` must be an integer of at least 1, but got {batch_size!r}. Pass e.g. 64.")
+        check_finite(inputs)
         batches = tuple(inputs[i : i + batch_size].detach() for i in range(0, len(inputs), batch_size))
         return cls(batches=batches, sizes=tuple(len(b) for b in batches), loss_fn=loss_fn or pseudo_label_loss, name=name)
 
@@ -182,6 +174,11 @@ class Estimator:
     needs_labels: bool = False
     contract_skip: str | None = None
     quick_options: ClassVar[Mapping[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)  # every estimate() checks the data against the model first
+        if "estimate" in cls.__dict__ and not getattr(cls.estimate, "__mpsearch_checked__", False):
+            cls.estimate = checked(cls.estimate)  # type: ignore[method-assign]
 
     def settings(self) -> dict:
         """The options that change the result (part of the cache key)."""

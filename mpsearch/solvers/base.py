@@ -18,7 +18,7 @@ import numpy as np
 
 from ..budget import Budget, as_budgets
 from ..costs import CostTable
-from ..errors import InfeasibleBudgetError, MPSearchError
+from ..errors import BudgetTooLargeError, InfeasibleBudgetError, MPSearchError
 from ..registry import Registry
 
 SOLVERS: Registry["Solver"] = Registry("solver")
@@ -26,6 +26,9 @@ SOLVERS: Registry["Solver"] = Registry("solver")
 # Budgets are compared with this relative slack, so that float rounding in a
 # resource sum never turns a budget that is met exactly into a violation.
 RTOL = 1e-9
+# A budget above the largest useful one is rejected only beyond this relative slack, so a value
+# read back from a printed maximum (7 significant digits) or summed in another order stays valid.
+CEILING_RTOL = 1e-6
 
 
 class Status(str, Enum):
@@ -165,6 +168,33 @@ def min_feasible(costs: CostTable, budgets: Iterable[Budget]) -> dict[str, float
     return {b.kind: costs.min_usage(b) for b in budgets}
 
 
+def check_ceiling(costs: CostTable, budgets: Iterable[Budget | float] | None, *, kind: str = "avg_bits") -> None:
+    """Raise :class:`BudgetTooLargeError` for a budget above the largest useful one.
+
+    The largest useful budget is the usage of the most expensive valid assignment (for storage:
+    every unit at its widest allowed choice); a larger one constrains nothing, and is more often a
+    typo or a wrong unit than intended. A budget exactly at the maximum is valid. Plain numbers
+    are budgets of ``kind``; ``None`` (a front without budget values) checks nothing.
+    """
+    for b in budgets or ():
+        b = b if isinstance(b, Budget) else Budget(kind=kind, value=float(b))
+        top = costs.max_usage(b)
+        if b.value <= top * (1 + CEILING_RTOL) + 1e-12:
+            continue
+        what, unit = {"avg_bits": ("an average-bits budget", " bits/weight"),
+                      "bytes": ("a bytes budget", " bytes")}.get(b.kind, (f"a {b.kind} budget", ""))
+        if b.kind in ("avg_bits", "bytes"):
+            why, fix = f"every unit at its widest allowed choice, up to {costs.bits[-1]} bits", ", or add wider bit choices"
+        else:
+            why, fix = "every unit at its most expensive allowed choice", ", or drop this budget"
+        digits = 7 if b.kind == "avg_bits" else 10  # either way well inside CEILING_RTOL when typed back
+        value, limit = f"{b.value:.{digits}g}", f"{top:.{digits}g}"
+        raise BudgetTooLargeError(
+            f"a budget must be at most the largest useful one, but {what} of {value}{unit} is above "
+            f"{limit}{unit} ({why}). Lower it to at most {b.kind}={limit}{fix}."
+        )
+
+
 class Solver:
     """Base class. Subclasses set the capability attributes and implement :meth:`_solve`."""
 
@@ -192,6 +222,7 @@ class Solver:
         for b in budgets:
             if b.kind not in ("avg_bits", "bytes"):
                 b.matrix(costs)  # unknown resource kinds fail here, clearly
+        check_ceiling(costs, budgets)  # above the all-widest plan: an error, not a no-op constraint
         start = time.perf_counter()
         floor = min_feasible(costs, budgets)
         if any(floor[b.kind] > b.value * (1 + RTOL) + 1e-12 for b in budgets):

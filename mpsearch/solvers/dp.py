@@ -23,7 +23,7 @@ from ..budget import Budget
 from ..costs import CostTable
 from ..errors import ConfigError
 from ._problem import Problem, single_budget
-from .base import SOLVERS, SolveResult, Solver, Status
+from .base import SOLVERS, SolveResult, Solver, Status, check_ceiling
 from .lagrange import lagrange_solve
 
 
@@ -138,6 +138,7 @@ class DPSolver(Solver):
             values = [float(table.base.sum() + t * table.unit) / scale for t in table.improved]
         else:
             values = [b.value if isinstance(b, Budget) else float(b) for b in budgets]
+            check_ceiling(costs, values, kind=kind)
         results = []
         for v in values:
             budget = (Budget(kind=kind, value=v),)

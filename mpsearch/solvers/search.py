@@ -36,7 +36,7 @@ import numpy as np
 from ..budget import Budget
 from ..costs import CostTable
 from ..errors import ConfigError
-from .base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, reduce
+from .base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, check_ceiling, reduce
 from .greedy import GreedySolver, descent_path
 
 
@@ -252,6 +252,7 @@ class NSGA2Solver(_OptunaSearch):
         >>> # NSGA2Solver(n_trials=2000).front(costs, kind="avg_bits").to_frame()
         """
         start = time.perf_counter()
+        check_ceiling(costs, budgets, kind=kind)  # before the search, not after it
         probe = (Budget(kind=kind, value=float("1e300")),)
         study, red, names = self._run(
             costs, probe, self._sampler(False), ["minimize", "minimize"], lambda v, u: (v, u[0]), time_limit,
@@ -262,6 +263,8 @@ class NSGA2Solver(_OptunaSearch):
 
 def _front_of(study, costs, red, names, budgets, kind, solver, start, measured):
     from ..pareto import ParetoFront
+
+    check_ceiling(costs, budgets, kind=kind)
 
     probe = Budget(kind=kind, value=float("1e300"))
     trials = [t for t in study.get_trials(deepcopy=False) if t.values is not None and all(n in t.params for n in names)]

@@ -9,6 +9,8 @@ Checks, on small random tables with pins and ties:
   usage consistent, status, seconds, gap >= 0 where a bound is given);
 - infeasible budgets reported as a status with the smallest feasible budget,
   and the plan raising :class:`~mpsearch.errors.InfeasibleBudgetError`;
+- a budget above the largest useful one (every unit at its widest choice) raising
+  :class:`~mpsearch.errors.BudgetTooLargeError`, and one exactly at it solved;
 - the same seed gives the same plan, byte for byte;
 - exact solvers (``exact = True``) match brute force, and a bound never
   exceeds the brute-force optimum.
@@ -23,7 +25,7 @@ import numpy as np
 
 from ..budget import Budget
 from ..costs import CostTable
-from ..errors import InfeasibleBudgetError
+from ..errors import BudgetTooLargeError, InfeasibleBudgetError
 from ..solvers.base import SolveResult, Solver, Status
 
 SEEDS = tuple(range(6))
@@ -85,8 +87,9 @@ def check_budget_respected(make: Callable[[int], Solver]) -> None:
     for seed in SEEDS:
         costs = contract_table(seed)
         low = costs.min_usage(Budget.avg_bits(1.0))
-        for factor in (1.0, 1.15, 1.5, 3.0):
-            budget = Budget.avg_bits(low * factor)
+        high = costs.max_usage(Budget.avg_bits(1.0))
+        for t in (0.0, 0.15, 0.5, 1.0):  # from the smallest feasible to the largest useful budget
+            budget = Budget.avg_bits(low + t * (high - low))
             result = make(0).solve(costs, budget)
             check_valid(costs, result)
             best = brute_force(costs, budget)
@@ -114,6 +117,20 @@ def check_infeasible(make: Callable[[int], Solver]) -> None:
             check_valid(costs, at_floor)
 
 
+def check_ceiling(make: Callable[[int], Solver]) -> None:
+    for seed in SEEDS[:2]:
+        costs = contract_table(seed)
+        for kind in ("avg_bits", "bytes"):
+            top = costs.max_usage(Budget(kind=kind, value=1.0))
+            check_valid(costs, make(0).solve(costs, Budget(kind=kind, value=top)))
+            try:
+                make(0).solve(costs, Budget(kind=kind, value=top * 1.01))
+            except BudgetTooLargeError as err:
+                assert "must be at most the largest useful one" in str(err), str(err)
+            else:  # pragma: no cover - the breach this checks for
+                raise AssertionError("a budget above the largest useful one must raise BudgetTooLargeError")
+
+
 def check_seeded(make: Callable[[int], Solver]) -> None:
     for seed in SEEDS[:3]:
         costs = contract_table(seed)
@@ -131,8 +148,9 @@ def check_solver(make: Callable[[int], Solver]) -> None:
         assert hasattr(type(make(0)), attr), f"solver classes must declare {attr!r}"
     check_budget_respected(make)
     check_infeasible(make)
+    check_ceiling(make)
     check_seeded(make)
 
 
-__all__ = ["check_solver", "check_valid", "check_budget_respected", "check_infeasible", "check_seeded",
+__all__ = ["check_solver", "check_valid", "check_budget_respected", "check_infeasible", "check_ceiling", "check_seeded",
            "contract_table", "brute_force"]

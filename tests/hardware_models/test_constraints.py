@@ -32,23 +32,26 @@ def hw_costs(resnet20, resnet20_shapes):
 
 
 def test_latency_budget_is_respected(hw_costs):
-    lo = hw_costs.min_usage(Budget(kind="latency_ms", value=1.0))
-    for value in (lo * 1.02, lo * 1.1, lo * 1.3):
+    lo, hi = (f(Budget(kind="latency_ms", value=1.0)) for f in (hw_costs.min_usage, hw_costs.max_usage))
+    for value in (lo + 0.05 * (hi - lo), lo + 0.3 * (hi - lo), hi):  # up to the largest useful budget
         result = solve(hw_costs, Budget(kind="latency_ms", value=value), solver="ilp")
         assert hw_costs.usage(result.choice, Budget(kind="latency_ms", value=value)) <= value * (1 + 1e-9)
 
 
 def test_several_hardware_budgets_at_once(hw_costs):
-    budgets = [Budget(kind=k, value=hw_costs.min_usage(Budget(kind=k, value=1.0)) * 1.15)
-               for k in ("latency_ms", "bops", "bytes_packed", "roofline_ms")]
+    def between(kind, t):
+        probe = Budget(kind=kind, value=1.0)
+        return Budget(kind=kind, value=(1 - t) * hw_costs.min_usage(probe) + t * hw_costs.max_usage(probe))
+
+    budgets = [between(k, 0.6) for k in ("latency_ms", "bops", "bytes_packed", "roofline_ms")]
     result = solve(hw_costs, budgets, solver="ilp")
     for b in budgets:
         assert hw_costs.usage(result.choice, b) <= b.value * (1 + 1e-9)
 
 
 def test_pareto_front_on_latency(hw_costs):
-    lo = hw_costs.min_usage(Budget(kind="latency_ms", value=1.0))
-    front = pareto(hw_costs, [lo * f for f in (1.05, 1.2, 1.4)], kind="latency_ms")
+    lo, hi = (f(Budget(kind="latency_ms", value=1.0)) for f in (hw_costs.min_usage, hw_costs.max_usage))
+    front = pareto(hw_costs, [lo + t * (hi - lo) for t in (0.1, 0.4, 0.8)], kind="latency_ms")
     frame = front.to_frame()
     assert len(frame) >= 2 and np.all(frame["latency_ms"] <= frame["budget"] * (1 + 1e-9))
     assert np.all(np.diff(frame["predicted_cost"].to_numpy()) < 0)

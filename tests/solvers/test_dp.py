@@ -35,7 +35,8 @@ def test_coarse_grid_stays_within_budget(random_table, brute_force) -> None:
 def test_front_in_one_pass_matches_per_budget_solves(random_table) -> None:
     costs = random_table(7)
     low = costs.min_usage(Budget.avg_bits(1.0))
-    values = list(np.linspace(low * 0.9, low * 2.5, 12))
+    high = costs.max_usage(Budget.avg_bits(1.0))
+    values = list(np.linspace(low * 0.9, high, 12))  # infeasible ones, then up to the largest useful
     front = pareto(costs, values, solver="dp")
     assert isinstance(front, ParetoFront) and len(front.results) == len(values)
     for value, r in zip(values, front.results):

@@ -390,7 +390,7 @@ def test_bad_ilp_options(kwargs: dict, message: str) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("highspy") is not None, reason="highspy is installed")
 def test_highs_backend_without_highspy(random_table) -> None:
     with pytest.raises(MPSearchError, match="backend 'highs' needs the highspy package"):
-        solve(random_table(0), 8.0, backend="highs")
+        solve(random_table(0), random_table(0).max_usage(Budget.avg_bits(1.0)), backend="highs")
 
 
 def test_not_a_cost_table() -> None:

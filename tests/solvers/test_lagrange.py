@@ -86,7 +86,8 @@ def test_status_and_bound_on_result(random_table) -> None:
 def test_several_budgets_are_refused(random_table) -> None:
     costs = random_table(0)
     with pytest.raises(ConfigError, match="must get exactly one budget, but got 2"):
-        solve(costs, [Budget.avg_bits(8.0), Budget.bytes(1e9)], solver="lagrange")
+        solve(costs, [Budget.avg_bits(costs.max_usage(Budget.avg_bits(1.0))),
+                      Budget.bytes(costs.max_usage(Budget.bytes(1.0)))], solver="lagrange")
 
 
 def test_core_and_exchange_polish_reach_the_ilp_on_layer_tables() -> None:

@@ -39,7 +39,7 @@ def test_user_callback_is_the_objective(random_table) -> None:
         seen.append(dict(bits))
         return float(sum(b for b in bits.values()))
 
-    budget = Budget.avg_bits(100.0)
+    budget = Budget.avg_bits(costs.max_usage(Budget.avg_bits(1.0)))  # the largest useful: no limit
     result = solve(costs, budget, solver=TPESolver(n_trials=20, evaluate=evaluate))
     assert len(seen) == 20 and set(seen[0]) == set(costs.items)
     assert result.info["measured"] == min(sum(s.values()) for s in seen)
@@ -48,8 +48,8 @@ def test_user_callback_is_the_objective(random_table) -> None:
 
 def test_nsga2_front_and_pareto_hook(random_table) -> None:
     costs = random_table(6)
-    low = costs.min_usage(Budget.avg_bits(1.0))
-    front = pareto(costs, [low * 0.9, low, low * 1.5, low * 3], solver=NSGA2Solver(n_trials=60, population_size=10))
+    low, high = costs.min_usage(Budget.avg_bits(1.0)), costs.max_usage(Budget.avg_bits(1.0))
+    front = pareto(costs, [low * 0.9, low, (low + high) / 2, high], solver=NSGA2Solver(n_trials=60, population_size=10))
     statuses = [r.status for r in front.results]
     assert statuses[0] is Status.INFEASIBLE and all(s is Status.FEASIBLE for s in statuses[1:])
     frame = front.to_frame()
@@ -79,7 +79,7 @@ def test_sqlite_storage_by_path(tmp_path, random_table) -> None:
 
 def test_time_limit_stops_early(random_table) -> None:
     costs = random_table(0)
-    result = solve(costs, 100.0, solver=TPESolver(n_trials=100_000), time_limit=1.0)
+    result = solve(costs, costs.max_usage(Budget.avg_bits(1.0)), solver=TPESolver(n_trials=100_000), time_limit=1.0)
     assert result.info["trials"] < 100_000 and result.seconds < 30
 
 

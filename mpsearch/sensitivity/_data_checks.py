@@ -1,0 +1,134 @@
+"""Calibration data checks: wrong shape, dtype, length or content fails fast with a DataError.
+
+Two stages. :func:`check_classification` validates tensors when a :class:`Calibration` is built
+(no model yet). :func:`check_against_model` runs before every estimator (the base class wraps
+each subclass's ``estimate``): one forward pass of the loss on the first two samples, so a batch
+the model cannot take is reported in a second, not after minutes of probes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import DataError, MPSearchError
+
+if TYPE_CHECKING:
+    from .base import Calibration
+
+_FIX_IMAGES = "Pass float images shaped (N, C, H, W) like the model's training data, e.g. from mpsearch.zoo.to_tensor."
+_checking: contextvars.ContextVar[bool] = contextvars.ContextVar("mpsearch_calibration_checked", default=False)
+
+
+def _shape(t: Any) -> str:
+    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_finite(inputs: torch.Tensor, what: str = "calibration inputs") -> None:
+    bad = ~torch.isfinite(inputs)
+    if bool(bad.any()):
+        first = int(bad.reshape(len(inputs), -1).any(dim=1).nonzero()[0])
+        raise DataError(f"{what} must be finite, but {int(bad.sum())} values are NaN or infinite (first in sample "
+                        f"{first}). Drop or repair those samples.")
+
+
+def check_classification(inputs: Any, labels: Any, batch_size: Any) -> None:
+    """The rules of :meth:`Calibration.classification`, in the order a user would fix them."""
+    if not isinstance(inputs, torch.Tensor) or not torch.is_floating_point(inputs):
+        raise DataError(f"calibration inputs must be a floating-point tensor, but got "
+                        f"{type(inputs).__name__}{' of ' + str(inputs.dtype) if isinstance(inputs, torch.Tensor) else ''}. "
+                        "Convert images with mpsearch.zoo.to_tensor.")
+    if inputs.ndim < 2:
+        raise DataError(f"calibration inputs must have a sample dimension and at least one more, but got shape "
+                        f"{tuple(inputs.shape)}. {_FIX_IMAGES}")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
+        raise DataError(f"calibration labels must be a 1-D int64 tensor of class indices, but got {_shape(labels)}. "
+                        "Convert them with torch.as_tensor(labels).long().flatten().")
+    if len(inputs) != len(labels) or len(inputs) == 0:
+        raise DataError(f"calibration inputs and labels must be equally long and non-empty, but got {len(inputs)} "
+                        f"inputs and {len(labels)} labels. Pass one label per sample.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"`batch_size` must be an integer of at least 1, but got {batch_size!r}. Pass e.g. 64.")
+    if bool((labels < 0).any()):
+        raise DataError(f"calibration labels must be class indices >= 0, but got {int(labels.min())}. "
+                        "Map the labels to 0..n_classes-1.")
+    check_finite(inputs)
+
+
+def _head(batch: Any, n: int = 2) -> Any:
+    """The first ``n`` samples of a batch of tensors (a tensor, a tuple/list or a dict of them)."""
+    parts = list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (tuple, list)) else [batch]
+    if not parts or not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in parts) or len({len(t) for t in parts}) != 1:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch[:n]
+    if isinstance(batch, dict):
+        return {k: v[:n] for k, v in batch.items()}
+    return type(batch)(t[:n] for t in batch)
+
+
+def check_against_model(model: nn.Module, data: "Calibration") -> None:
+    """One forward pass of the loss on the first samples; a failure or a non-finite loss is a DataError."""
+    from .base import _cross_entropy
+
+    first = data.batches[0]
+    x = first[0] if isinstance(first, (tuple, list)) and first else first
+    head = _head(first)
+    was_training = model.training
+    model.eval()  # no batch-norm statistics change during the check
+    try:
+        with torch.no_grad():
+            if data.loss_fn is _cross_entropy:  # one output row per sample, and every label names an output
+                out = model(head[0])
+                if out.ndim != 2 or len(out) != len(head[0]):
+                    raise DataError(f"a classifier must give (samples, classes) outputs, but {type(model).__name__} gives "
+                                    f"{tuple(out.shape)} for inputs {tuple(head[0].shape)}. {_FIX_IMAGES}")
+                top = max(int(y.max()) for _, y in data.batches)
+                if top >= out.shape[1]:
+                    raise DataError(f"calibration labels must be below the model's {out.shape[1]} outputs, but the "
+                                    f"largest is {top}. Pass labels of this model's task (0..{out.shape[1] - 1}).")
+            loss = data.loss_fn(model, head)
+    except MPSearchError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError, AttributeError) as err:
+        reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+        conv = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+        if isinstance(conv, nn.Conv2d) and isinstance(x, torch.Tensor) and x.ndim != 4:  # the likely cause
+            raise DataError(f"calibration inputs of a model whose first convolution is a Conv2d must be 4-D "
+                            f"(N, C, H, W), but got shape {tuple(x.shape)} ({reason}). {_FIX_IMAGES}") from None
+        raise DataError(f"calibration batches must fit the model, but {type(model).__name__} fails on the first "
+                        f"samples (inputs {_shape(x)}): {reason}. {_FIX_IMAGES}") from None
+    finally:
+        model.train(was_training)
+    value = float(loss.detach()) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+    if value is None or not math.isfinite(value):
+        raise DataError(f"the calibration loss must be a finite number, but is {loss if value is None else value} on the "
+                        "first samples. Check the inputs and the model's weights for NaN or overflow.")
+
+
+def checked(estimate: Callable) -> Callable:
+    """Wrap an estimator's ``estimate`` so the data is checked once, before any work (nested calls skip it)."""
+
+    @functools.wraps(estimate)
+    def wrapper(self, model, data, space, *args, **kwargs):
+        if _checking.get():
+            return estimate(self, model, data, space, *args, **kwargs)
+        from .base import Calibration
+
+        if not isinstance(data, Calibration):
+            raise DataError(f"`data` must be a Calibration, but got {type(data).__name__}. "
+                            "Build one with Calibration.classification(inputs, labels).")
+        check_against_model(model, data)
+        token = _checking.set(True)
+        try:
+            return estimate(self, model, data, space, *args, **kwargs)
+        finally:
+            _checking.reset(token)
+
+    wrapper.__mpsearch_checked__ = True  # type: ignore[attr-defined]
+    return wrapper
