@@ -13,6 +13,11 @@ scale is a broadcast when one group covers the block (G a multiple of 128, or on
 row), else a per-lane gather (G a multiple of 8: a chunk never straddles groups). The last
 ``K % 128`` codes of a row are decoded one by one.
 
+A kernel call does everything in one dispatch: x is prepared serially, then one parallel
+region of ``workers`` loops, each claiming tasks of ``rows_per_task`` rows with an atomic
+counter (:func:`~mpsearch.kernels._numba_simd.fetch_add`) until none are left. Numba's own
+``prange`` split is static (one equal share per thread), so one late thread delayed the call.
+
 Each width gets its own compiled kernel (``bits`` is a compile-time constant), cached on disk
 next to this file. Numba keys that cache on this file only: after editing ``_numba_simd.py``
 or ``_chunk_slots.py``, delete ``__pycache__/*.nbi`` / ``*.nbc`` (or touch this file).
@@ -26,8 +31,11 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit, prange
 
+from mpsearch.kernels._chunk_slots import slot_exponents
 from mpsearch.kernels._numba_simd import (
+    fetch_add,
     load_chunks,
+    prefetch,
     scale_at,
     slot,
     vadd,
@@ -45,6 +53,9 @@ from mpsearch.kernels._numba_simd import (
 
 _OPTS = {"fastmath": False, "cache": True}
 ROW_TILE = 8  # rows that share each load of x in the batched kernel
+# gemv prefetches the codes this many bytes ahead for widths > 4 (measured: -15% time at 8 bits
+# from DRAM; no gain, or a loss, at 2..4 bits, whose blocks take longer to decode than to load).
+PREFETCH_AHEAD = 4096
 
 
 @njit(inline="always", **_OPTS)
@@ -91,6 +102,38 @@ def _code_at(row, k, bits):
 
 
 @njit(**_OPTS)
+def _slot_scales(exps):
+    """2^-e_j per slot j: undoes the power of two the in-place decode leaves (exact)."""
+    out = np.empty(8, np.float32)
+    for j in range(8):
+        out[j] = np.float32(math.ldexp(1.0, -exps[j]))
+    return out
+
+
+@njit(**_OPTS)
+def _group_index(nblk, group, lane_mode):
+    """Group of each 128-code block (broadcast mode) or of each eight-code chunk (lane mode)."""
+    if lane_mode:
+        grp = np.empty(nblk * 16, np.int32)
+        for i in range(nblk * 16):
+            grp[i] = 8 * i // group
+    else:
+        grp = np.empty(nblk, np.int32)
+        for i in range(nblk):
+            grp[i] = 128 * i // group
+    return grp
+
+
+@njit(**_OPTS)
+def _unscale(y, exponents):
+    """Undo prepare_x's 2^e scaling of tiny rows of x on their outputs (exact up to rounding)."""
+    for b in range(y.shape[0]):
+        if exponents[b] != 0:
+            for o in range(y.shape[1]):
+                y[b, o] = np.float32(math.ldexp(np.float64(y[b, o]), -exponents[b]))
+
+
+@njit(**_OPTS)
 def prepare_x(x, slot_scale, group, n_groups):
     """x in the kernels' order, in one pass: (xp, xt, xs, exponents).
 
@@ -107,18 +150,34 @@ def prepare_x(x, slot_scale, group, n_groups):
     xs = np.empty((nb, n_groups), np.float32)
     exponents = np.zeros(nb, np.int32)
     for b in range(nb):
-        amax = np.float32(0)
-        for k in range(K):
-            amax = max(amax, abs(x[b, k]))
+        # Four independent running maxima / sums: a single chain is latency-bound (~4 us at K=4096).
+        m0 = m1 = m2 = m3 = np.float32(0)
+        k = 0
+        while k + 4 <= K:
+            m0, m1 = max(m0, abs(x[b, k])), max(m1, abs(x[b, k + 1]))
+            m2, m3 = max(m2, abs(x[b, k + 2])), max(m3, abs(x[b, k + 3]))
+            k += 4
+        while k < K:
+            m0 = max(m0, abs(x[b, k]))
+            k += 1
+        amax = max(max(m0, m1), max(m2, m3))
         mult = np.float32(1)
         if 0 < amax < 2.0 ** -64:
             exponents[b] = -math.frexp(amax)[1]
             mult = np.float32(math.ldexp(1.0, exponents[b]))
         for g in range(n_groups):
-            acc = 0.0
-            for k in range(g * group, min(K, (g + 1) * group)):
-                acc += np.float64(x[b, k] * mult)
-            xs[b, g] = acc
+            s0 = s1 = s2 = s3 = 0.0
+            k, end = g * group, min(K, (g + 1) * group)
+            while k + 4 <= end:
+                s0 += np.float64(x[b, k] * mult)
+                s1 += np.float64(x[b, k + 1] * mult)
+                s2 += np.float64(x[b, k + 2] * mult)
+                s3 += np.float64(x[b, k + 3] * mult)
+                k += 4
+            while k < end:
+                s0 += np.float64(x[b, k] * mult)
+                k += 1
+            xs[b, g] = (s0 + s1) + (s2 + s3)
         for blk in range(nblk):
             base, src = (blk * nb + b) * 128, blk * 128
             for j in range(8):
@@ -130,42 +189,69 @@ def prepare_x(x, slot_scale, group, n_groups):
     return xp, xt, xs, exponents
 
 
-def make_gemv(bits: int) -> Callable:
-    """The batch-1 kernel for one width: y[o] for every row, rows in parallel."""
-    B_, BLK, HI = bits, 16 * bits, int(bits > 4)
+def make_gemv(bits: int, ahead: int | None = None) -> Callable:
+    """The batch-1 kernel for one width: y[o] for every row, rows in parallel.
+
+    ``gemv(packed, scale, zero, x, G, lane_mode, rows_per_task, workers) -> y`` with x (K,):
+    the whole call (x preparation, rows, rescaling) is one Numba dispatch and one parallel
+    region, in which ``workers`` threads claim tasks of ``rows_per_task`` rows in turn.
+    """
+    B_, BLK, HI, EXPS = bits, 16 * bits, int(bits > 4), tuple(slot_exponents(bits))
+    if ahead is None:
+        ahead = PREFETCH_AHEAD if bits > 4 else 0
 
     @njit(parallel=True, **_OPTS)
-    def gemv(packed, scale, zero, xp, xs, xt, grp, lane_mode, G, rows_per_task, y):
+    def gemv(packed, scale, zero, x, G, lane_mode, rows_per_task, workers):
         out = packed.shape[0]
-        nblk = xp.shape[0] // 128
         ng = scale.shape[1]
+        xp, xts, xss, exponents = prepare_x(x.reshape((1, x.shape[0])), _slot_scales(EXPS), G,
+                                            ng)
+        xs, xt = xss[0], xts[0]
+        nblk = xp.shape[0] // 128
         kfull = nblk * 128
-        for task in prange((out + rows_per_task - 1) // rows_per_task):
+        rowbytes = packed.shape[1]
+        grp = _group_index(nblk, G, lane_mode)
+        y = np.empty(out, np.float32)
+        ntasks = (out + rows_per_task - 1) // rows_per_task
+        claimed = np.empty(1, np.int64)  # not np.zeros: that would be a parallel loop
+        claimed[0] = 0
+        for _ in prange(workers):  # one per thread; tasks are claimed, not preassigned
             sf = np.empty(ng, np.float32)
             sz = np.empty(ng, np.float32)
-            for o in range(task * rows_per_task, min(out, (task + 1) * rows_per_task)):
-                row = packed[o]
-                _row_scales(scale[o], zero[o], sf, sz)
-                acc = vzero()
-                for blk in range(nblk):
-                    lo = load_chunks(row, blk * BLK, B_, 0)
-                    hi = load_chunks(row, blk * BLK, B_, HI)  # same as lo (merged) if bits <= 4
-                    xo = blk * 128
-                    a0 = vmul(slot(lo, hi, B_, 0), vload(xp, xo))
-                    a1 = vmul(slot(lo, hi, B_, 1), vload(xp, xo + 16))
-                    a0 = vmuladd(slot(lo, hi, B_, 2), vload(xp, xo + 32), a0)
-                    a1 = vmuladd(slot(lo, hi, B_, 3), vload(xp, xo + 48), a1)
-                    a0 = vmuladd(slot(lo, hi, B_, 4), vload(xp, xo + 64), a0)
-                    a1 = vmuladd(slot(lo, hi, B_, 5), vload(xp, xo + 80), a1)
-                    a0 = vmuladd(slot(lo, hi, B_, 6), vload(xp, xo + 96), a0)
-                    a1 = vmuladd(slot(lo, hi, B_, 7), vload(xp, xo + 112), a1)
-                    sv = vgather(sf, grp, blk * 16) if lane_mode else vsplat(sf[grp[blk]])
-                    acc = vmuladd(vadd(a0, a1), sv, acc)
-                total = vsum(acc) - _dot(sz, xs, 0, ng)
-                for t in range(xt.shape[0]):
-                    k = kfull + t
-                    total += sf[k // G] * np.float32(_code_at(row, k, B_)) * xt[t]
-                y[o] = total
+            while True:
+                task = fetch_add(claimed, 0, 1)
+                if task >= ntasks:
+                    break
+                for o in range(task * rows_per_task, min(out, (task + 1) * rows_per_task)):
+                    row = packed[o]
+                    _row_scales(scale[o], zero[o], sf, sz)
+                    acc = vzero()
+                    base = o * rowbytes + ahead
+                    for blk in range(nblk):
+                        if ahead:
+                            prefetch(packed, base + blk * BLK)
+                            if BLK > 64:
+                                prefetch(packed, base + blk * BLK + 64)
+                        lo = load_chunks(row, blk * BLK, B_, 0)
+                        hi = load_chunks(row, blk * BLK, B_, HI)  # = lo if bits <= 4
+                        xo = blk * 128
+                        a0 = vmul(slot(lo, hi, B_, 0), vload(xp, xo))
+                        a1 = vmul(slot(lo, hi, B_, 1), vload(xp, xo + 16))
+                        a0 = vmuladd(slot(lo, hi, B_, 2), vload(xp, xo + 32), a0)
+                        a1 = vmuladd(slot(lo, hi, B_, 3), vload(xp, xo + 48), a1)
+                        a0 = vmuladd(slot(lo, hi, B_, 4), vload(xp, xo + 64), a0)
+                        a1 = vmuladd(slot(lo, hi, B_, 5), vload(xp, xo + 80), a1)
+                        a0 = vmuladd(slot(lo, hi, B_, 6), vload(xp, xo + 96), a0)
+                        a1 = vmuladd(slot(lo, hi, B_, 7), vload(xp, xo + 112), a1)
+                        sv = vgather(sf, grp, blk * 16) if lane_mode else vsplat(sf[grp[blk]])
+                        acc = vmuladd(vadd(a0, a1), sv, acc)
+                    total = vsum(acc) - _dot(sz, xs, 0, ng)
+                    for t in range(xt.shape[0]):
+                        k = kfull + t
+                        total += sf[k // G] * np.float32(_code_at(row, k, B_)) * xt[t]
+                    y[o] = total
+        _unscale(y.reshape((1, out)), exponents)
+        return y
 
     return gemv
 
@@ -178,69 +264,84 @@ def make_gemm(bits: int) -> Callable:
     the whole tile, so x streams from L2 ``ROW_TILE`` times less often.
     """
     B_, BLK, HI, R = bits, 16 * bits, int(bits > 4), ROW_TILE
+    EXPS = tuple(slot_exponents(bits))
 
     @njit(parallel=True, **_OPTS)
-    def gemm(packed, scale, zero, xp, xs, xt, grp, lane_mode, G, rows_per_task, y):
+    def gemm(packed, scale, zero, x, G, lane_mode, rows_per_task, workers):
         out = packed.shape[0]
-        nb, ng, ntail = xs.shape[0], scale.shape[1], xt.shape[1]
+        ng = scale.shape[1]
+        xp, xt, xs, exponents = prepare_x(x, _slot_scales(EXPS), G, ng)
+        nb, ntail = xs.shape[0], xt.shape[1]
         nblk = xp.shape[0] // (nb * 128)
         kfull = nblk * 128
         xsf = xs.reshape(nb * ng)
-        for task in prange((out + rows_per_task - 1) // rows_per_task):
+        grp = _group_index(nblk, G, lane_mode)
+        y = np.empty((nb, out), np.float32)
+        ntasks = (out + rows_per_task - 1) // rows_per_task
+        claimed = np.empty(1, np.int64)  # not np.zeros: that would be a parallel loop
+        claimed[0] = 0
+        for _ in prange(workers):  # one per thread; tasks are claimed, not preassigned
             sf = np.empty((R, ng), np.float32)
             sz = np.empty((R, ng), np.float32)
             cs = np.empty(R * 128, np.float32)
             accs = np.empty(R * nb * 16, np.float32)
             tw = np.empty(ntail, np.float32)
-            t1 = min(out, (task + 1) * rows_per_task)
-            for o0 in range(task * rows_per_task, t1, R):
-                nr = min(R, t1 - o0)
-                for r in range(nr):
-                    _row_scales(scale[o0 + r], zero[o0 + r], sf[r], sz[r])
-                for i in range(nr * nb):
-                    vstore(accs, i * 16, vzero())
-                for blk in range(nblk):
+            while True:
+                task = fetch_add(claimed, 0, 1)
+                if task >= ntasks:
+                    break
+                t1 = min(out, (task + 1) * rows_per_task)
+                for o0 in range(task * rows_per_task, t1, R):
+                    nr = min(R, t1 - o0)
+                    for r in range(nr):
+                        _row_scales(scale[o0 + r], zero[o0 + r], sf[r], sz[r])
+                    for i in range(nr * nb):
+                        vstore(accs, i * 16, vzero())
+                    for blk in range(nblk):
+                        for r in range(nr):
+                            row = packed[o0 + r]
+                            lo = load_chunks(row, blk * BLK, B_, 0)
+                            hi = load_chunks(row, blk * BLK, B_, HI)
+                            sv = vgather(sf[r], grp, blk * 16) if lane_mode \
+                                else vsplat(sf[r, grp[blk]])
+                            co = r * 128
+                            vstore(cs, co, vmul(slot(lo, hi, B_, 0), sv))
+                            vstore(cs, co + 16, vmul(slot(lo, hi, B_, 1), sv))
+                            vstore(cs, co + 32, vmul(slot(lo, hi, B_, 2), sv))
+                            vstore(cs, co + 48, vmul(slot(lo, hi, B_, 3), sv))
+                            vstore(cs, co + 64, vmul(slot(lo, hi, B_, 4), sv))
+                            vstore(cs, co + 80, vmul(slot(lo, hi, B_, 5), sv))
+                            vstore(cs, co + 96, vmul(slot(lo, hi, B_, 6), sv))
+                            vstore(cs, co + 112, vmul(slot(lo, hi, B_, 7), sv))
+                        for b in range(nb):
+                            xo = (blk * nb + b) * 128
+                            x0, x1 = vload(xp, xo), vload(xp, xo + 16)
+                            x2, x3 = vload(xp, xo + 32), vload(xp, xo + 48)
+                            x4, x5 = vload(xp, xo + 64), vload(xp, xo + 80)
+                            x6, x7 = vload(xp, xo + 96), vload(xp, xo + 112)
+                            for r in range(nr):
+                                co, ao = r * 128, (r * nb + b) * 16
+                                a0 = vmuladd(vload(cs, co), x0, vload(accs, ao))
+                                a1 = vmul(vload(cs, co + 16), x1)
+                                a0 = vmuladd(vload(cs, co + 32), x2, a0)
+                                a1 = vmuladd(vload(cs, co + 48), x3, a1)
+                                a0 = vmuladd(vload(cs, co + 64), x4, a0)
+                                a1 = vmuladd(vload(cs, co + 80), x5, a1)
+                                a0 = vmuladd(vload(cs, co + 96), x6, a0)
+                                a1 = vmuladd(vload(cs, co + 112), x7, a1)
+                                vstore(accs, ao, vadd(a0, a1))
                     for r in range(nr):
                         row = packed[o0 + r]
-                        lo = load_chunks(row, blk * BLK, B_, 0)
-                        hi = load_chunks(row, blk * BLK, B_, HI)
-                        sv = vgather(sf[r], grp, blk * 16) if lane_mode else vsplat(sf[r, grp[blk]])
-                        co = r * 128
-                        vstore(cs, co, vmul(slot(lo, hi, B_, 0), sv))
-                        vstore(cs, co + 16, vmul(slot(lo, hi, B_, 1), sv))
-                        vstore(cs, co + 32, vmul(slot(lo, hi, B_, 2), sv))
-                        vstore(cs, co + 48, vmul(slot(lo, hi, B_, 3), sv))
-                        vstore(cs, co + 64, vmul(slot(lo, hi, B_, 4), sv))
-                        vstore(cs, co + 80, vmul(slot(lo, hi, B_, 5), sv))
-                        vstore(cs, co + 96, vmul(slot(lo, hi, B_, 6), sv))
-                        vstore(cs, co + 112, vmul(slot(lo, hi, B_, 7), sv))
-                    for b in range(nb):
-                        xo = (blk * nb + b) * 128
-                        x0, x1 = vload(xp, xo), vload(xp, xo + 16)
-                        x2, x3 = vload(xp, xo + 32), vload(xp, xo + 48)
-                        x4, x5 = vload(xp, xo + 64), vload(xp, xo + 80)
-                        x6, x7 = vload(xp, xo + 96), vload(xp, xo + 112)
-                        for r in range(nr):
-                            co, ao = r * 128, (r * nb + b) * 16
-                            a0 = vmuladd(vload(cs, co), x0, vload(accs, ao))
-                            a1 = vmul(vload(cs, co + 16), x1)
-                            a0 = vmuladd(vload(cs, co + 32), x2, a0)
-                            a1 = vmuladd(vload(cs, co + 48), x3, a1)
-                            a0 = vmuladd(vload(cs, co + 64), x4, a0)
-                            a1 = vmuladd(vload(cs, co + 80), x5, a1)
-                            a0 = vmuladd(vload(cs, co + 96), x6, a0)
-                            a1 = vmuladd(vload(cs, co + 112), x7, a1)
-                            vstore(accs, ao, vadd(a0, a1))
-                for r in range(nr):
-                    row = packed[o0 + r]
-                    for t in range(ntail):
-                        k = kfull + t
-                        tw[t] = sf[r, k // G] * np.float32(_code_at(row, k, B_))
-                    for b in range(nb):
-                        total = vsum(vload(accs, (r * nb + b) * 16)) - _dot(sz[r], xsf, b * ng, ng)
                         for t in range(ntail):
-                            total += tw[t] * xt[b, t]
-                        y[b, o0 + r] = total
+                            k = kfull + t
+                            tw[t] = sf[r, k // G] * np.float32(_code_at(row, k, B_))
+                        for b in range(nb):
+                            total = vsum(vload(accs, (r * nb + b) * 16)) - _dot(sz[r], xsf, b * ng, ng)
+                            for t in range(ntail):
+                                total += tw[t] * xt[b, t]
+                            y[b, o0 + r] = total
+        _unscale(y, exponents)
+        return y
 
     return gemm
 

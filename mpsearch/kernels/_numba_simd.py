@@ -250,3 +250,32 @@ def slot(typingctx, lo, hi, bits, j):
                 v = builder.and_(v, const(mask))
         return builder.sitofp(v, _VF)
     return f32x16(lo, hi, bits, j), codegen
+
+
+@intrinsic
+def fetch_add(typingctx, arr, idx, value):
+    """Atomically add ``value`` to ``arr[idx]`` (int64 array); return the value before.
+
+    Lets parallel workers claim tasks from a shared counter (dynamic scheduling), so a thread
+    that starts late, or shares its core with other work, simply takes fewer tasks.
+    """
+    def codegen(context, builder, sig, args):
+        ptr = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(64))
+        add = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, add, "monotonic")
+    return types.int64(arr, idx, value), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, off):
+    """Hint the CPU to fetch the cache line of ``arr`` at flat offset ``off`` (``llvm.prefetch``).
+
+    Never faults, also past the end of ``arr``; a no-op where the target has no prefetch.
+    """
+    def codegen(context, builder, sig, args):
+        ptr = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, off), codegen

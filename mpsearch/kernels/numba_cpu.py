@@ -2,10 +2,14 @@
 
 ``gemv`` (one activation vector) and ``gemm`` (a small batch) read the packed codes directly,
 never materializing the float weight, so they move ``bits/32`` of the bytes a float32 matmul
-moves. Rows run in parallel on Numba's threads (``numba.set_num_threads``); arithmetic is
-float32 without fast-math, in a fixed order, so results are deterministic for a given thread
-count and machine. Numba is imported on first use; without it these functions raise
-:class:`~mpsearch.errors.MissingDependencyError` (use :mod:`mpsearch.kernels.torch_packed`).
+moves. Rows run in parallel on Numba's threads (``numba.set_num_threads``), which claim small
+tasks of rows from a shared counter: a thread that wakes late (``OMP_WAIT_POLICY=PASSIVE``) or
+shares its core with other work just takes fewer. Each row is computed by one thread, in
+float32 without fast-math, in a fixed order, so results are deterministic on a machine, for
+any thread count. A call is one Numba dispatch; at batch 1 its fixed cost (validation, thread
+wake-up) is a visible part of the time, so the Python side is kept short. Numba is imported on
+first use; without it these functions raise :class:`~mpsearch.errors.MissingDependencyError`
+(use :mod:`mpsearch.kernels.torch_packed`).
 
 >>> import numpy as np
 >>> from mpsearch.kernels.packing import pack
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from functools import cache, lru_cache
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -27,12 +31,11 @@ import numpy as np
 import torch
 
 from mpsearch.errors import DataError, MissingDependencyError
-from mpsearch.kernels._chunk_slots import slot_exponents
 from mpsearch.kernels._operands import check_activations, check_operands
 
 __all__ = ["gemm", "gemv", "is_available"]
 requires = ("numba",)
-_TASKS_PER_THREAD = 4
+_TASKS_PER_THREAD = 16  # row tasks per thread, claimed in turn (a late or busy thread takes fewer)
 
 
 def is_available() -> bool:
@@ -55,30 +58,16 @@ def _kernel(kind: str, bits: int) -> Any:
     return (mod.make_gemv if kind == "gemv" else mod.make_gemm)(bits)
 
 
-@lru_cache(maxsize=64)
-def _group_table(K: int, group: int, n_groups: int) -> tuple[np.ndarray, bool] | None:
-    """Group index per 128-code block (broadcast mode) or per chunk lane (lane mode).
-
-    None when neither works (G not a multiple of 8 with several groups per row).
-    """
-    nblk = K // 128
-    if n_groups == 1 or group % 128 == 0:
-        return (np.arange(nblk, dtype=np.int64) * 128 // group).astype(np.int32), False
-    if group % 8 == 0:
-        starts = np.arange(nblk * 16, dtype=np.int64) * 8
-        return (starts // group).astype(np.int32), True
-    return None
-
-
-def _numpy(a: Any, name: str) -> np.ndarray:
+def _numpy(a: Any, name: str, dtype: type | None = None) -> np.ndarray:
+    """A C-contiguous numpy array (of ``dtype`` if given) from numpy or a CPU tensor."""
     if isinstance(a, torch.Tensor):
         if a.device.type != "cpu":
             raise DataError(f"The Numba kernels run on CPU, but `{name}` is on {a.device}. Use "
                             f"mpsearch.kernels.torch_packed.packed_matmul for other devices.")
         if a.dtype == torch.bfloat16:
             a = a.float()
-        return np.ascontiguousarray(a.detach().numpy())
-    return np.ascontiguousarray(a)
+        a = a.detach().numpy()
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def _scale_array(scale: Any) -> np.ndarray:
@@ -86,44 +75,47 @@ def _scale_array(scale: Any) -> np.ndarray:
     return s.view(np.uint16) if s.dtype == np.float16 else s.astype(np.float32, copy=False)
 
 
-@lru_cache(maxsize=8)
-def _slot_scales(bits: int) -> np.ndarray:
-    """2^-e_j per slot j: undoes the power of two the kernel's in-place decode leaves."""
-    return np.ldexp(np.ones(8, np.float32), -np.array(slot_exponents(bits))).astype(np.float32)
+@cache
+def _workers() -> int:
+    """Parallel workers per call: Numba's pool size, read once.
+
+    Workers claim row tasks from a shared counter, so any ``numba.set_num_threads`` value works
+    (an extra worker on a thread finds no task left). Not ``numba.get_num_threads()`` per call:
+    it takes two locks, ~15 us when the caches are cold.
+    """
+    import numba
+
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
 def _run(packed: Any, scale: Any, zero: Any, x: Any, bits: Any, K: Any, G: Any,
          kind: str) -> np.ndarray:
-    """Validate, convert to numpy, prepare x, run the kernel: (B, out) float32."""
+    """Validate, convert to numpy, run the kernel in one Numba call.
+
+    Returns y (out,) for ``kind="gemv"`` (x is (K,)), else Y (B, out); float32.
+    Kept short: at batch 1 its Python work is a visible part of the call.
+    """
     shape = check_operands(packed, scale, zero, bits, K, G)
     check_activations(x, shape.K)
-    x2d = _numpy(x, "x").astype(np.float32, copy=False).reshape(-1, shape.K)
-    nb = x2d.shape[0]
-    y = np.empty((nb, shape.out), np.float32)
-    if nb == 0 or shape.out == 0:
-        return y
+    xa = _numpy(x, "x", np.float32)
+    if kind == "gemm":
+        xa = xa.reshape(-1, shape.K)
+    if xa.size == 0 or shape.out == 0:
+        return np.empty(xa.shape[:-1] + (shape.out,), np.float32)
     backend = _backend()  # raises MissingDependencyError without numba
     p, s, z = _numpy(packed, "packed"), _scale_array(scale), _numpy(zero, "zero")
-    table = _group_table(shape.K, shape.group, shape.n_groups)
-    if table is None:
+    # Block mode: one group covers each 128-code block; lane mode: each eight-code chunk.
+    lane_mode = shape.n_groups > 1 and shape.group % 128 != 0
+    if lane_mode and shape.group % 8:  # a chunk would straddle groups
+        x2d = xa.reshape(-1, shape.K)
+        y = np.empty((x2d.shape[0], shape.out), np.float32)
         backend.gemm_any_group(p, s, z, x2d, shape.bits, shape.group, y)
-        return y
-    import numba
-
-    tasks = max(1, numba.get_num_threads() * _TASKS_PER_THREAD)
-    rows_per_task = -(-shape.out // tasks)
-    xp, xt, xs, exponents = backend.prepare_x(x2d, _slot_scales(shape.bits), shape.group,
-                                               shape.n_groups)
-    grp, lane_mode = table
-    if kind == "gemv":
-        _kernel("gemv", shape.bits)(p, s, z, xp, xs[0], xt[0], grp, lane_mode, shape.group,
-                                    rows_per_task, y[0])
-    else:
-        _kernel("gemm", shape.bits)(p, s, z, xp, xs, xt, grp, lane_mode, shape.group,
-                                    rows_per_task, y)
-    if exponents.any():  # rows of tiny x were scaled up by 2^e: scale their outputs back
-        y = np.ldexp(y, -exponents[:, None]).astype(np.float32)
-    return y
+        return y if kind == "gemm" else y[0]
+    workers = _workers()
+    rows_per_task = -(-shape.out // (workers * _TASKS_PER_THREAD))
+    if kind == "gemm":  # whole tiles of rows
+        rows_per_task = -(-rows_per_task // backend.ROW_TILE) * backend.ROW_TILE
+    return _kernel(kind, shape.bits)(p, s, z, xa, shape.group, lane_mode, rows_per_task, workers)
 
 
 def _like_x(y: np.ndarray, x: Any) -> Any:
@@ -142,7 +134,7 @@ def gemv(packed: Any, scale: Any, zero: Any, x: Any, bits: int, K: int,
     if len(getattr(x, "shape", ())) != 1:
         raise DataError(f"`x` for gemv must be 1-D (K,), but got shape "
                         f"{tuple(getattr(x, 'shape', ()))}. Use gemm for a batch.")
-    return _like_x(_run(packed, scale, zero, x, bits, K, G, "gemv")[0], x)
+    return _like_x(_run(packed, scale, zero, x, bits, K, G, "gemv"), x)
 
 
 def gemm(packed: Any, scale: Any, zero: Any, X: Any, bits: int, K: int,

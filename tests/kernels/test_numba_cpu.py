@@ -63,6 +63,28 @@ def test_large_rows_many_tasks() -> None:
     assert_close(numba_cpu.gemv(packed, scale, zero, x[0], 4, 1024, 128), ref[0])
 
 
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_same_result_for_any_thread_count(bits: int) -> None:
+    """Threads claim row tasks dynamically; each row is still computed once, in a fixed order."""
+    import numba
+
+    packed, scale, zero, x, ref = make_case(bits, 301, 640, 128, (3,), seed=5)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in sorted({1, 2, min(3, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            results.append((numba_cpu.gemv(packed, scale, zero, x[0], bits, 640, 128),
+                            numba_cpu.gemm(packed, scale, zero, x, bits, 640, 128)))
+    finally:
+        numba.set_num_threads(before)
+    assert_close(results[0][0], ref[0])
+    assert_close(results[0][1], ref)
+    for y1, y3 in results[1:]:
+        np.testing.assert_array_equal(y1, results[0][0])
+        np.testing.assert_array_equal(y3, results[0][1])
+
+
 @pytest.mark.parametrize("x_scale", [1e-30, 1e-38, 1e25])
 def test_tiny_and_large_activations_keep_their_precision(x_scale: float) -> None:
     packed, scale, zero, x, ref = make_case(4, 11, 300, 32, (2,), x_scale=x_scale)
