@@ -26,7 +26,7 @@ from .embedding import LayerInputModification, ZScoreOutliers
 from .hessian import HutchinsonTrace
 from .hessian_diag import HutchinsonDiagonal
 from .hessian_eig import PowerIterationEigen
-from .losses import embedding_distillation_loss, minilm_calibration
+from .losses import embedding_distillation_loss, embedding_gn_calibration, minilm_calibration
 from .perturbation import PerturbationKL
 from .relevance import LayerRelevance
 from .salience import FirstOrderSalience, FisherDiagonal, GradientOutliers
@@ -58,6 +58,7 @@ __all__ = [
     "embedding_distillation_loss",
     "get_estimator",
     "minilm_calibration",
+    "embedding_gn_calibration",
     "pseudo_label_loss",
     "quantization_errors",
     "quantization_group_errors",
