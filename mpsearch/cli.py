@@ -43,7 +43,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     result = run_quickstart(
         data_dir=_data_dir(args), out_dir=args.out, model_name=args.model, n_calib=args.calib,
-        seed=args.seed, budgets=budget_grid(args.budgets), progress=not args.quiet,
+        seed=args.seed, budgets=budget_grid(args.budgets), bias_correction=args.bias_correction, progress=not args.quiet,
     )
     print()
     print(format_table(result.table))
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("mpsearch-out"), help="output folder (default: %(default)s)")
     p.add_argument("--calib", type=int, default=256, help="calibration images, taken first; the rest are evaluated (default: %(default)s)")
     p.add_argument("--budgets", default="2.5,3,3.5,4", help="average-bit budgets of the mixed plans (default: %(default)s)")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="measure plans without bias correction (by default each plan carries its layers' mean output "
+                        "shifts measured on the calibration images)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
 

@@ -21,6 +21,7 @@ from ._io import atomic_write_text
 from .budget import Budget
 from .costs import CostTable
 from .errors import DataError
+from .bias_correction import measure_bias_correction
 from .evaluate import evaluate_plan, plan_size
 from .pareto import ParetoFront, pareto
 from .sensitivity import Calibration, HutchinsonTrace, build_cost_table
@@ -55,10 +56,16 @@ def run_quickstart(
     uniform: Sequence[int] = DEFAULT_UNIFORM,
     tol: float = 0.1,
     max_probes: int = 200,
+    bias_correction: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> QuickstartResult:
-    """Run the whole pipeline and write costs, plans, a CSV table and the Pareto figure into ``out_dir``."""
+    """Run the whole pipeline and write costs, plans, a CSV table and the Pareto figure into ``out_dir``.
+
+    With ``bias_correction`` (the default) every plan, uniform ones included, carries the mean
+    output shifts of its quantized layers measured on the calibration images
+    (:mod:`mpsearch.bias_correction`), so the saved plans reproduce the measured models.
+    """
     import pandas as pd
 
     torch.manual_seed(seed)
@@ -92,6 +99,11 @@ def run_quickstart(
     log(f"Hutchinson trace: {sens.details['probes']} probes, converged={sens.details['converged']}, "
         f"{sens.seconds:.1f} s")
 
+    def finish(plan):
+        if not bias_correction:
+            return plan
+        return plan.with_bias_correction(measure_bias_correction(model, plan, [x_cal]))
+
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = [{
         "plan": "fp32", "avg_bits": 32.0, "KiB": plan_size_fp32(model) / 1024, "predicted_cost": 0.0, "top1": fp32,
@@ -99,7 +111,7 @@ def run_quickstart(
     baselines: dict[str, tuple[float, float]] = {}
     for b in uniform:
         choice = costs.uniform_choice(b)
-        plan = costs.plan(choice, solver="uniform", budget=f"uniform {b}-bit")
+        plan = finish(costs.plan(choice, solver="uniform", budget=f"uniform {b}-bit"))
         rows.append(_row(f"uniform W{b}", model, plan, costs, choice, x_eval, y_eval, out))
         baselines[f"uniform W{b}"] = (rows[-1]["avg_bits"], rows[-1]["top1"])
     front_budgets = sorted(set(default_sweep(costs, "avg_bits", FRONT_BUDGETS)) | {float(b) for b in budgets})
@@ -111,10 +123,10 @@ def run_quickstart(
             measured.append(None)
             continue
         if value in {float(b) for b in budgets}:
-            rows.append(_row(f"mixed {value:g} bits", model, result.plan, costs, result.choice, x_eval, y_eval, out))
+            rows.append(_row(f"mixed {value:g} bits", model, finish(result.plan), costs, result.choice, x_eval, y_eval, out))
             measured.append(rows[-1]["top1"])
         else:
-            measured.append(evaluate_plan(model, result.plan, x_eval, y_eval))
+            measured.append(evaluate_plan(model, finish(result.plan), x_eval, y_eval))
     front.add_measurement("top1", measured)
     timings["plans_and_eval"] = time.perf_counter() - t0
 
