@@ -256,36 +256,29 @@ class CostTable:
 
     def min_usage(self, budget: "Budget") -> float:
         """The smallest value of the budget's resource any valid assignment reaches (ties respected)."""
-        if not self.ties and budget.kind in ("avg_bits", "bytes") and self.allowed.all():
-            # straight from storage_bits: no items x choices temporary (10^8 group items)
-            total_bits = float(self.storage_bits.min(axis=1).sum(dtype=np.float64))
-            return total_bits / (float(self.n_weights.sum()) if budget.kind == "avg_bits" else 8.0)
-        matrix = np.where(self.allowed, budget.matrix(self), np.inf)
-        tied = np.zeros(self.n_items, bool)
-        total = 0.0
-        for group in self.ties:
-            idx = list(group)
-            tied[idx] = True
-            total += float(matrix[idx].sum(axis=0).min())
-        total += float(matrix[~tied].min(axis=1).sum(dtype=np.float64))
-        return total
+        return self._extreme_usage(budget, largest=False)
 
     def max_usage(self, budget: "Budget") -> float:
         """The largest value of the budget's resource any valid assignment reaches (ties respected).
 
         For storage this is every unit at its widest allowed choice: a larger budget changes nothing.
         """
+        return self._extreme_usage(budget, largest=True)
+
+    def _extreme_usage(self, budget: "Budget", *, largest: bool) -> float:
+        pick = np.max if largest else np.min
         if not self.ties and budget.kind in ("avg_bits", "bytes") and self.allowed.all():
-            total_bits = float(self.storage_bits.max(axis=1).sum(dtype=np.float64))
+            # straight from storage_bits: no items x choices temporary (10^8 group items)
+            total_bits = float(pick(self.storage_bits, axis=1).sum(dtype=np.float64))
             return total_bits / (float(self.n_weights.sum()) if budget.kind == "avg_bits" else 8.0)
-        matrix = np.where(self.allowed, budget.matrix(self), -np.inf)
+        matrix = np.where(self.allowed, budget.matrix(self), -np.inf if largest else np.inf)
         tied = np.zeros(self.n_items, bool)
         total = 0.0
         for group in self.ties:
             idx = list(group)
             tied[idx] = True
-            total += float(matrix[idx].sum(axis=0).max())
-        total += float(matrix[~tied].max(axis=1).sum(dtype=np.float64))
+            total += float(pick(matrix[idx].sum(axis=0)))
+        total += float(pick(matrix[~tied], axis=1).sum(dtype=np.float64))
         return total
 
     def uniform_choice(self, bits: int) -> np.ndarray:
