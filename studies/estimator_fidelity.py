@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import inspect
 import io
+import json
 import math
 import time
 from pathlib import Path
@@ -105,7 +106,8 @@ def distilled_calibration(model, n: int, quick: bool, seed: int) -> tuple[Calibr
         from mpsearch.sensitivity.distill import distill_bn_data
 
         data = distill_bn_data(model, n=n, steps=60 if quick else 300, seed=seed, progress=False)
-        return data.calibration(batch_size=n), f"distilled (BN loss x{data.reduction:.0f} lower)"
+        # batches of 32 like the real data: one batch of n would make every Hessian probe n images wide
+        return data.calibration(batch_size=min(n, 32)), f"distilled (BN loss x{data.reduction:.0f} lower)"
     except Exception as exc:  # noqa: BLE001 - a study records why a variant is missing and goes on
         return None, f"distillation failed: {type(exc).__name__}: {exc}"
 
@@ -119,7 +121,12 @@ def study_model(name, args, images, labels) -> list[dict]:
     quantizer = QuantizerConfig(scheme="affine") if args.quick else RECOMMENDED
     space = discover(model, quantizer=quantizer)
     t0 = time.perf_counter()
-    truth = ground_truth(model, space, x[gt_i], y[gt_i])
+    truth_file = Path(args.out) / f"ground_truth_{name}.json"  # a rerun reuses it (it takes minutes on ResNet-56)
+    if truth_file.is_file():
+        truth = {int(b): v for b, v in json.loads(truth_file.read_text()).items()}
+    else:
+        truth = ground_truth(model, space, x[gt_i], y[gt_i])
+        atomic_write_text(truth_file, json.dumps(truth, sort_keys=True))
     print(f"[{name}] ground truth for {len(truth[2])} units in {time.perf_counter() - t0:.0f}s", flush=True)
     errors = quantization_errors(model, space)
     fp_top1 = accuracy(model, x[ev_i], y[ev_i])
@@ -131,6 +138,9 @@ def study_model(name, args, images, labels) -> list[dict]:
     for est_name in names:
         for data_name, (calib, data_note) in datasets.items():
             row = {"model": name, "estimator": est_name, "data": data_name}
+            if (name, est_name, data_name) in args.finished:  # kept from an interrupted run
+                rows.append(args.finished[(name, est_name, data_name)])
+                continue
             if calib is None:
                 rows.append(row | {"note": f"skipped: {data_note}"})
                 continue
@@ -181,6 +191,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     images, labels = load_cifar10(args.data_dir)
     rows: list[dict] = []
     args.partial, args.done = Path(args.out) / "partial.csv", rows
+    args.finished = {}
+    if args.partial.is_file():  # resume: rows finished by an interrupted run are kept, not recomputed
+        for row in pd.read_csv(args.partial).to_dict("records"):
+            if row.get("estimator") != "fp32" and isinstance(row.get("seconds"), float) and not math.isnan(row["seconds"]):
+                args.finished[(row["model"], row["estimator"], row["data"])] = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
     for name in args.models.split(","):
         rows += study_model(name.strip(), args, images, labels)
     order = ["model", "estimator", "data", "spearman_2bit", "spearman_3bit", "seconds", "top1_3bit", "plan_status", "note"]
