@@ -26,6 +26,8 @@ def shared_data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _two_threads():
-    torch.set_num_threads(2)
+def _torch_threads(request):
+    """Two torch threads per test, or n with ``@pytest.mark.torch_threads(n)`` (module-wide via pytestmark)."""
+    marker = request.node.get_closest_marker("torch_threads")
+    torch.set_num_threads(marker.args[0] if marker else 2)
     yield

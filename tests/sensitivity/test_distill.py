@@ -18,11 +18,7 @@ from mpsearch.sensitivity import (
 from mpsearch.space import discover
 from mpsearch.zoo import load_pretrained
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.torch_threads(1)
 
 
 @pytest.fixture(scope="module")

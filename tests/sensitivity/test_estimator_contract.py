@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mpsearch.sensitivity import ESTIMATORS
 from mpsearch.testing.estimators import (
@@ -12,11 +11,7 @@ from mpsearch.testing.estimators import (
     registry_factory,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.torch_threads(1)
 
 
 def test_every_registered_estimator_is_covered_or_says_why():

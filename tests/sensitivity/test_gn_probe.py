@@ -7,7 +7,11 @@ import types
 import torch
 from torch import nn
 
-from mpsearch.sensitivity.losses import embedding_gn_calibration, probe_loss, sentence_embeddings
+from mpsearch.sensitivity.losses import (
+    embedding_gn_calibration,
+    probe_loss,
+    sentence_embeddings,
+)
 
 
 class TinyEncoder(nn.Module):

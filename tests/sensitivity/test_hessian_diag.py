@@ -24,10 +24,7 @@ from mpsearch.space import discover
 G = 9  # conv fan_in 18 -> 2 blocks; fc1 48 -> 6 blocks (last one 3 wide); fc2 5 -> 1 block
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # thousands of tiny products: threads only add overhead
-    yield
+pytestmark = pytest.mark.torch_threads(1)  # thousands of tiny products: threads only add overhead
 
 
 @pytest.fixture(scope="module")

@@ -42,10 +42,7 @@ def minilm():
     return model, calib, space
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.torch_threads(1)
 
 
 def test_loss_is_non_degenerate_at_fp32_weights(minilm):

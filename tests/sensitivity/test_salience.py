@@ -27,10 +27,7 @@ from mpsearch.space import discover
 CFG = QuantizerConfig(group_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.torch_threads(1)
 
 
 def setup():
