@@ -264,8 +264,6 @@ class NSGA2Solver(_OptunaSearch):
 def _front_of(study, costs, red, names, budgets, kind, solver, start, measured):
     from ..pareto import ParetoFront
 
-    check_ceiling(costs, budgets, kind=kind)
-
     probe = Budget(kind=kind, value=float("1e300"))
     trials = [t for t in study.get_trials(deepcopy=False) if t.values is not None and all(n in t.params for n in names)]
     plans = [(red.expand(np.array([t.params[n] for n in names], np.int64), costs.n_items), t.values[0]) for t in trials]
@@ -292,10 +290,9 @@ def load_front(costs: CostTable, storage: str | os.PathLike[str], study_name: st
 
     >>> # load_front(costs, "runs/study.db", "resnet20").to_frame()
     """
-    import time
-
     import optuna
 
+    check_ceiling(costs, budgets, kind=kind)  # before reading the study
     start = time.perf_counter()
     study = optuna.load_study(study_name=study_name, storage=_storage(storage))
     red = reduce(costs, (Budget(kind=kind, value=1.0),))
