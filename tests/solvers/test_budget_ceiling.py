@@ -12,6 +12,7 @@ from mpsearch.errors import BudgetError, BudgetTooLargeError
 from mpsearch.pareto import pareto
 from mpsearch.solvers import SOLVERS, DPSolver, NSGA2Solver, TPESolver, solve
 from mpsearch.solvers.greedy import widest
+from mpsearch.solvers.search import load_front
 
 OPTIONS = {"tpe": {"n_trials": 20}, "nsga2": {"n_trials": 20, "population_size": 8}}
 SOLVER_NAMES = ("ilp", "convex", "lagrange", "dp", "greedy", "tpe", "nsga2")
@@ -118,12 +119,14 @@ def test_pareto_rejects_any_value_above_before_solving(solver: str, monkeypatch)
     assert calls == []
 
 
-def test_one_pass_fronts_check_their_values() -> None:
+def test_one_pass_fronts_check_their_values(tmp_path) -> None:
     costs = table()
     with pytest.raises(BudgetTooLargeError):
         DPSolver().front(costs, [3.0, 5.0])
     with pytest.raises(BudgetTooLargeError):
         NSGA2Solver(n_trials=10, population_size=4).front(costs, [3.0, 5.0])
+    with pytest.raises(BudgetTooLargeError):  # checked before the study is even opened
+        load_front(costs, tmp_path / "missing.db", "never-written", budgets=[3.0, 5.0])
     full = DPSolver().front(costs)  # no values: every front point, nothing to check
     assert max(r.budgets[0].value for r in full.results) <= top(costs, "avg_bits") * (1 + 1e-9)
     assert TPESolver(n_trials=5).solve(costs, top(costs, "avg_bits")).ok
