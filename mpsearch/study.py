@@ -88,6 +88,7 @@ class Study:
         self.activation_ranges = dict(activation_ranges or {})
         self.bias_correction = None if bias_correction is None else list(bias_correction)
         self._metric_cache: dict[str, float] = {}
+        self._correction_cache: dict[str, dict[str, list[float]]] = {}
 
     # ---- persistence ------------------------------------------------------
     @property
@@ -131,11 +132,24 @@ class Study:
         table.save(path)
         return table, time.perf_counter() - start
 
-    def _evaluate(self, plan) -> tuple[float, float]:
-        # the metric depends on the widths, quantizer and activations, not on who found the plan:
-        # plans that differ only in metadata (solver, estimator) are evaluated once
+    @staticmethod
+    def _content(plan) -> str:
+        """What the measured model depends on: widths, quantizer, activations, corrections; not who found the plan."""
         content = {k: v for k, v in plan.to_dict().items() if k != "meta"}
-        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    def _corrected(self, plan):
+        """``plan`` with the bias corrections measured on the study's batches (once per distinct plan)."""
+        from .bias_correction import measure_bias_correction
+
+        key = self._content(plan)
+        if key not in self._correction_cache:
+            self._correction_cache[key] = measure_bias_correction(self.model, plan, self.bias_correction)
+        return plan.with_bias_correction(self._correction_cache[key])
+
+    def _evaluate(self, plan) -> tuple[float, float]:
+        # plans that differ only in metadata (solver, estimator) are evaluated once
+        digest = self._content(plan)
         if digest in self._metric_cache:
             return self._metric_cache[digest], 0.0
         start = time.perf_counter()
@@ -189,9 +203,7 @@ class Study:
             units = [n for n, b in plan.bits.items() if b != 16 and n in self.activation_ranges]
             plan = plan.with_activations({u: self.activation_bits for u in units}, {u: self.activation_ranges[u] for u in units})
         if self.bias_correction is not None:
-            from .bias_correction import measure_bias_correction
-
-            plan = plan.with_bias_correction(measure_bias_correction(self.model, plan, self.bias_correction))
+            plan = self._corrected(plan)
         slug = "_".join(str(v) for v in ident.values()).replace("/", "-")
         plan_path = self.out / "plans" / f"{slug}.json"
         plan.save(plan_path)

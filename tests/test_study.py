@@ -104,3 +104,17 @@ def test_bias_corrected_study_saves_the_corrections_in_its_plans(tmp_path):
         doc = json.loads((tmp_path / plan_file).read_text())
         assert set(doc["bias_correction"]) == {n for n, b in doc["bits"].items() if b != 16}
     assert (frame["metric"] > 0).all()  # every evaluated model had the corrected bias
+
+
+def test_bias_corrections_are_measured_once_per_distinct_plan(tmp_path, monkeypatch):
+    import mpsearch.bias_correction as bc
+
+    calls = []
+    real = bc.measure_bias_correction
+    monkeypatch.setattr(bc, "measure_bias_correction", lambda *a, **k: calls.append(1) or real(*a, **k))
+    study = setup(tmp_path, metric=lambda m: 0.0)
+    study.solvers, study.uniform = ["ilp", "dp", "greedy"], []
+    study.bias_correction = [torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))]
+    frame = study.run()
+    widths = {json.dumps(json.loads((tmp_path / f).read_text())["bits"], sort_keys=True) for f in frame["plan_file"]}
+    assert len(calls) == len(widths) < len(frame)
