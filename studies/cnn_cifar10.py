@@ -18,6 +18,8 @@ Every plan carries bias corrections measured on its own calibration data (real o
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import sys
 from pathlib import Path
 
@@ -104,9 +106,10 @@ def summarize(out: Path, fp32: dict[str, float]) -> str:
     estimator's ILP plan at each budget (average weight bits in brackets), and how many of the
     other solvers' plans matched the ILP's widths exactly.
     """
-    frames = []
+    frames, folders = [], {}
     for path in sorted(out.glob("*/results.csv")):
         model, data, *rest = path.parent.name.split("_")
+        folders[(model, data, rest == ["bc"])] = path.parent
         frame = pd.read_csv(path)
         frame.insert(0, "bias_correction", rest == ["bc"])
         frame.insert(0, "data", data)
@@ -135,7 +138,8 @@ def summarize(out: Path, fp32: dict[str, float]) -> str:
             others = rows[rows["solver"] != "ilp"]
             same = sum(
                 1 for r in others.itertuples()
-                if r.budget in ilp.index and isinstance(r.plan_file, str) and _widths(out, group, r.plan_file) == _widths(out, group, ilp.at[r.budget, "plan_file"])
+                if r.budget in ilp.index and isinstance(r.plan_file, str)
+                and _widths(folders[model, data, bc] / r.plan_file) == _widths(folders[model, data, bc] / ilp.at[r.budget, "plan_file"])
             )
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {same} of {len(others)} |")
         parts.append("\n".join(lines))
@@ -144,12 +148,10 @@ def summarize(out: Path, fp32: dict[str, float]) -> str:
     return text
 
 
-def _widths(out: Path, group: pd.DataFrame, plan_file: str) -> str:
-    import json
-
-    row = group.iloc[0]
-    folder = f"{row['model']}_{row['data']}" + ("_bc" if row["bias_correction"] else "")
-    return json.dumps(json.loads((out / folder / plan_file).read_text())["bits"], sort_keys=True)
+@functools.lru_cache(maxsize=None)
+def _widths(plan_path: Path) -> str:
+    """A saved plan's widths as one comparable string (each file read once)."""
+    return json.dumps(json.loads(plan_path.read_text())["bits"], sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> int:
