@@ -148,7 +148,7 @@ def summarize(out: Path, fp32: dict[str, float]) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _widths(plan_path: Path) -> str:
     """A saved plan's widths as one comparable string (each file read once)."""
     return json.dumps(json.loads(plan_path.read_text())["bits"], sort_keys=True)
