@@ -48,15 +48,18 @@ def check_json_value(value: Any, where: str) -> None:
     )
 
 
+def is_finite_number(value: Any) -> bool:
+    """A real, finite JSON number (bools are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_bias_correction(value: Any) -> dict[str, tuple[float, ...]]:
     """``{unit: [one finite float per output channel]}``, sorted by unit name."""
     if not isinstance(value, Mapping):
         raise PlanFormatError(f"plan `bias_correction` must map unit names to lists of numbers, but got {type(value).__name__}.")
     out: dict[str, tuple[float, ...]] = {}
     for name, row in value.items():
-        ok = isinstance(row, (list, tuple)) and len(row) > 0 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in row
-        )
+        ok = isinstance(row, (list, tuple)) and len(row) > 0 and all(is_finite_number(v) for v in row)
         if not isinstance(name, str) or not ok:
             raise PlanFormatError(
                 f"plan `bias_correction` entries must be non-empty lists of finite numbers (one per output "

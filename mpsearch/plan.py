@@ -21,15 +21,26 @@ gives the same bytes.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ._io import atomic_write_text
-from ._plan_checks import FLOAT_BITS, check_bias_correction, check_bits_value, check_json_value, widths
-from .errors import BitsOutOfRangeError, MPSearchError, PlanFormatError, PlanMismatchError
+from ._plan_checks import (
+    FLOAT_BITS,
+    check_bias_correction,
+    check_bits_value,
+    check_json_value,
+    is_finite_number,
+    widths,
+)
+from .errors import (
+    BitsOutOfRangeError,
+    MPSearchError,
+    PlanFormatError,
+    PlanMismatchError,
+)
 from .kernels.config import QuantizerConfig, num_groups
 
 if TYPE_CHECKING:
@@ -98,9 +109,7 @@ class BitPlan:
             bits[str(name)] = value
         ranges: dict[str, tuple[float, float]] = {}
         for name, pair in self.activation_ranges.items():
-            ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair
-            )
+            ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(is_finite_number(v) for v in pair)
             if not ok or not pair[0] <= 0 <= pair[1]:
                 raise PlanFormatError(
                     f"activation ranges must be [lo, hi] with lo <= 0 <= hi, finite, but {name!r} has {pair!r}. "
