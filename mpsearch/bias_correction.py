@@ -38,15 +38,16 @@ from torch import nn
 from .errors import DataError, PlanMismatchError
 from .kernels.config import FLOAT_BITS
 from .kernels.fake import quantizable_kind
+from .kernels.quantize import weight_matrix
 from .plan import BitPlan
 from .sensitivity._forward import batch_inputs, token_mask
 
 
 def _out_channels(module: nn.Module) -> int:
-    for attr in ("out_channels", "out_features"):
-        if isinstance(getattr(module, attr, None), int):
-            return int(getattr(module, attr))
-    return int(module.weight.shape[0])
+    """Output channels: packed units say so; float units by their (out, fan_in) weight view."""
+    if isinstance(getattr(module, "out_features", None), int):  # nn.Linear, QuantLinear, QuantConv2d
+        return int(module.out_features)
+    return int(weight_matrix(module.weight, quantizable_kind(module)).shape[0])
 
 
 def _channel_mean(delta: torch.Tensor, kind: str | None, mask: torch.Tensor | None) -> tuple[torch.Tensor, float]:

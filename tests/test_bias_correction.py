@@ -41,7 +41,7 @@ def test_correction_removes_the_mean_shift_of_the_first_unit() -> None:
     x = torch.randn(32, 3, 6, 6) + 0.3
     corrected = fake_quantize_model(net, PLAN.with_bias_correction(measure_bias_correction(net, PLAN, [x])))
     plain = fake_quantize_model(net, PLAN)
-    shift = lambda m: (m[0](x) - net[0](x)).mean(dim=(0, 2, 3)).abs().max()  # noqa: E731
+    shift = lambda m: (m[0](x) - net[0](x)).mean(dim=(0, 2, 3)).abs().max()
     assert shift(plain) > 1e-3 and shift(corrected) < 1e-5
     assert corrected[0].bias is not None and net[0].bias is None  # the original model is untouched
 
@@ -99,5 +99,26 @@ def test_per_group_plans_are_corrected_too() -> None:
     plan = BitPlan(bits={"0": [2, 3] * 4}, quantizer=QuantizerConfig(scheme="affine", group_size=4))
     x = torch.randn(64, 8) + 1.0
     corrections = measure_bias_correction(net, plan, [x])
+    q = fake_quantize_model(net, plan.with_bias_correction(corrections))
+    assert (q(x) - net(x)).mean(0).abs().max() < 1e-5
+
+
+def test_transformers_conv1d_units_are_corrected_per_output_channel() -> None:
+    class Conv1D(nn.Module):  # transformers' layout: weight (in, out), y = x @ W + b
+        def __init__(self, nf: int, nx: int):
+            super().__init__()
+            self.nf = nf
+            self.weight = nn.Parameter(torch.randn(nx, nf))
+            self.bias = nn.Parameter(torch.zeros(nf))
+
+        def forward(self, x):
+            return x @ self.weight + self.bias
+
+    torch.manual_seed(4)
+    net = nn.Sequential(Conv1D(3, 8))  # 8 inputs, 3 outputs: the weight's first dimension is not the output
+    plan = BitPlan(bits={"0": 2})
+    x = torch.randn(64, 8) + 1.0
+    corrections = measure_bias_correction(net, plan, [x])
+    assert len(corrections["0"]) == 3
     q = fake_quantize_model(net, plan.with_bias_correction(corrections))
     assert (q(x) - net(x)).mean(0).abs().max() < 1e-5
