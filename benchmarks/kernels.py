@@ -6,8 +6,11 @@ our Numba GEMV/GEMM, our PyTorch packed path, PyTorch fp32 matmul, PyTorch's CPU
 ``(codes + scales + zeros bytes) / bandwidth``. Times are the median of N repeats after warm-up.
 Batch-1 times are "cold": a buffer 3x the size of the last-level cache is read before each
 repeat, so weights come from DRAM as in real inference (the floor assumes that); "hot" times
-(weights left in cache) are given too. Threads = cores for torch and numba; OMP_WAIT_POLICY
-defaults to PASSIVE (see below) and is recorded with the load average in the output.
+(weights left in cache) are given too. The flush runs on the measured method's own thread pool
+(Numba's for our kernels, torch's for torch's), as the previous layer of a model would, so the
+pool is awake and no other pool spins on its cores. Threads = cores for torch and numba;
+OpenMP threads spin ``GOMP_SPINCOUNT`` times after a call, then sleep (see below). The
+settings and the load average are recorded in the output.
 
     python benchmarks/kernels.py            # full: 4096x4096 (B=1, 32), 11008x4096 (B=1)
     python benchmarks/kernels.py --quick    # smaller shapes, fewer repeats (smoke run)
@@ -24,10 +27,13 @@ import sys
 import time
 from collections.abc import Callable
 
-# Idle OpenMP threads (torch's and numba's pools) sleep instead of spinning. On a machine whose
-# cores are shared, spinning pools starve each other (we saw 8 ms stalls per call); export
-# OMP_WAIT_POLICY=ACTIVE to measure the other way. Must be set before torch/numba load OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# After a parallel call, OpenMP threads (torch's and numba's pools) spin this many times (about
+# 0.5 ms here) before they sleep. Two pools that spin without bound starve each other on shared
+# cores (OMP_WAIT_POLICY=ACTIVE: 8 ms stalls seen); pools that sleep at once
+# (OMP_WAIT_POLICY=PASSIVE) pay a thread wake-up on every call: an empty Numba parallel region
+# takes 46 us instead of 1.3 us on this 2-vCPU VM, a fifth of a 4096x4096 2-bit GEMV. Either
+# can be exported to measure it. Read when torch and numba load OpenMP, so set before imports.
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 import numba
 import numpy as np
@@ -42,13 +48,28 @@ BITS = (2, 3, 4, 8)
 LLC_BYTES = 32 << 20  # last-level cache of the benchmark machine (lscpu: L3 32 MiB)
 
 
-def timed(fn: Callable[[], object], repeats: int, flush: torch.Tensor | None) -> dict:
+def flushers(n_bytes: int) -> dict[str, Callable[[], object]]:
+    """Cache evictions (``n_bytes`` read) on each pool, as the previous layer of a model would.
+
+    "numba" (before our kernels): a GEMV with our 8-bit kernel over an ``n_bytes`` weight, on
+    Numba's pool; "torch" (before torch's methods): a torch sum over ``n_bytes``, on torch's.
+    """
+    K = 4096
+    rows = n_bytes // K
+    w = (pack(np.full((rows, K), 7, np.uint8), 8), np.ones((rows, K // G), np.float16),
+         np.zeros((rows, K // G), np.uint8))
+    x = np.ones(K, np.float32)
+    buf = torch.ones(n_bytes // 4)
+    return {"numba": lambda: numba_cpu.gemv(*w, x, 8, K, G), "torch": buf.sum}
+
+
+def timed(fn: Callable[[], object], repeats: int, flush: Callable[[], object] | None) -> dict:
     for _ in range(3):
         fn()
     times = []
     for _ in range(repeats):
         if flush is not None:
-            flush.sum()
+            flush()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -118,7 +139,7 @@ def baselines(w: dict | None, bits: int, x: np.ndarray, out: int) -> dict[str, C
     return {}
 
 
-def run_case(shape: tuple[int, int], batch: int, repeats: int, flush: torch.Tensor,
+def run_case(shape: tuple[int, int], batch: int, repeats: int, flush: dict[str, Callable],
              bw: float, rng: np.random.Generator) -> list[dict]:
     out, K = shape
     x = rng.standard_normal((batch, K)).astype(np.float32)
@@ -132,7 +153,7 @@ def run_case(shape: tuple[int, int], batch: int, repeats: int, flush: torch.Tens
                 ref = reference(w, x, 64)
                 row["max_rel_err"] = float(np.abs(got[:, :64] - ref).max() / np.abs(ref).max())
             if batch == 1:
-                row.update(timed(fn, repeats, flush))
+                row.update(timed(fn, repeats, flush["numba" if name.startswith("numba_") else "torch"]))
                 row["ms_hot"] = timed(fn, repeats, None)["ms"]
             else:
                 row.update(timed(fn, repeats, None))
@@ -207,7 +228,7 @@ def main() -> None:
         [((4096, 4096), 1), ((4096, 4096), 32), ((11008, 4096), 1)]
     rng = np.random.default_rng(0)
     bw = bandwidth((256 if args.quick else 1024) << 20, max(5, repeats // 2))
-    flush = torch.ones(3 * LLC_BYTES // 4)
+    flush = flushers(3 * LLC_BYTES)
     rows = []
     for shape, batch in cases:
         rows += run_case(shape, batch, repeats, flush, bw["gbps_median"] * 1e6, rng)
@@ -215,11 +236,13 @@ def main() -> None:
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
                        "python": sys.version.split()[0], "torch": torch.__version__,
                        "numba": numba.__version__, "numba_threading": numba.threading_layer(),
-                       "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+                       "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
                        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()]},
            "settings": {"quick": args.quick, "repeats": repeats, "warmup": 3, "G": G,
                         "statistic": "median", "cold": "batch-1 'ms' after reading a "
-                        f"{3 * LLC_BYTES >> 20} MiB buffer; 'ms_hot' without",
+                        f"{3 * LLC_BYTES >> 20} MiB buffer on the method's own thread pool; "
+                        "'ms_hot' without",
                         "shape_note": "(out, K): 11008x4096 is out=11008, K=4096 (an MLP "
                         "up-projection); fp32 floor uses 4 bytes per weight",
                         "int8_note": "torch int8 kernel is per-channel (no groups)"},

@@ -53,8 +53,9 @@ from mpsearch.kernels._numba_simd import (
 
 _OPTS = {"fastmath": False, "cache": True}
 ROW_TILE = 8  # rows that share each load of x in the batched kernel
-# gemv prefetches the codes this many bytes ahead for widths > 4 (measured: -15% time at 8 bits
-# from DRAM; no gain, or a loss, at 2..4 bits, whose blocks take longer to decode than to load).
+# gemv prefetches the codes this many bytes ahead for widths >= 4. Measured from DRAM at
+# 4096x4096 and 11008x4096: -15% time at 8 bits, -4..7% at 4 bits; at 2 and 3 bits no gain or
+# a loss (their blocks take longer to decode than to load).
 PREFETCH_AHEAD = 4096
 
 
@@ -198,7 +199,7 @@ def make_gemv(bits: int, ahead: int | None = None) -> Callable:
     """
     B_, BLK, HI, EXPS = bits, 16 * bits, int(bits > 4), tuple(slot_exponents(bits))
     if ahead is None:
-        ahead = PREFETCH_AHEAD if bits > 4 else 0
+        ahead = PREFETCH_AHEAD if bits >= 4 else 0
 
     @njit(parallel=True, **_OPTS)
     def gemv(packed, scale, zero, x, G, lane_mode, rows_per_task, workers):
