@@ -105,7 +105,12 @@ def methods(w: dict, bits: int, x: np.ndarray) -> dict[str, Callable[[], np.ndar
     p, s, z = w["packed"], w["scale"], w["zero"]
     pt, st, zt, xt = (torch.from_numpy(a) for a in (p, s, z, x))
     if x.shape[0] == 1:
-        ours = {"numba_gemv": lambda: numba_cpu.gemv(p, s, z, x[0], bits, K, G)[None]}
+        # GemvWeight: prepared once (as torch's int4 weight is), the table-lookup kernel at
+        # 2 bits on AVX-512; "numba_gemv_rows" is the row-layout kernel every width can use.
+        prepared = numba_cpu.GemvWeight(p, s, z, bits, K, G)
+        ours = {"numba_gemv": lambda: prepared(x[0])[None]}
+        if prepared.kernel != "rows":
+            ours["numba_gemv_rows"] = lambda: numba_cpu.gemv(p, s, z, x[0], bits, K, G)[None]
     else:
         ours = {"numba_gemm": lambda: numba_cpu.gemm(p, s, z, x, bits, K, G)}
     ours["torch_packed"] = lambda: packed_matmul(pt, st, zt, xt, bits, K, G).numpy()

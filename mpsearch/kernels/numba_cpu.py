@@ -33,7 +33,7 @@ import torch
 from mpsearch.errors import DataError, MissingDependencyError
 from mpsearch.kernels._operands import check_activations, check_operands
 
-__all__ = ["gemm", "gemv", "is_available"]
+__all__ = ["GemvWeight", "gemm", "gemv", "is_available"]
 requires = ("numba",)
 _TASKS_PER_THREAD = 16  # row tasks per thread, claimed in turn (a late or busy thread takes fewer)
 
@@ -148,3 +148,63 @@ def gemm(packed: Any, scale: Any, zero: Any, X: Any, bits: int, K: int,
         raise DataError(f"`X` for gemm must be 2-D (B, K), but got shape "
                         f"{tuple(getattr(X, 'shape', ()))}. Use gemv for one vector.")
     return _like_x(_run(packed, scale, zero, X, bits, K, G, "gemm"), X)
+
+
+class GemvWeight:
+    """A packed weight prepared once for batch-1 products ``y = W x``, on the fastest kernel.
+
+    2-bit weights on an AVX-512 CPU (K and G multiples of 16) are rearranged for the table-lookup
+    kernel (:mod:`mpsearch.kernels._numba_lut`: 16 rows in the vector lanes, two codes per table
+    index): the same code bytes, transposed per tile of 16 rows, with float32 scales. Every other
+    weight keeps its row layout and runs :func:`gemv`. ``kernel`` says which ("lut2" or "rows").
+
+    >>> import numpy as np
+    >>> from mpsearch.kernels.packing import pack
+    >>> w = GemvWeight(pack(np.full((2, 16), 3, np.uint8), 2), np.full((2, 1), 0.5, np.float16),
+    ...                np.ones((2, 1), np.uint8), bits=2, K=16, G=None)
+    >>> w(np.ones(16, np.float32))
+    array([16., 16.], dtype=float32)
+    """
+
+    def __init__(self, packed: Any, scale: Any, zero: Any, bits: int, K: int,
+                 G: int | None) -> None:
+        self.shape = check_operands(packed, scale, zero, bits, K, G)
+        self._G = G
+        self._args = (_numpy(packed, "packed"), _numpy(scale, "scale"), _numpy(zero, "zero"))
+        self._lut = None
+        if bits == 2 and self.shape.out and _lut_backend().is_supported(K, G):
+            p, s, z = self._args
+            self._lut = _lut_backend().prepare_lut2(p, s.astype(np.float32), z, K, G)
+            self._args = ()
+        self.kernel = "lut2" if self._lut is not None else "rows"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the prepared arrays (codes, scales, zero-points or scale * zero)."""
+        arrays = self._args if self._lut is None else self._lut[:3]
+        return sum(a.nbytes for a in arrays)
+
+    def __call__(self, x: Any) -> Any:
+        """y (out,) float32 for x (K,); numpy or CPU torch, the result has the kind of x."""
+        if len(getattr(x, "shape", ())) != 1:
+            raise DataError(f"`x` must be 1-D (K,), but got shape "
+                            f"{tuple(getattr(x, 'shape', ()))}. Use gemm for a batch.")
+        if self._lut is None:
+            return gemv(*self._args, x, self.shape.bits, self.shape.K, self._G)
+        check_activations(x, self.shape.K)
+        workers = _workers()
+        y = _lut_backend().gemv_lut2(self._lut, _numpy(x, "x", np.float32), workers,
+                                     _lut_tiles_per_task(self.shape.out, workers))
+        return _like_x(y, x)
+
+
+@cache
+def _lut_backend() -> ModuleType:
+    _backend()  # raises MissingDependencyError without numba
+    return importlib.import_module("mpsearch.kernels._numba_lut")
+
+
+def _lut_tiles_per_task(out: int, workers: int) -> int:
+    """Tasks of whole 16-row tiles, about _TASKS_PER_THREAD per worker (at most 16 tiles)."""
+    tiles = -(-out // 16)
+    return max(1, min(16, -(-tiles // (workers * _TASKS_PER_THREAD))))

@@ -1,0 +1,63 @@
+"""GemvWeight: a weight prepared once for batch-1 products, on the fastest kernel for its width."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mpsearch.errors import DataError
+from mpsearch.kernels import numba_cpu
+from mpsearch.kernels.packing import pack
+
+pytest.importorskip("numba")
+lut = pytest.importorskip("mpsearch.kernels._numba_lut")
+
+
+def weight(bits: int, out: int, K: int, G: int | None, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ng = 1 if G is None else -(-K // G)
+    codes = rng.integers(0, 1 << bits, (out, K), dtype=np.uint8)
+    scale = (rng.random((out, ng)) * 0.1 + 0.01).astype(np.float16)
+    zero = rng.integers(0, 1 << bits, (out, ng), dtype=np.uint8)
+    group_of = np.arange(K) // (K if G is None else G)
+    w = (codes.astype(np.float64) - zero[:, group_of]) * scale.astype(np.float64)[:, group_of]
+    x = rng.standard_normal(K).astype(np.float32)
+    return (pack(codes, bits), scale, zero), x, w @ x.astype(np.float64)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("K, G", [(256, 128), (4096, 128), (300, None), (96, 32)])
+def test_matches_reference_and_picks_kernel(bits: int, K: int, G: int | None) -> None:
+    arrays, x, ref = weight(bits, 37, K, G, seed=bits + K)
+    w = numba_cpu.GemvWeight(*arrays, bits=bits, K=K, G=G)
+    y = w(x)
+    assert y.shape == (37,) and y.dtype == np.float32
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+    lut_ok = bits == 2 and lut.is_supported(K, G)
+    assert w.kernel == ("lut2" if lut_ok else "rows")
+    if w.kernel == "rows":  # the row-layout kernel itself, bit for bit
+        np.testing.assert_array_equal(y, numba_cpu.gemv(*arrays, x, bits, K, G))
+
+
+def test_lut_layout_keeps_the_code_bytes() -> None:
+    arrays, _, _ = weight(2, 64, 4096, 128)
+    w = numba_cpu.GemvWeight(*arrays, bits=2, K=4096, G=128)
+    if w.kernel != "lut2":
+        pytest.skip("the 2-bit LUT kernel needs an AVX-512F CPU")
+    # codes: the same bytes (64 rows = 4 whole tiles); scales and scale * zero as float32
+    assert w.nbytes == arrays[0].nbytes + 2 * 4 * 64 * 32
+
+
+def test_torch_in_torch_out_and_errors() -> None:
+    arrays, x, ref = weight(2, 20, 128, 64)
+    w = numba_cpu.GemvWeight(*(torch.from_numpy(a) for a in arrays), bits=2, K=128, G=64)
+    y = w(torch.from_numpy(x))
+    assert isinstance(y, torch.Tensor)
+    assert np.abs(y.numpy() - ref).max() <= 1e-5 * np.abs(ref).max()
+    with pytest.raises(DataError, match="must be 1-D"):
+        w(np.ones((2, 128), np.float32))
+    with pytest.raises(DataError, match="last dimension is K=128"):
+        w(np.ones(64, np.float32))
+    with pytest.raises(DataError, match="bytes per row"):
+        numba_cpu.GemvWeight(arrays[0][:, :8], arrays[1], arrays[2], bits=2, K=128, G=64)
