@@ -1,4 +1,6 @@
-"""Numba kernels behind :mod:`mpsearch.kernels.numba_cpu` (imports numba; loaded lazily).
+"""The row-layout Numba kernels: batch-1 ``gemv`` here, and the decode and x preparation the
+small-batch kernels in :mod:`mpsearch.kernels._numba_gemm` share (imports numba; loaded lazily
+by :mod:`mpsearch.kernels.numba_cpu`).
 
 Per output row the dot product is split as
 ``y[o] = sum_g s_g * sum_{k in g} code_k * x_k  -  sum_g s_g * z_g * xsum_g``:
@@ -20,7 +22,8 @@ counter (:func:`~mpsearch.kernels._numba_simd.fetch_add`) until none are left. N
 
 Each width gets its own compiled kernel (``bits`` is a compile-time constant), cached on disk
 next to this file. Numba keys that cache on this file only: after editing ``_numba_simd.py``
-or ``_chunk_slots.py``, delete ``__pycache__/*.nbi`` / ``*.nbc`` (or touch this file).
+or ``_chunk_slots.py``, delete ``__pycache__/*.nbi`` / ``*.nbc`` (or touch this file and
+``_numba_gemm.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +55,6 @@ from mpsearch.kernels._numba_simd import (
 )
 
 _OPTS = {"fastmath": False, "cache": True}
-ROW_TILE = 8  # rows that share each load of x in the batched kernel
 # gemv prefetches the codes this many bytes ahead for widths >= 4. Measured from DRAM at
 # 4096x4096 and 11008x4096: -15% time at 8 bits, -4..7% at 4 bits; at 2 and 3 bits no gain or
 # a loss (their blocks take longer to decode than to load).
@@ -255,112 +257,3 @@ def make_gemv(bits: int, ahead: int | None = None) -> Callable:
         return y
 
     return gemv
-
-
-def make_gemm(bits: int) -> Callable:
-    """The small-batch kernel for one width.
-
-    Rows go in tiles of ``ROW_TILE``: a block of each row's codes is decoded once (times its
-    scale) into a small buffer, then every batch row's slice of x is loaded once and used for
-    the whole tile, so x streams from L2 ``ROW_TILE`` times less often.
-    """
-    B_, BLK, HI, R = bits, 16 * bits, int(bits > 4), ROW_TILE
-    EXPS = tuple(slot_exponents(bits))
-
-    @njit(parallel=True, **_OPTS)
-    def gemm(packed, scale, zero, x, G, lane_mode, rows_per_task, workers):
-        out = packed.shape[0]
-        ng = scale.shape[1]
-        xp, xt, xs, exponents = prepare_x(x, _slot_scales(EXPS), G, ng)
-        nb, ntail = xs.shape[0], xt.shape[1]
-        nblk = xp.shape[0] // (nb * 128)
-        kfull = nblk * 128
-        xsf = xs.reshape(nb * ng)
-        grp = _group_index(nblk, G, lane_mode)
-        y = np.empty((nb, out), np.float32)
-        ntasks = (out + rows_per_task - 1) // rows_per_task
-        claimed = np.empty(1, np.int64)  # not np.zeros: that would be a parallel loop
-        claimed[0] = 0
-        for _ in prange(workers):  # one per thread; tasks are claimed, not preassigned
-            sf = np.empty((R, ng), np.float32)
-            sz = np.empty((R, ng), np.float32)
-            cs = np.empty(R * 128, np.float32)
-            accs = np.empty(R * nb * 16, np.float32)
-            tw = np.empty(ntail, np.float32)
-            while True:
-                task = fetch_add(claimed, 0, 1)
-                if task >= ntasks:
-                    break
-                t1 = min(out, (task + 1) * rows_per_task)
-                for o0 in range(task * rows_per_task, t1, R):
-                    nr = min(R, t1 - o0)
-                    for r in range(nr):
-                        _row_scales(scale[o0 + r], zero[o0 + r], sf[r], sz[r])
-                    for i in range(nr * nb):
-                        vstore(accs, i * 16, vzero())
-                    for blk in range(nblk):
-                        for r in range(nr):
-                            row = packed[o0 + r]
-                            lo = load_chunks(row, blk * BLK, B_, 0)
-                            hi = load_chunks(row, blk * BLK, B_, HI)
-                            sv = vgather(sf[r], grp, blk * 16) if lane_mode \
-                                else vsplat(sf[r, grp[blk]])
-                            co = r * 128
-                            vstore(cs, co, vmul(slot(lo, hi, B_, 0), sv))
-                            vstore(cs, co + 16, vmul(slot(lo, hi, B_, 1), sv))
-                            vstore(cs, co + 32, vmul(slot(lo, hi, B_, 2), sv))
-                            vstore(cs, co + 48, vmul(slot(lo, hi, B_, 3), sv))
-                            vstore(cs, co + 64, vmul(slot(lo, hi, B_, 4), sv))
-                            vstore(cs, co + 80, vmul(slot(lo, hi, B_, 5), sv))
-                            vstore(cs, co + 96, vmul(slot(lo, hi, B_, 6), sv))
-                            vstore(cs, co + 112, vmul(slot(lo, hi, B_, 7), sv))
-                        for b in range(nb):
-                            xo = (blk * nb + b) * 128
-                            x0, x1 = vload(xp, xo), vload(xp, xo + 16)
-                            x2, x3 = vload(xp, xo + 32), vload(xp, xo + 48)
-                            x4, x5 = vload(xp, xo + 64), vload(xp, xo + 80)
-                            x6, x7 = vload(xp, xo + 96), vload(xp, xo + 112)
-                            for r in range(nr):
-                                co, ao = r * 128, (r * nb + b) * 16
-                                a0 = vmuladd(vload(cs, co), x0, vload(accs, ao))
-                                a1 = vmul(vload(cs, co + 16), x1)
-                                a0 = vmuladd(vload(cs, co + 32), x2, a0)
-                                a1 = vmuladd(vload(cs, co + 48), x3, a1)
-                                a0 = vmuladd(vload(cs, co + 64), x4, a0)
-                                a1 = vmuladd(vload(cs, co + 80), x5, a1)
-                                a0 = vmuladd(vload(cs, co + 96), x6, a0)
-                                a1 = vmuladd(vload(cs, co + 112), x7, a1)
-                                vstore(accs, ao, vadd(a0, a1))
-                    for r in range(nr):
-                        row = packed[o0 + r]
-                        for t in range(ntail):
-                            k = kfull + t
-                            tw[t] = sf[r, k // G] * np.float32(_code_at(row, k, B_))
-                        for b in range(nb):
-                            total = vsum(vload(accs, (r * nb + b) * 16)) - _dot(sz[r], xsf, b * ng, ng)
-                            for t in range(ntail):
-                                total += tw[t] * xt[b, t]
-                            y[b, o0 + r] = total
-        _unscale(y, exponents)
-        return y
-
-    return gemm
-
-
-@njit(parallel=True, **_OPTS)
-def gemm_any_group(packed, scale, zero, x, bits, G, y):
-    """Plain kernel for group sizes the fast kernels cannot take (G not a multiple of 8).
-
-    Dequantizes one row to float32, then dots it with every batch row; x in natural order.
-    """
-    out = packed.shape[0]
-    nb, K = x.shape
-    for o in prange(out):
-        row = packed[o]
-        w = np.empty(K, np.float32)
-        for k in range(K):
-            g = k // G
-            w[k] = (np.float32(_code_at(row, k, bits)) - np.float32(zero[o, g])) \
-                * scale_at(scale[o], g)
-        for b in range(nb):
-            y[b, o] = _dot(w, x[b], 0, K)

@@ -53,9 +53,14 @@ def _backend() -> ModuleType:
 
 
 @cache
+def _gemm_backend() -> ModuleType:
+    _backend()  # raises MissingDependencyError without numba
+    return importlib.import_module("mpsearch.kernels._numba_gemm")
+
+
+@cache
 def _kernel(kind: str, bits: int) -> Any:
-    mod = _backend()
-    return (mod.make_gemv if kind == "gemv" else mod.make_gemm)(bits)
+    return _backend().make_gemv(bits) if kind == "gemv" else _gemm_backend().make_gemm(bits)
 
 
 def _numpy(a: Any, name: str, dtype: type | None = None) -> np.ndarray:
@@ -102,19 +107,20 @@ def _run(packed: Any, scale: Any, zero: Any, x: Any, bits: Any, K: Any, G: Any,
         xa = xa.reshape(-1, shape.K)
     if xa.size == 0 or shape.out == 0:
         return np.empty(xa.shape[:-1] + (shape.out,), np.float32)
-    backend = _backend()  # raises MissingDependencyError without numba
+    _backend()  # raises MissingDependencyError without numba
     p, s, z = _numpy(packed, "packed"), _scale_array(scale), _numpy(zero, "zero")
     # Block mode: one group covers each 128-code block; lane mode: each eight-code chunk.
     lane_mode = shape.n_groups > 1 and shape.group % 128 != 0
     if lane_mode and shape.group % 8:  # a chunk would straddle groups
         x2d = xa.reshape(-1, shape.K)
         y = np.empty((x2d.shape[0], shape.out), np.float32)
-        backend.gemm_any_group(p, s, z, x2d, shape.bits, shape.group, y)
+        _gemm_backend().gemm_any_group(p, s, z, x2d, shape.bits, shape.group, y)
         return y if kind == "gemm" else y[0]
     workers = _workers()
     rows_per_task = -(-shape.out // (workers * _TASKS_PER_THREAD))
     if kind == "gemm":  # whole tiles of rows
-        rows_per_task = -(-rows_per_task // backend.ROW_TILE) * backend.ROW_TILE
+        tile = _gemm_backend().ROW_TILE
+        rows_per_task = -(-rows_per_task // tile) * tile
     return _kernel(kind, shape.bits)(p, s, z, xa, shape.group, lane_mode, rows_per_task, workers)
 
 
