@@ -159,10 +159,13 @@ def gemm(packed: Any, scale: Any, zero: Any, X: Any, bits: int, K: int,
 class GemvWeight:
     """A packed weight prepared once for batch-1 products ``y = W x``, on the fastest kernel.
 
-    2-bit weights on an AVX-512 CPU (K and G multiples of 16) are rearranged for the table-lookup
-    kernel (:mod:`mpsearch.kernels._numba_lut`: 16 rows in the vector lanes, two codes per table
+    On an AVX-512 CPU, 2-bit weights (K and G multiples of 16) are rearranged for the
+    table-lookup kernel (:mod:`mpsearch.kernels._numba_lut`: 16 rows in the vector lanes, two
+    codes per ``vpermps`` index), and 3-bit weights (K and G multiples of 32) for its bit-plane
+    form (:mod:`mpsearch.kernels._numba_lut3`: a 2-bit plane plus a 1-bit plane, four codes per
     index): the same code bytes, transposed per tile of 16 rows, with float32 scales. Every other
-    weight keeps its row layout and runs :func:`gemv`. ``kernel`` says which ("lut2" or "rows").
+    weight keeps its row layout and runs :func:`gemv`. ``kernel`` says which: "lut2", "lut3" or
+    "rows".
 
     >>> import numpy as np
     >>> from mpsearch.kernels.packing import pack
@@ -177,12 +180,13 @@ class GemvWeight:
         self.shape = check_operands(packed, scale, zero, bits, K, G)
         self._G = G
         self._args = (_numpy(packed, "packed"), _numpy(scale, "scale"), _numpy(zero, "zero"))
-        self._lut = None
-        if bits == 2 and self.shape.out and _lut_backend().is_supported(K, G):
+        self._lut, self.kernel = None, "rows"
+        lut = _lut_backend(bits) if bits in (2, 3) and self.shape.out else None
+        if lut is not None and lut.is_supported(K, G):
             p, s, z = self._args
-            self._lut = _lut_backend().prepare_lut2(p, s.astype(np.float32), z, K, G)
-            self._args = ()
-        self.kernel = "lut2" if self._lut is not None else "rows"
+            self._lut = getattr(lut, f"prepare_lut{bits}")(p, s.astype(np.float32), z, K, G)
+            self._run_lut = getattr(lut, f"gemv_lut{bits}")
+            self._args, self.kernel = (), f"lut{bits}"
 
     @property
     def nbytes(self) -> int:
@@ -199,15 +203,15 @@ class GemvWeight:
             return gemv(*self._args, x, self.shape.bits, self.shape.K, self._G)
         check_activations(x, self.shape.K)
         workers = _workers()
-        y = _lut_backend().gemv_lut2(self._lut, _numpy(x, "x", np.float32), workers,
-                                     _lut_tiles_per_task(self.shape.out, workers))
+        y = self._run_lut(self._lut, _numpy(x, "x", np.float32), workers,
+                          _lut_tiles_per_task(self.shape.out, workers))
         return _like_x(y, x)
 
 
 @cache
-def _lut_backend() -> ModuleType:
+def _lut_backend(bits: int) -> ModuleType:
     _backend()  # raises MissingDependencyError without numba
-    return importlib.import_module("mpsearch.kernels._numba_lut")
+    return importlib.import_module("mpsearch.kernels._numba_lut" + ("3" if bits == 3 else ""))
 
 
 def _lut_tiles_per_task(out: int, workers: int) -> int:

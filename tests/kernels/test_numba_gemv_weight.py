@@ -12,6 +12,7 @@ from mpsearch.kernels.packing import pack
 
 pytest.importorskip("numba")
 lut = pytest.importorskip("mpsearch.kernels._numba_lut")
+lut3 = pytest.importorskip("mpsearch.kernels._numba_lut3")
 
 
 def weight(bits: int, out: int, K: int, G: int | None, seed: int = 0):
@@ -27,24 +28,25 @@ def weight(bits: int, out: int, K: int, G: int | None, seed: int = 0):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("K, G", [(256, 128), (4096, 128), (300, None), (96, 32)])
+@pytest.mark.parametrize("K, G", [(256, 128), (4096, 128), (300, None), (96, 32), (48, 16)])
 def test_matches_reference_and_picks_kernel(bits: int, K: int, G: int | None) -> None:
     arrays, x, ref = weight(bits, 37, K, G, seed=bits + K)
     w = numba_cpu.GemvWeight(*arrays, bits=bits, K=K, G=G)
     y = w(x)
     assert y.shape == (37,) and y.dtype == np.float32
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
-    lut_ok = bits == 2 and lut.is_supported(K, G)
-    assert w.kernel == ("lut2" if lut_ok else "rows")
+    supported = {2: lut.is_supported(K, G), 3: lut3.is_supported(K, G)}.get(bits, False)
+    assert w.kernel == (f"lut{bits}" if supported else "rows")
     if w.kernel == "rows":  # the row-layout kernel itself, bit for bit
         np.testing.assert_array_equal(y, numba_cpu.gemv(*arrays, x, bits, K, G))
 
 
-def test_lut_layout_keeps_the_code_bytes() -> None:
-    arrays, _, _ = weight(2, 64, 4096, 128)
-    w = numba_cpu.GemvWeight(*arrays, bits=2, K=4096, G=128)
-    if w.kernel != "lut2":
-        pytest.skip("the 2-bit LUT kernel needs an AVX-512F CPU")
+@pytest.mark.parametrize("bits", [2, 3])
+def test_lut_layout_keeps_the_code_bytes(bits: int) -> None:
+    arrays, _, _ = weight(bits, 64, 4096, 128)
+    w = numba_cpu.GemvWeight(*arrays, bits=bits, K=4096, G=128)
+    if w.kernel != f"lut{bits}":
+        pytest.skip("the LUT kernels need an AVX-512F CPU")
     # codes: the same bytes (64 rows = 4 whole tiles); scales and scale * zero as float32
     assert w.nbytes == arrays[0].nbytes + 2 * 4 * 64 * 32
 

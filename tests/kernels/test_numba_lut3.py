@@ -1,0 +1,160 @@
+"""The AVX-512 3-bit bit-plane LUT GEMV against a float64 reference, threads and edge codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpsearch.errors import DataError
+from mpsearch.kernels.packing import pack
+
+numba = pytest.importorskip("numba")
+lut3 = pytest.importorskip("mpsearch.kernels._numba_lut3")
+
+needs_avx512 = pytest.mark.skipif(not lut3.is_supported(32, None),
+                                  reason="the LUT kernel needs an AVX-512F CPU")
+
+
+def make_case(out: int, K: int, G: int | None, scale_dtype: type = np.float16, seed: int = 0):
+    """Random 3-bit codes, scales, zeros and x; the float64 reference y = W x."""
+    rng = np.random.default_rng(seed)
+    ng = 1 if G is None else -(-K // G)
+    codes = rng.integers(0, 8, (out, K), dtype=np.uint8)
+    scale = (rng.random((out, ng)) * 0.1 + 0.01).astype(scale_dtype)
+    zero = rng.integers(0, 8, (out, ng), dtype=np.uint8)
+    x = rng.standard_normal(K).astype(np.float32)
+    return codes, scale, zero, x, reference(codes, scale, zero, x, G)
+
+
+def reference(codes, scale, zero, x, G):
+    group_of = np.arange(codes.shape[1]) // (codes.shape[1] if G is None else G)
+    w = (codes.astype(np.float64) - zero[:, group_of]) * scale.astype(np.float64)[:, group_of]
+    return w @ x.astype(np.float64)
+
+
+def assert_close(y: np.ndarray, ref: np.ndarray) -> None:
+    """Max error within 1e-5 of the largest |y| (float32 accumulation)."""
+    assert y.shape == ref.shape and y.dtype == np.float32
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def prepared(codes, scale, zero, K, G):
+    return lut3.prepare_lut3(pack(codes, 3), scale, zero, K, G)
+
+
+def test_is_supported_rejects_unaligned_shapes() -> None:
+    assert not lut3.is_supported(48, None)  # K a multiple of 16, not of 32
+    assert not lut3.is_supported(100, None)
+    assert not lut3.is_supported(128, 16)  # G not a multiple of 32
+    assert not lut3.is_supported(128, 48)
+    assert not lut3.is_supported(0, None)
+    assert not lut3.is_supported(16, None)
+
+
+@needs_avx512
+@pytest.mark.parametrize("out, K, G", [
+    (37, 128, 32), (16, 32, None), (5, 32, 32), (33, 4096, 128), (50, 4096, 64),
+    (20, 128, None), (19, 4096, None), (3, 96, None),
+    (21, 416, 64), (9, 4064, 128),  # last group shorter than G
+    (24, 4096, 1024),  # groups span several K-blocks
+])
+@pytest.mark.parametrize("scale_dtype", [np.float16, np.float32])
+def test_matches_reference(out: int, K: int, G: int | None, scale_dtype: type) -> None:
+    codes, scale, zero, x, ref = make_case(out, K, G, scale_dtype, seed=out + K)
+    assert_close(lut3.gemv_lut3(prepared(codes, scale, zero, K, G), x), ref)
+
+
+@needs_avx512
+def test_each_bit_of_each_position_lands_in_its_table() -> None:
+    """One nonzero code per row, at every position and bit: y picks out code * x[k] exactly."""
+    K = 64
+    rows = [(k, c) for k in range(K) for c in (1, 2, 4, 7)]
+    codes = np.zeros((len(rows), K), np.uint8)
+    for r, (k, c) in enumerate(rows):
+        codes[r, k] = c
+    x = (np.arange(K, dtype=np.float32) + 1) / 8
+    ones, zeros = np.ones((len(rows), 1), np.float32), np.zeros((len(rows), 1), np.uint8)
+    y = lut3.gemv_lut3(prepared(codes, ones, zeros, K, None), x)
+    np.testing.assert_array_equal(y, np.array([c * x[k] for k, c in rows], np.float32))
+
+
+@needs_avx512
+def test_same_result_for_any_threads_and_tasks() -> None:
+    codes, scale, zero, x, ref = make_case(200, 1024, 128, seed=3)
+    w = prepared(codes, scale, zero, 1024, 128)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = lut3.gemv_lut3(w, x, workers=1, tiles_per_task=16)
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = lut3.gemv_lut3(w, x, workers=2, tiles_per_task=1)
+        three = lut3.gemv_lut3(w, x, workers=2, tiles_per_task=5)
+    finally:
+        numba.set_num_threads(before)
+    assert_close(one, ref)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, three)
+
+
+@needs_avx512
+@pytest.mark.parametrize("block_runs, ahead", [(1, 0), (3, 48), (32, 1024), (1000, 0)])
+@pytest.mark.parametrize("G", [32, 256, None])
+def test_tuning_knobs_keep_results(block_runs: int, ahead: int, G: int | None) -> None:
+    """K-blocks that split groups or cover all of K, with and without prefetching."""
+    codes, scale, zero, x, ref = make_case(45, 1024, G, seed=block_runs)
+    w = prepared(codes, scale, zero, 1024, G)
+    y = lut3.gemv_lut3(w, x, tiles_per_task=3, block_runs=block_runs, ahead=ahead)
+    assert_close(y, ref)
+    if G == 32:  # no group spans K-blocks: same sums, same order
+        np.testing.assert_array_equal(y, lut3.gemv_lut3(w, x))
+
+
+@needs_avx512
+@pytest.mark.parametrize("code", range(8))
+def test_all_equal_codes(code: int) -> None:
+    out, K, G = 18, 256, 64
+    rng = np.random.default_rng(code)
+    codes = np.full((out, K), code, np.uint8)
+    scale = (rng.random((out, K // G)) + 0.5).astype(np.float16)
+    x = rng.standard_normal(K).astype(np.float32)
+    zero = np.zeros((out, K // G), np.uint8)
+    if code:
+        assert_close(lut3.gemv_lut3(prepared(codes, scale, zero, K, G), x),
+                     reference(codes, scale, zero, x, G))
+    else:
+        np.testing.assert_array_equal(lut3.gemv_lut3(prepared(codes, scale, zero, K, G), x),
+                                      np.zeros(out, np.float32))
+    # zero == code: every weight is 0, so y is 0 up to float32 rounding of the two terms.
+    zero = np.full((out, K // G), code, np.uint8)
+    y = lut3.gemv_lut3(prepared(codes, scale, zero, K, G), x)
+    assert np.abs(y).max() <= 1e-5 * 7 * float(scale.astype(np.float64).max()) * np.abs(x).sum()
+
+
+@needs_avx512
+def test_padding_rows_do_not_leak() -> None:
+    codes, scale, zero, x, ref = make_case(17, 64, 32, seed=9)
+    y = lut3.gemv_lut3(prepared(codes, scale, zero, 64, 32), x)
+    assert y.shape == (17,)
+    assert_close(y, ref)
+    empty = prepared(codes[:0], scale[:0], zero[:0], 64, 32)
+    assert lut3.gemv_lut3(empty, x).shape == (0,)
+
+
+@needs_avx512
+def test_rejects_bad_inputs() -> None:
+    codes, scale, zero, x, _ = make_case(4, 64, 32)
+    with pytest.raises(DataError, match="multiples of 32"):
+        lut3.prepare_lut3(pack(codes[:, :48], 3), scale, zero, 48, None)
+    with pytest.raises(DataError, match="multiples of 32"):
+        lut3.prepare_lut3(pack(codes, 3), scale, zero, 64, 16)
+    with pytest.raises(DataError, match="needs packed"):
+        lut3.prepare_lut3(pack(codes, 3), scale[:, :1], zero, 64, 32)
+    with pytest.raises(DataError, match=r"pack\(codes, 3\)"):
+        lut3.prepare_lut3(pack(codes & 3, 2), scale, zero, 64, 32)  # a 2-bit weight
+    w = prepared(codes, scale, zero, 64, 32)
+    with pytest.raises(DataError, match="must have shape"):
+        lut3.gemv_lut3(w, x[:32])
+    with pytest.raises(DataError, match="must be >= 1"):
+        lut3.gemv_lut3(w, x, tiles_per_task=0)
+    with pytest.raises(DataError, match="must be >= 1"):
+        lut3.gemv_lut3(w, x, ahead=-1)
