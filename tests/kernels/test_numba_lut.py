@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _gemv_cases import assert_close, make_case, reference
 
 from mpsearch.errors import DataError
 from mpsearch.kernels.packing import pack
@@ -13,29 +14,6 @@ lut = pytest.importorskip("mpsearch.kernels._numba_lut")
 
 needs_avx512 = pytest.mark.skipif(not lut.is_supported(16, None),
                                   reason="the LUT kernel needs an AVX-512F CPU")
-
-
-def make_case(out: int, K: int, G: int | None, scale_dtype: type = np.float16, seed: int = 0):
-    """Random 2-bit codes, scales, zeros and x; the float64 reference y = W x."""
-    rng = np.random.default_rng(seed)
-    ng = 1 if G is None else -(-K // G)
-    codes = rng.integers(0, 4, (out, K), dtype=np.uint8)
-    scale = (rng.random((out, ng)) * 0.1 + 0.01).astype(scale_dtype)
-    zero = rng.integers(0, 4, (out, ng), dtype=np.uint8)
-    x = rng.standard_normal(K).astype(np.float32)
-    return codes, scale, zero, x, reference(codes, scale, zero, x, G)
-
-
-def reference(codes, scale, zero, x, G):
-    group_of = np.arange(codes.shape[1]) // (codes.shape[1] if G is None else G)
-    w = (codes.astype(np.float64) - zero[:, group_of]) * scale.astype(np.float64)[:, group_of]
-    return w @ x.astype(np.float64)
-
-
-def assert_close(y: np.ndarray, ref: np.ndarray) -> None:
-    """Max error within 1e-5 of the largest |y| (float32 accumulation)."""
-    assert y.shape == ref.shape and y.dtype == np.float32
-    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def test_is_supported_rejects_unaligned_shapes() -> None:
@@ -53,14 +31,14 @@ def test_is_supported_rejects_unaligned_shapes() -> None:
 ])
 @pytest.mark.parametrize("scale_dtype", [np.float16, np.float32])
 def test_matches_reference(out: int, K: int, G: int | None, scale_dtype: type) -> None:
-    codes, scale, zero, x, ref = make_case(out, K, G, scale_dtype, seed=out + K)
+    codes, scale, zero, x, ref = make_case(2, out, K, G, scale_dtype, seed=out + K)
     w = lut.prepare_lut2(pack(codes, 2), scale, zero, K, G)
     assert_close(lut.gemv_lut2(w, x), ref)
 
 
 @needs_avx512
 def test_same_result_for_any_threads_and_tasks() -> None:
-    codes, scale, zero, x, ref = make_case(200, 1024, 128, seed=3)
+    codes, scale, zero, x, ref = make_case(2, 200, 1024, 128, seed=3)
     w = lut.prepare_lut2(pack(codes, 2), scale, zero, 1024, 128)
     before = numba.get_num_threads()
     try:
@@ -81,7 +59,7 @@ def test_same_result_for_any_threads_and_tasks() -> None:
 @pytest.mark.parametrize("G", [32, 256, None])
 def test_tuning_knobs_keep_results(block_runs: int, ahead: int, G: int | None) -> None:
     """K-blocks that split groups or cover all of K, with and without prefetching."""
-    codes, scale, zero, x, ref = make_case(45, 1024, G, seed=block_runs)
+    codes, scale, zero, x, ref = make_case(2, 45, 1024, G, seed=block_runs)
     w = lut.prepare_lut2(pack(codes, 2), scale, zero, 1024, G)
     y = lut.gemv_lut2(w, x, tiles_per_task=3, block_runs=block_runs, ahead=ahead)
     assert_close(y, ref)
@@ -111,7 +89,7 @@ def test_all_equal_codes(code: int) -> None:
 
 @needs_avx512
 def test_padding_rows_do_not_leak() -> None:
-    codes, scale, zero, x, ref = make_case(17, 64, 16, seed=9)
+    codes, scale, zero, x, ref = make_case(2, 17, 64, 16, seed=9)
     y = lut.gemv_lut2(lut.prepare_lut2(pack(codes, 2), scale, zero, 64, 16), x)
     assert y.shape == (17,)
     assert_close(y, ref)
@@ -119,7 +97,7 @@ def test_padding_rows_do_not_leak() -> None:
 
 @needs_avx512
 def test_rejects_bad_inputs() -> None:
-    codes, scale, zero, x, _ = make_case(4, 64, 16)
+    codes, scale, zero, x, _ = make_case(2, 4, 64, 16)
     with pytest.raises(DataError, match="multiples of 16"):
         lut.prepare_lut2(pack(codes[:, :60], 2), scale, zero, 60, 16)
     with pytest.raises(DataError, match="needs packed"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _gemv_cases import assert_close, make_case, reference
 
 from mpsearch.errors import DataError
 from mpsearch.kernels.packing import pack
@@ -13,29 +14,6 @@ lut3 = pytest.importorskip("mpsearch.kernels._numba_lut3")
 
 needs_avx512 = pytest.mark.skipif(not lut3.is_supported(32, None),
                                   reason="the LUT kernel needs an AVX-512F CPU")
-
-
-def make_case(out: int, K: int, G: int | None, scale_dtype: type = np.float16, seed: int = 0):
-    """Random 3-bit codes, scales, zeros and x; the float64 reference y = W x."""
-    rng = np.random.default_rng(seed)
-    ng = 1 if G is None else -(-K // G)
-    codes = rng.integers(0, 8, (out, K), dtype=np.uint8)
-    scale = (rng.random((out, ng)) * 0.1 + 0.01).astype(scale_dtype)
-    zero = rng.integers(0, 8, (out, ng), dtype=np.uint8)
-    x = rng.standard_normal(K).astype(np.float32)
-    return codes, scale, zero, x, reference(codes, scale, zero, x, G)
-
-
-def reference(codes, scale, zero, x, G):
-    group_of = np.arange(codes.shape[1]) // (codes.shape[1] if G is None else G)
-    w = (codes.astype(np.float64) - zero[:, group_of]) * scale.astype(np.float64)[:, group_of]
-    return w @ x.astype(np.float64)
-
-
-def assert_close(y: np.ndarray, ref: np.ndarray) -> None:
-    """Max error within 1e-5 of the largest |y| (float32 accumulation)."""
-    assert y.shape == ref.shape and y.dtype == np.float32
-    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def prepared(codes, scale, zero, K, G):
@@ -60,7 +38,7 @@ def test_is_supported_rejects_unaligned_shapes() -> None:
 ])
 @pytest.mark.parametrize("scale_dtype", [np.float16, np.float32])
 def test_matches_reference(out: int, K: int, G: int | None, scale_dtype: type) -> None:
-    codes, scale, zero, x, ref = make_case(out, K, G, scale_dtype, seed=out + K)
+    codes, scale, zero, x, ref = make_case(3, out, K, G, scale_dtype, seed=out + K)
     assert_close(lut3.gemv_lut3(prepared(codes, scale, zero, K, G), x), ref)
 
 
@@ -80,7 +58,7 @@ def test_each_bit_of_each_position_lands_in_its_table() -> None:
 
 @needs_avx512
 def test_same_result_for_any_threads_and_tasks() -> None:
-    codes, scale, zero, x, ref = make_case(200, 1024, 128, seed=3)
+    codes, scale, zero, x, ref = make_case(3, 200, 1024, 128, seed=3)
     w = prepared(codes, scale, zero, 1024, 128)
     before = numba.get_num_threads()
     try:
@@ -101,7 +79,7 @@ def test_same_result_for_any_threads_and_tasks() -> None:
 @pytest.mark.parametrize("G", [32, 256, None])
 def test_tuning_knobs_keep_results(block_runs: int, ahead: int, G: int | None) -> None:
     """K-blocks that split groups or cover all of K, with and without prefetching."""
-    codes, scale, zero, x, ref = make_case(45, 1024, G, seed=block_runs)
+    codes, scale, zero, x, ref = make_case(3, 45, 1024, G, seed=block_runs)
     w = prepared(codes, scale, zero, 1024, G)
     y = lut3.gemv_lut3(w, x, tiles_per_task=3, block_runs=block_runs, ahead=ahead)
     assert_close(y, ref)
@@ -132,7 +110,7 @@ def test_all_equal_codes(code: int) -> None:
 
 @needs_avx512
 def test_padding_rows_do_not_leak() -> None:
-    codes, scale, zero, x, ref = make_case(17, 64, 32, seed=9)
+    codes, scale, zero, x, ref = make_case(3, 17, 64, 32, seed=9)
     y = lut3.gemv_lut3(prepared(codes, scale, zero, 64, 32), x)
     assert y.shape == (17,)
     assert_close(y, ref)
@@ -142,7 +120,7 @@ def test_padding_rows_do_not_leak() -> None:
 
 @needs_avx512
 def test_rejects_bad_inputs() -> None:
-    codes, scale, zero, x, _ = make_case(4, 64, 32)
+    codes, scale, zero, x, _ = make_case(3, 4, 64, 32)
     with pytest.raises(DataError, match="multiples of 32"):
         lut3.prepare_lut3(pack(codes[:, :48], 3), scale, zero, 48, None)
     with pytest.raises(DataError, match="multiples of 32"):
