@@ -161,11 +161,11 @@ class GemvWeight:
 
     On an AVX-512 CPU, 2-bit weights (K and G multiples of 16) are rearranged for the
     table-lookup kernel (:mod:`mpsearch.kernels._numba_lut`: 16 rows in the vector lanes, two
-    codes per ``vpermps`` index), and 3-bit weights (K and G multiples of 32) for its bit-plane
-    form (:mod:`mpsearch.kernels._numba_lut3`: a 2-bit plane plus a 1-bit plane, four codes per
-    index): the same code bytes, transposed per tile of 16 rows, with float32 scales. Every other
-    weight keeps its row layout and runs :func:`gemv`. ``kernel`` says which: "lut2", "lut3" or
-    "rows".
+    codes per ``vpermps`` index); 3- and 4-bit weights for its bit-plane forms (``_numba_lut3``:
+    a 2-bit plus a 1-bit plane, K and G multiples of 32; ``_numba_lut4``: two 2-bit planes):
+    the same code bytes, transposed per tile of 16 rows, with float32 scales. Every other weight
+    keeps its row layout and runs :func:`gemv`. ``kernel`` says which: "lut2", "lut3", "lut4"
+    or "rows".
 
     >>> import numpy as np
     >>> from mpsearch.kernels.packing import pack
@@ -181,7 +181,7 @@ class GemvWeight:
         self._G = G
         self._args = (_numpy(packed, "packed"), _numpy(scale, "scale"), _numpy(zero, "zero"))
         self._lut, self.kernel = None, "rows"
-        lut = _lut_backend(bits) if bits in (2, 3) and self.shape.out else None
+        lut = _lut_backend(bits) if bits in (2, 3, 4) and self.shape.out else None
         if lut is not None and lut.is_supported(K, G):
             p, s, z = self._args
             self._lut = getattr(lut, f"prepare_lut{bits}")(p, s.astype(np.float32), z, K, G)
@@ -211,7 +211,7 @@ class GemvWeight:
 @cache
 def _lut_backend(bits: int) -> ModuleType:
     _backend()  # raises MissingDependencyError without numba
-    return importlib.import_module("mpsearch.kernels._numba_lut" + ("3" if bits == 3 else ""))
+    return importlib.import_module("mpsearch.kernels._numba_lut" + ("" if bits == 2 else str(bits)))
 
 
 def _lut_tiles_per_task(out: int, workers: int) -> int:
