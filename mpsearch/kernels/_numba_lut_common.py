@@ -1,0 +1,258 @@
+"""What the AVX-512 table-lookup GEMV kernels (2, 3 and 4 bits, ``_numba_lut*``) share.
+
+Every one of them keeps 16 output rows in the 16 vector lanes and looks products up in 16-entry
+float tables built from x per call; they differ only in how a width's codes become 4-bit table
+indices (one or more "planes" of index words). Shared here:
+
+* the weight layout: :class:`LutWeights`, made by :func:`prepare` from per-row index words;
+* the lookups: ``vpermps`` (:func:`_lookup`), nibble shifts (:func:`_shr`, on the IFMA multiply
+  pipes where the CPU has them, since ``vpermps`` and vector shifts compete for the shuffle
+  pipes) and :func:`word`, the eight lookups of one index word into four chains;
+* the tables: pairs of x (:func:`_pair_tables`) and quads of x (:func:`_quad_tables`);
+* the group fold ``sum_g scale * group sum - scale * zero * xsum`` (:func:`fold`) and the
+  argument checks of a call (:func:`run`).
+
+The parallel driver and each width's inner loop are in :mod:`mpsearch.kernels._numba_lut_driver`.
+Numba keys its disk cache on the file of each compiled function: after editing this file, touch
+``_numba_lut_driver.py`` too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import NamedTuple
+
+import numpy as np
+from llvmlite import binding, ir
+from numba import njit
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+from mpsearch.errors import DataError
+from mpsearch.kernels._numba_simd import (
+    _VF,
+    _VI,
+    _literal,
+    _ptr,
+    f32x16,
+    i32x16,
+    prefetch,
+    vadd,
+    vload,
+    vmul,
+    vmuladd,
+    vsplat,
+    vstore,
+)
+
+TILE = 16  # rows per tile = SIMD lanes
+OPTS = {"fastmath": False, "cache": True}
+_VQ = ir.VectorType(ir.IntType(64), 8)
+# Entry e of a pair table holds c0 * x[2p] + c1 * x[2p+1]; of a quad table 4 * sum_i bit_i x[4q+i].
+_C0 = np.array([e % 4 for e in range(16)], np.float32)
+_C1 = np.array([e // 4 for e in range(16)], np.float32)
+_B4 = np.array([4.0 * ((e >> i) & 1) for i in range(4) for e in range(16)], np.float32)
+
+
+def _host_has(feature: str) -> bool:
+    if config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME set (portable caches)
+        return f"+{feature}" in (config.CPU_FEATURES or "")
+    return bool(binding.get_host_cpu_features().get(feature, False))
+
+
+@cache
+def has_avx512f() -> bool:
+    """Whether the CPU Numba compiles for has AVX-512F (``vpermps`` on 16 lanes)."""
+    return _host_has("avx512f")
+
+
+@cache
+def _has_ifma() -> bool:
+    return _host_has("avx512ifma")
+
+
+def supported(K: int, G: int | None, multiple: int) -> bool:
+    """An AVX-512F host, and K and G (if given) multiples of ``multiple`` (16 or 32)."""
+    if K < multiple or K % multiple or (G is not None and (G < multiple or G % multiple)):
+        return False
+    return has_avx512f()
+
+
+class LutWeights(NamedTuple):
+    """A weight rearranged for one of the LUT kernels (see the kernel module's docstring)."""
+
+    idx: np.ndarray  # (ntiles, runs, words, 16) uint32: lane r = row 16 * tile + r
+    scale: np.ndarray  # (ntiles, n_groups, 16) float32, transposed per tile (padding rows 0)
+    szero: np.ndarray  # (ntiles, n_groups, 16) float32: scale * zero in float32
+    out: int
+    K: int
+    G: int  # G, or K when there is one group per row
+
+
+def prepare(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int, G: int | None,
+            bits: int, multiple: int,
+            words: Callable[[np.ndarray], np.ndarray]) -> LutWeights:
+    """Check a packed ``bits``-bit weight, pad its rows to whole tiles and transpose per tile.
+
+    ``words(packed_rows)`` turns (rows, K * bits / 8) packed bytes into (rows, runs, n) uint32
+    index words. Done once, offline; padding rows have code 0 and scale 0.
+    """
+    if not supported(K, G, multiple):
+        raise DataError(f"The {bits}-bit LUT kernel needs an AVX-512F CPU, K and G multiples of "
+                        f"{multiple}, but got K={K}, G={G}. Check is_supported(K, G) and use "
+                        f"numba_cpu.gemv.")
+    out = packed.shape[0]
+    ng = 1 if G is None else -(-K // G)
+    if packed.shape != (out, bits * K // 8) or scale.shape != (out, ng) or zero.shape != (out, ng):
+        raise DataError(f"A {bits}-bit weight with K={K}, G={G} needs packed (out, "
+                        f"{bits * K // 8}), scale and zero (out, {ng}), but got {packed.shape}, "
+                        f"{scale.shape}, {zero.shape}. Pack the codes with pack(codes, {bits}).")
+    ntiles = -(-out // TILE)
+    pad = ((0, ntiles * TILE - out), (0, 0))
+    w = words(np.pad(np.ascontiguousarray(packed, np.uint8), pad))
+    w = w.reshape(ntiles, TILE, w.shape[1], w.shape[2]).transpose(0, 2, 3, 1)
+    s32 = np.pad(np.asarray(scale, np.float32), pad)
+    sz = s32 * np.pad(np.asarray(zero, np.uint8), pad).astype(np.float32)
+
+    def per_tile(a: np.ndarray) -> np.ndarray:  # (rows, n) -> (ntiles, n, 16)
+        return np.ascontiguousarray(a.reshape(ntiles, TILE, a.shape[1]).transpose(0, 2, 1))
+
+    return LutWeights(np.ascontiguousarray(w), per_tile(s32), per_tile(sz), out, K,
+                      K if ng == 1 else G)
+
+
+@intrinsic
+def load_words(typingctx, arr, off):
+    """Sixteen consecutive uint32 from ``arr`` at flat offset ``off``, as an int vector."""
+    def codegen(context, builder, sig, args):
+        return builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], _VI), align=4)
+    return i32x16(arr, off), codegen
+
+
+@intrinsic
+def _lookup(typingctx, table, off, idx):
+    """Lane r = ``table[off + (idx[r] & 15)]``: one AVX-512 ``vpermps``."""
+    def codegen(context, builder, sig, args):
+        tab = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], _VF), align=4)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VF, [_VF, _VI]),
+                                            "llvm.x86.avx512.permvar.sf.512")
+        return builder.call(fn, [tab, args[2]])
+    return f32x16(table, off, idx), codegen
+
+
+@intrinsic(prefer_literal=True)
+def _shr(typingctx, v, s):
+    """``v >> s`` as far as the low 4 bits of every lane go (all ``vpermps`` reads), s <= 16.
+
+    With AVX512-IFMA this is ``vpmadd52huq`` by ``2**(52 - s)``: per 64-bit pair of lanes the
+    high half of the product is bits ``s..51`` of the pair, so both lanes' bits ``s..s+3`` land
+    in their bits 0..3 (the odd lane's need ``32 + s + 3 <= 51``). It runs on the multiply
+    pipes and leaves the shuffle pipes to ``vpermps``. Without IFMA it is a plain shift, also
+    for s = 16.
+    """
+    sh = _literal(s, "s")
+    if not 0 < sh <= 16:
+        raise TypeError(f"_shr needs 0 < s <= 16, got {sh}")
+
+    def codegen(context, builder, sig, args):
+        if sh == 16 or not _has_ifma():
+            return builder.lshr(args[0], ir.Constant(_VI, [sh] * TILE))
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VQ, [_VQ] * 3),
+                                            "llvm.x86.avx512.vpmadd52h.uq.512")
+        r = builder.call(fn, [ir.Constant(_VQ, None), builder.bitcast(args[0], _VQ),
+                              ir.Constant(_VQ, [1 << (52 - sh)] * 8)])
+        return builder.bitcast(r, _VI)
+    return i32x16(v, s), codegen
+
+
+@njit(inline="always", **OPTS)
+def word(tab, to, v, r0, r1, r2, r3):
+    """Chains r0..r3 plus the lookups of nibbles 0..7 of ``v`` in tables ``to + 16 j``
+    (nibble j into chain j % 4)."""
+    u = _shr(v, 16)
+    r0 = vadd(r0, _lookup(tab, to, v))
+    r1 = vadd(r1, _lookup(tab, to + 16, _shr(v, 4)))
+    r2 = vadd(r2, _lookup(tab, to + 32, _shr(v, 8)))
+    r3 = vadd(r3, _lookup(tab, to + 48, _shr(v, 12)))
+    r0 = vadd(r0, _lookup(tab, to + 64, u))
+    r1 = vadd(r1, _lookup(tab, to + 80, _shr(u, 4)))
+    r2 = vadd(r2, _lookup(tab, to + 96, _shr(u, 8)))
+    r3 = vadd(r3, _lookup(tab, to + 112, _shr(u, 12)))
+    return r0, r1, r2, r3
+
+
+@njit(inline="always", **OPTS)
+def chains_sum(r0, r1, r2, r3):
+    """The four chains of a tile, added in a fixed order."""
+    return vadd(vadd(r0, r1), vadd(r2, r3))
+
+
+@njit(**OPTS)
+def pair_tables(x, G, ng):
+    """(tab, nxs): the K/2 pair tables, flat, ``tab[16p + e] = c0(e) x[2p] + c1(e) x[2p+1]``,
+    and minus the per-group sums of x (float64 in four chains, rounded to float32)."""
+    K = x.shape[0]
+    tab = np.empty(K * 8, np.float32)
+    a, b = vload(_C0, 0), vload(_C1, 0)
+    for p in range(K // 2):
+        vstore(tab, 16 * p, vadd(vmul(a, vsplat(x[2 * p])), vmul(b, vsplat(x[2 * p + 1]))))
+    nxs = np.empty(ng, np.float32)
+    for g in range(ng):
+        s0 = s1 = s2 = s3 = 0.0
+        k, end = g * G, min(K, (g + 1) * G)
+        while k + 4 <= end:  # groups are multiples of 16 positions
+            s0 += np.float64(x[k])
+            s1 += np.float64(x[k + 1])
+            s2 += np.float64(x[k + 2])
+            s3 += np.float64(x[k + 3])
+            k += 4
+        nxs[g] = -((s0 + s1) + (s2 + s3))
+    return tab, nxs
+
+
+@njit(**OPTS)
+def quad_tables(x):
+    """The K/4 quad tables, flat: ``tab[16q + e] = 4 * sum_i bit_i(e) * x[4q + i]``."""
+    tab = np.empty(x.shape[0] * 4, np.float32)
+    b0, b1, b2, b3 = vload(_B4, 0), vload(_B4, 16), vload(_B4, 32), vload(_B4, 48)
+    for q in range(x.shape[0] // 4):
+        k = 4 * q
+        vstore(tab, 16 * q, vadd(vadd(vmul(b0, vsplat(x[k])), vmul(b1, vsplat(x[k + 1]))),
+                                 vadd(vmul(b2, vsplat(x[k + 2])), vmul(b3, vsplat(x[k + 3])))))
+    return tab
+
+
+@njit(inline="always", **OPTS)
+def fold(acc, i, nt, s, opened, closes, sf, szf, o, nxg, ahead):
+    """Tile i's part s of a group: added to the open group, or, at its end, to the totals.
+
+    ``acc`` holds per tile of the task: sum_g scale * group sum (at 16 i), -sum_g scale * zero
+    * xsum_g (at 16 (nt + i), exactly minus the positive sum) and the open group's sum.
+    """
+    if opened:  # the group began in an earlier K-block
+        s = vadd(vload(acc, 16 * (2 * nt + i)), s)
+    if not closes:
+        vstore(acc, 16 * (2 * nt + i), s)
+        return
+    if ahead:
+        prefetch(sf, o + ahead)
+        prefetch(szf, o + ahead)
+    vstore(acc, 16 * i, vmuladd(s, vload(sf, o), vload(acc, 16 * i)))
+    z = 16 * (nt + i)
+    vstore(acc, z, vmuladd(vload(szf, o), vsplat(nxg), vload(acc, z)))
+
+
+def run(gemv: Callable, prepared: LutWeights, x: np.ndarray, workers: int, tiles_per_task: int,
+        block_runs: int, ahead: int) -> np.ndarray:
+    """Check the call's arguments, then y = W x with a driver from ``_numba_lut_driver``."""
+    xa = np.ascontiguousarray(x, np.float32)
+    if xa.shape != (prepared.K,):
+        raise DataError(f"`x` must have shape ({prepared.K},) for this weight, but got "
+                        f"{xa.shape}. Pass one activation vector of length K.")
+    if min(workers, tiles_per_task, block_runs) < 1 or ahead < 0:
+        raise DataError(f"`workers`, `tiles_per_task` and `block_runs` must be >= 1 and `ahead` "
+                        f">= 0, but got {workers}, {tiles_per_task}, {block_runs}, {ahead}. "
+                        f"Keep the defaults unless tuning.")
+    return gemv(prepared.idx, prepared.scale, prepared.szero, xa, prepared.G, prepared.out,
+                workers, tiles_per_task, block_runs, ahead)

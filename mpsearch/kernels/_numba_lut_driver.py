@@ -1,0 +1,164 @@
+"""The parallel driver of the AVX-512 table-lookup GEMV kernels, and each width's inner loop.
+
+``_runs2``, ``_runs3`` and ``_runs4`` sum the lookups of a run of index words for two tiles of
+16 rows (the layouts are drawn in :mod:`mpsearch.kernels._numba_lut`, ``_numba_lut3`` and
+``_numba_lut4``); :func:`make_gemv` wraps one of them in the shared driver: tasks of tiles
+claimed from a shared counter, K in blocks whose tables stay in L1 while every tile of the task
+uses them, two tiles per table load, prefetching, and the per-group fold. Numba keys its disk
+cache on this file only: after editing ``_numba_lut_common.py`` or ``_numba_simd.py``, touch
+this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit, prange
+
+from mpsearch.kernels._numba_lut_common import (
+    OPTS,
+    chains_sum,
+    fold,
+    load_words,
+    pair_tables,
+    quad_tables,
+    word,
+)
+from mpsearch.kernels._numba_simd import (
+    fetch_add,
+    prefetch,
+    vadd,
+    vload,
+    vmuladd,
+    vsplat,
+    vstore,
+    vzero,
+)
+
+POSITIONS = {2: 16, 3: 32, 4: 16}  # K-positions per run of index words
+
+
+@njit(inline="always", **OPTS)
+def _runs2(flat, pairs, base, base2, q0, q1, ahead):
+    """Sums over runs q0..q1 of two tiles (at flat offsets ``base``, ``base2``), 4 chains each."""
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = vzero()
+    for q in range(q0, q1):
+        if ahead:
+            prefetch(flat, base + q * 16 + ahead)
+            prefetch(flat, base2 + q * 16 + ahead)
+        to = q * 128
+        a0, a1, a2, a3 = word(pairs, to, load_words(flat, base + q * 16), a0, a1, a2, a3)
+        b0, b1, b2, b3 = word(pairs, to, load_words(flat, base2 + q * 16), b0, b1, b2, b3)
+    return chains_sum(a0, a1, a2, a3), chains_sum(b0, b1, b2, b3)
+
+
+@njit(inline="always", **OPTS)
+def _runs3(flat, pairs, quads, base, base2, q0, q1, ahead):
+    """Sums over runs q0..q1 of two tiles (at flat offsets ``base``, ``base2``), 4 chains each:
+    per run the two lo words (pair tables 16q..16q+15) and the hi word (quad tables 8q..8q+7)."""
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = vzero()
+    for q in range(q0, q1):
+        o, o2 = base + q * 48, base2 + q * 48
+        if ahead:
+            for w in range(0, 48, 16):
+                prefetch(flat, o + ahead + w)
+                prefetch(flat, o2 + ahead + w)
+        for half in range(2):
+            to = q * 256 + 128 * half
+            a0, a1, a2, a3 = word(pairs, to, load_words(flat, o + 16 * half), a0, a1, a2, a3)
+            b0, b1, b2, b3 = word(pairs, to, load_words(flat, o2 + 16 * half), b0, b1, b2, b3)
+        a0, a1, a2, a3 = word(quads, q * 128, load_words(flat, o + 32), a0, a1, a2, a3)
+        b0, b1, b2, b3 = word(quads, q * 128, load_words(flat, o2 + 32), b0, b1, b2, b3)
+    return chains_sum(a0, a1, a2, a3), chains_sum(b0, b1, b2, b3)
+
+
+@njit(inline="always", **OPTS)
+def _runs4(flat, pairs, base, base2, q0, q1, ahead):
+    """Sums over runs q0..q1 of two tiles (at flat offsets ``base``, ``base2``): per tile the
+    lo plane's 4 chains plus 4 times the hi plane's (both index the same pair tables)."""
+    a0 = a1 = a2 = a3 = c0 = c1 = c2 = c3 = vzero()  # tile 1: lo, hi
+    b0 = b1 = b2 = b3 = d0 = d1 = d2 = d3 = vzero()  # tile 2: lo, hi
+    for q in range(q0, q1):
+        o, o2 = base + q * 32, base2 + q * 32
+        if ahead:
+            prefetch(flat, o + ahead)
+            prefetch(flat, o + ahead + 16)
+            prefetch(flat, o2 + ahead)
+            prefetch(flat, o2 + ahead + 16)
+        to = q * 128
+        a0, a1, a2, a3 = word(pairs, to, load_words(flat, o), a0, a1, a2, a3)
+        c0, c1, c2, c3 = word(pairs, to, load_words(flat, o + 16), c0, c1, c2, c3)
+        b0, b1, b2, b3 = word(pairs, to, load_words(flat, o2), b0, b1, b2, b3)
+        d0, d1, d2, d3 = word(pairs, to, load_words(flat, o2 + 16), d0, d1, d2, d3)
+    four = vsplat(np.float32(4.0))  # exact: a power of two
+    return (vmuladd(four, chains_sum(c0, c1, c2, c3), chains_sum(a0, a1, a2, a3)),
+            vmuladd(four, chains_sum(d0, d1, d2, d3), chains_sum(b0, b1, b2, b3)))
+
+
+def make_gemv(bits: int) -> Callable:
+    """The parallel batch-1 driver of the ``bits``-bit LUT kernel (2, 3 or 4).
+
+    ``gemv(idx, scale, szero, x, G, out, workers, tiles_per_task, block_runs, ahead) -> y``;
+    each row is summed in a fixed order by one thread, for any thread count or task size
+    (``block_runs`` changes the order only where a group spans K-blocks). The width only picks
+    the inner loop (``_runs<bits>``), a compile-time branch: the closure holds nothing but
+    ints, so Numba's disk cache finds it again (a closure over a function would be compiled
+    anew in every process).
+    """
+    if bits not in POSITIONS:
+        raise ValueError(f"`bits` must be 2, 3 or 4 for a LUT kernel, but got bits={bits!r}.")
+    B, P, QUADS = bits, POSITIONS[bits], bits == 3
+
+    @njit(parallel=True, **OPTS)
+    def gemv(idx, scale, szero, x, G, out, workers, tiles_per_task, block_runs, ahead):
+        ntiles, nrun = idx.shape[0], idx.shape[1]
+        stride = idx.shape[2] * 16 * nrun  # uint32 per tile
+        ng = scale.shape[1]
+        rpg = G // P  # runs per group
+        sahead = max(1, block_runs // rpg) * 16 if ahead else 0  # scales of the next K-block
+        pairs, nxs = pair_tables(x, G, ng)
+        tquad = quad_tables(x) if QUADS else pairs
+        flat, sf, szf = idx.reshape(idx.size), scale.reshape(scale.size), szero.reshape(szero.size)
+        y = np.empty(ntiles * 16, np.float32)
+        ntasks = (ntiles + tiles_per_task - 1) // tiles_per_task
+        claimed = np.empty(1, np.int64)  # not np.zeros: that would be a parallel loop
+        claimed[0] = 0
+        for _ in prange(workers):  # one per thread; tasks are claimed, not preassigned
+            acc = np.empty(tiles_per_task * 48, np.float32)  # see fold
+            while True:
+                task = fetch_add(claimed, 0, 1)
+                if task >= ntasks:
+                    break
+                t0 = task * tiles_per_task
+                nt = min(ntiles, t0 + tiles_per_task) - t0
+                for i in range(2 * nt):
+                    vstore(acc, i * 16, vzero())
+                # K in blocks of block_runs runs: their tables stay in L1 for all nt tiles.
+                for kb0 in range(0, nrun, block_runs):
+                    kb1 = min(nrun, kb0 + block_runs)
+                    for i in range(0, nt, 2):
+                        k = min(i + 1, nt - 1)  # tile i's partner (itself if it is the odd last)
+                        q = kb0
+                        while q < kb1:
+                            g = q // rpg
+                            gend = min(nrun, (g + 1) * rpg)
+                            qe = min(kb1, gend)
+                            b1, b2 = (t0 + i) * stride, (t0 + k) * stride
+                            if B == 2:
+                                s, s2 = _runs2(flat, pairs, b1, b2, q, qe, ahead)
+                            elif B == 3:
+                                s, s2 = _runs3(flat, pairs, tquad, b1, b2, q, qe, ahead)
+                            else:
+                                s, s2 = _runs4(flat, pairs, b1, b2, q, qe, ahead)
+                            fold(acc, i, nt, s, q != g * rpg, qe == gend, sf, szf,
+                                  ((t0 + i) * ng + g) * 16, nxs[g], sahead)
+                            if k != i:
+                                fold(acc, k, nt, s2, q != g * rpg, qe == gend, sf, szf,
+                                      ((t0 + k) * ng + g) * 16, nxs[g], sahead)
+                            q = qe
+                for i in range(nt):
+                    vstore(y, (t0 + i) * 16, vadd(vload(acc, i * 16), vload(acc, (nt + i) * 16)))
+        return y[:out]
+
+    return gemv
