@@ -3,10 +3,14 @@
 Prints one JSON document. In one run it measures, for each shape and width (G = 128):
 our Numba GEMV/GEMM, our PyTorch packed path, PyTorch fp32 matmul, PyTorch's CPU int4 kernel
 (4 bits) and int8 kernel (8 bits); the memory read bandwidth; and for every GEMV the floor
-``(codes + scales + zeros bytes) / bandwidth``. Times are the median of N repeats after warm-up.
-Batch-1 times are "cold": a buffer 3x the size of the last-level cache is read before each
-repeat, so weights come from DRAM as in real inference (the floor assumes that); "hot" times
-(weights left in cache) are given too. The flush runs on the measured method's own thread pool
+``(codes + scales + zeros bytes) / bandwidth``. Times are the median of N rounds after warm-up;
+in each round every method of a shape runs once, and so does a read of a 1 GiB buffer, whose
+median gives the bandwidth for that shape's floors: a slow (or fast) spell of the machine hits
+every method and the floor alike. (This VM's read bandwidth is bimodal, about 48 or 80 GB/s,
+and kernel times vary by up to 1.8x between runs.) Batch-1 times are "cold": a
+buffer 3x the size of the last-level cache is read before each call, so weights come from DRAM
+as in real inference (the floor assumes that); "hot" times (the same call again at once,
+weights in cache) are given too. The flush runs on the measured method's own thread pool
 (Numba's for our kernels, torch's for torch's), as the previous layer of a model would, so the
 pool is awake and no other pool spins on its cores. Threads = cores for torch and numba;
 OpenMP threads spin ``GOMP_SPINCOUNT`` times after a call, then sleep (see below). The
@@ -63,23 +67,54 @@ def flushers(n_bytes: int) -> dict[str, Callable[[], object]]:
     return {"numba": lambda: numba_cpu.gemv(*w, x, 8, K, G), "torch": buf.sum}
 
 
-def timed(fn: Callable[[], object], repeats: int, flush: Callable[[], object] | None) -> dict:
+def _ms(times: list[float]) -> float:
+    return round(statistics.median(times) * 1e3, 4)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> dict:
+    """Median and best of ``repeats`` back-to-back calls after 3 warm-up calls (no flush)."""
     for _ in range(3):
         fn()
     times = []
     for _ in range(repeats):
-        if flush is not None:
-            flush()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"ms": round(statistics.median(times) * 1e3, 4), "ms_min": round(min(times) * 1e3, 4)}
+    return {"ms": _ms(times), "ms_min": round(min(times) * 1e3, 4)}
+
+
+def interleaved(entries: list[tuple[Callable, Callable | None]], repeats: int) -> list[dict]:
+    """Time every (fn, flush) in rounds, one call of each per round, so that a slow spell of
+    the machine hits every method alike instead of whichever ran then.
+
+    With a flush: each round flushes, times the call ("ms", cold) and times it again at once
+    ("ms_hot", weights left in cache). Without: one timed call per round.
+    """
+    for fn, _ in entries:
+        for _ in range(3):
+            fn()
+    cold: list[list[float]] = [[] for _ in entries]
+    hot: list[list[float]] = [[] for _ in entries]
+    for _ in range(repeats):
+        for i, (fn, flush) in enumerate(entries):
+            if flush is not None:
+                flush()
+            t0 = time.perf_counter()
+            fn()
+            cold[i].append(time.perf_counter() - t0)
+            if flush is not None:
+                t0 = time.perf_counter()
+                fn()
+                hot[i].append(time.perf_counter() - t0)
+    return [{"ms": _ms(c), "ms_min": round(min(c) * 1e3, 4)} | ({"ms_hot": _ms(h)} if h else {})
+            for c, h in zip(cold, hot)]
 
 
 def bandwidth(n_bytes: int, repeats: int) -> dict:
-    """Read bandwidth of a torch sum over a buffer far larger than the caches (all threads)."""
+    """Read bandwidth of a torch sum over a buffer far larger than the caches (all threads),
+    measured once at the start (for reference; floors use the per-shape in-round figure)."""
     buf = torch.ones(n_bytes // 4)
-    t = timed(lambda: buf.sum(), repeats, None)
+    t = timed(buf.sum, repeats)
     return {"buffer_mib": n_bytes >> 20, "method": "torch.sum over float32 buffer",
             "gbps_median": round(n_bytes / t["ms"] / 1e6, 2),
             "gbps_best": round(n_bytes / t["ms_min"] / 1e6, 2)}
@@ -145,40 +180,54 @@ def baselines(w: dict | None, bits: int, x: np.ndarray, out: int) -> dict[str, C
 
 
 def run_case(shape: tuple[int, int], batch: int, repeats: int, flush: dict[str, Callable],
-             bw: float, rng: np.random.Generator) -> list[dict]:
+             bw_buf: torch.Tensor, rng: np.random.Generator) -> list[dict]:
+    """Every method on one shape and batch: checked against the reference, then timed
+    interleaved (:func:`interleaved`), batch 1 cold (flushed on the method's own pool) and hot,
+    with the memory read bandwidth (a sum over ``bw_buf``) timed in the same rounds."""
     out, K = shape
     x = rng.standard_normal((batch, K)).astype(np.float32)
     rows: list[dict] = []
+    entries: list[tuple[dict, Callable, int | None]] = []
 
-    def record(name: str, bits: int | None, fn: Callable, w: dict | None, floor: float | None):
+    def record(name: str, bits: int | None, fn: Callable, w: dict | None, floor_bytes: int | None):
         row = {"out": out, "K": K, "batch": batch, "bits": bits, "G": G, "method": name}
+        rows.append(row)
         try:
             got = fn()
             if w is not None and name != "torch_int8_perchannel":
                 ref = reference(w, x, 64)
                 row["max_rel_err"] = float(np.abs(got[:, :64] - ref).max() / np.abs(ref).max())
-            if batch == 1:
-                row.update(timed(fn, repeats, flush["numba" if name.startswith("numba_") else "torch"]))
-                row["ms_hot"] = timed(fn, repeats, None)["ms"]
-            else:
-                row.update(timed(fn, repeats, None))
-            if floor is not None:
-                row["floor_ms"] = round(floor, 4)
-                row["ratio_to_floor"] = round(row["ms"] / floor, 2)
+            entries.append((row, fn, floor_bytes))
         except Exception as exc:  # noqa: BLE001 (record why a baseline cannot run)
             row["error"] = f"{type(exc).__name__}: {exc}"
-        rows.append(row)
 
     record("torch_fp32_matmul", None, baselines(None, 0, x, out)["torch_fp32_matmul"], None,
-           out * K * 4 / bw if batch == 1 else None)
+           out * K * 4 if batch == 1 else None)
     for bits in BITS:
         w = make_weight(out, K, bits, rng)
         nbytes = w["packed"].nbytes + w["scale"].nbytes + w["zero"].nbytes
-        floor = nbytes / bw if batch == 1 else None
+        floor = nbytes if batch == 1 else None
         for name, fn in methods(w, bits, x).items():
             record(name, bits, fn, w, floor)
         for name, fn in baselines(w, bits, x, out).items():
             record(name, bits, fn, w, floor)
+    pool = lambda row: flush["numba" if row["method"].startswith("numba_") else "torch"]
+    calls = [(fn, pool(row) if batch == 1 else None) for row, fn, _ in entries]
+    if batch == 1:  # the bandwidth too, in the same rounds: the floors use its median
+        calls.append((bw_buf.sum, None))
+    timings = interleaved(calls, repeats)
+    if batch == 1:
+        bw_ms = timings.pop()["ms"]
+        gbps = round(bw_buf.numel() * 4 / bw_ms / 1e6, 2)
+        rows.append({"out": out, "K": K, "batch": batch, "bits": None, "G": G,
+                     "method": "memory_read_bandwidth", "ms": bw_ms, "gbps": gbps,
+                     "note": f"torch.sum over {bw_buf.numel() * 4 >> 20} MiB, timed in the "
+                             "same rounds; the floors of this shape use it"})
+    for (row, _, floor_bytes), t in zip(entries, timings):
+        row.update(t)
+        if floor_bytes is not None:
+            row["floor_ms"] = round(floor_bytes / (gbps * 1e6), 4)
+            row["ratio_to_floor"] = round(row["ms"] / row["floor_ms"], 2)
     return rows
 
 
@@ -232,11 +281,12 @@ def main() -> None:
     cases = [((1024, 1024), 1), ((1024, 1024), 8)] if args.quick else \
         [((4096, 4096), 1), ((4096, 4096), 32), ((11008, 4096), 1)]
     rng = np.random.default_rng(0)
-    bw = bandwidth((256 if args.quick else 1024) << 20, max(5, repeats // 2))
+    bw_bytes = (256 if args.quick else 1024) << 20
+    bw = bandwidth(bw_bytes, max(5, repeats // 2))
     flush = flushers(3 * LLC_BYTES)
-    rows = []
-    for shape, batch in cases:
-        rows += run_case(shape, batch, repeats, flush, bw["gbps_median"] * 1e6, rng)
+    bw_buf = torch.rand(bw_bytes // 4)  # random, so no layer below can share its pages
+    rows = [r for shape, batch in cases
+            for r in run_case(shape, batch, repeats, flush, bw_buf, rng)]
     doc = {"format": "mpsearch.benchmark.kernels", "version": 1,
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
                        "python": sys.version.split()[0], "torch": torch.__version__,
