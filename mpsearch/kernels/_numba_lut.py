@@ -26,7 +26,7 @@ hold 16 *rows*, and two codes at a time become one table index (after T-MAC and 
 
 The tables of all K (128 KiB) do not fit in L1, and every tile reads all of them, 8x the
 bytes of its codes. So a task of several tiles walks K in blocks of ``block_runs`` runs
-(16 KiB of tables, kept in L1 for all its tiles), two tiles sharing each table load, and
+(8 KiB of tables, kept in L1 for all its tiles), two tiles sharing each table load, and
 prefetches each tile's next block.
 
 The tables, the lookups, the driver (tasks, K-blocks, group folding) and the layout checks are
@@ -53,7 +53,8 @@ from mpsearch.kernels._numba_lut_common import LutWeights, prepare, run, support
 from mpsearch.kernels._numba_lut_driver import make_gemv
 
 RUN = 16  # K-positions per run: one index word
-BLOCK_RUNS = 32  # runs per K-block: 16 KiB of tables, reused from L1 by a task
+BLOCK_RUNS = 16  # runs per K-block: 8 KiB of tables, reused from L1 by a task (32 is best at
+# 1 thread, 16 with 2 threads from DRAM: -14 % at 4096 x 4096 and 11008 x 4096)
 AHEAD = BLOCK_RUNS * 16  # prefetch distance in uint32: the same tile's next K-block
 
 

@@ -40,6 +40,8 @@ from mpsearch.kernels._numba_simd import (
     prefetch,
     vadd,
     vload,
+    vload_scale,
+    vload_u8f,
     vmul,
     vmuladd,
     vsplat,
@@ -83,8 +85,8 @@ class LutWeights(NamedTuple):
     """A weight rearranged for one of the LUT kernels (see the kernel module's docstring)."""
 
     idx: np.ndarray  # (ntiles, runs, words, 16) uint32: lane r = row 16 * tile + r
-    scale: np.ndarray  # (ntiles, n_groups, 16) float32, transposed per tile (padding rows 0)
-    szero: np.ndarray  # (ntiles, n_groups, 16) float32: scale * zero in float32
+    scale: np.ndarray  # (ntiles, n_groups, 16) fp16 bits (uint16) or float32, per tile (pad: 0)
+    zero: np.ndarray  # (ntiles, n_groups, 16) uint8, transposed per tile
     out: int
     K: int
     G: int  # G, or K when there is one group per row
@@ -96,7 +98,9 @@ def prepare(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int, G: 
     """Check a packed ``bits``-bit weight, pad its rows to whole tiles and transpose per tile.
 
     ``words(packed_rows)`` turns (rows, K * bits / 8) packed bytes into (rows, runs, n) uint32
-    index words. Done once, offline; padding rows have code 0 and scale 0.
+    index words. Scales stay in their dtype (float16, read as uint16 bits, or float32), so the
+    kernel reads the bytes the packed weight stores. Done once, offline; padding rows have code
+    0 and scale 0.
     """
     if not supported(K, G, multiple):
         raise DataError(f"The {bits}-bit LUT kernel needs an AVX-512F CPU, K and G multiples of "
@@ -112,13 +116,14 @@ def prepare(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int, G: 
     pad = ((0, ntiles * TILE - out), (0, 0))
     w = words(np.pad(np.ascontiguousarray(packed, np.uint8), pad))
     w = w.reshape(ntiles, TILE, w.shape[1], w.shape[2]).transpose(0, 2, 3, 1)
-    s32 = np.pad(np.asarray(scale, np.float32), pad)
-    sz = s32 * np.pad(np.asarray(zero, np.uint8), pad).astype(np.float32)
+    sc = np.asarray(scale)
+    sc = sc.view(np.uint16) if sc.dtype == np.float16 else sc.astype(np.float32, copy=False)
 
     def per_tile(a: np.ndarray) -> np.ndarray:  # (rows, n) -> (ntiles, n, 16)
         return np.ascontiguousarray(a.reshape(ntiles, TILE, a.shape[1]).transpose(0, 2, 1))
 
-    return LutWeights(np.ascontiguousarray(w), per_tile(s32), per_tile(sz), out, K,
+    return LutWeights(np.ascontiguousarray(w), per_tile(np.pad(sc, pad)),
+                      per_tile(np.pad(np.asarray(zero, np.uint8), pad)), out, K,
                       K if ng == 1 else G)
 
 
@@ -224,7 +229,7 @@ def quad_tables(x):
 
 
 @njit(inline="always", **OPTS)
-def fold(acc, i, nt, s, opened, closes, sf, szf, o, nxg, ahead):
+def fold(acc, i, nt, s, opened, closes, sf, zf, o, nxg, ahead):
     """Tile i's part s of a group: added to the open group, or, at its end, to the totals.
 
     ``acc`` holds per tile of the task: sum_g scale * group sum (at 16 i), -sum_g scale * zero
@@ -237,10 +242,11 @@ def fold(acc, i, nt, s, opened, closes, sf, szf, o, nxg, ahead):
         return
     if ahead:
         prefetch(sf, o + ahead)
-        prefetch(szf, o + ahead)
-    vstore(acc, 16 * i, vmuladd(s, vload(sf, o), vload(acc, 16 * i)))
+        prefetch(zf, o + ahead)
+    sv = vload_scale(sf, o)
+    vstore(acc, 16 * i, vmuladd(s, sv, vload(acc, 16 * i)))
     z = 16 * (nt + i)
-    vstore(acc, z, vmuladd(vload(szf, o), vsplat(nxg), vload(acc, z)))
+    vstore(acc, z, vmuladd(vmul(sv, vload_u8f(zf, o)), vsplat(nxg), vload(acc, z)))
 
 
 def run(gemv: Callable, prepared: LutWeights, x: np.ndarray, workers: int, tiles_per_task: int,
@@ -254,5 +260,5 @@ def run(gemv: Callable, prepared: LutWeights, x: np.ndarray, workers: int, tiles
         raise DataError(f"`workers`, `tiles_per_task` and `block_runs` must be >= 1 and `ahead` "
                         f">= 0, but got {workers}, {tiles_per_task}, {block_runs}, {ahead}. "
                         f"Keep the defaults unless tuning.")
-    return gemv(prepared.idx, prepared.scale, prepared.szero, xa, prepared.G, prepared.out,
+    return gemv(prepared.idx, prepared.scale, prepared.zero, xa, prepared.G, prepared.out,
                 workers, tiles_per_task, block_runs, ahead)

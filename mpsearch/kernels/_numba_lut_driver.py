@@ -99,7 +99,7 @@ def _runs4(flat, pairs, base, base2, q0, q1, ahead):
 def make_gemv(bits: int) -> Callable:
     """The parallel batch-1 driver of the ``bits``-bit LUT kernel (2, 3 or 4).
 
-    ``gemv(idx, scale, szero, x, G, out, workers, tiles_per_task, block_runs, ahead) -> y``;
+    ``gemv(idx, scale, zero, x, G, out, workers, tiles_per_task, block_runs, ahead) -> y``;
     each row is summed in a fixed order by one thread, for any thread count or task size
     (``block_runs`` changes the order only where a group spans K-blocks). The width only picks
     the inner loop (``_runs<bits>``), a compile-time branch: the closure holds nothing but
@@ -111,7 +111,7 @@ def make_gemv(bits: int) -> Callable:
     B, P, QUADS = bits, POSITIONS[bits], bits == 3
 
     @njit(parallel=True, **OPTS)
-    def gemv(idx, scale, szero, x, G, out, workers, tiles_per_task, block_runs, ahead):
+    def gemv(idx, scale, zero, x, G, out, workers, tiles_per_task, block_runs, ahead):
         ntiles, nrun = idx.shape[0], idx.shape[1]
         stride = idx.shape[2] * 16 * nrun  # uint32 per tile
         ng = scale.shape[1]
@@ -119,7 +119,7 @@ def make_gemv(bits: int) -> Callable:
         sahead = max(1, block_runs // rpg) * 16 if ahead else 0  # scales of the next K-block
         pairs, nxs = pair_tables(x, G, ng)
         tquad = quad_tables(x) if QUADS else pairs
-        flat, sf, szf = idx.reshape(idx.size), scale.reshape(scale.size), szero.reshape(szero.size)
+        flat, sf, zf = idx.reshape(idx.size), scale.reshape(scale.size), zero.reshape(zero.size)
         y = np.empty(ntiles * 16, np.float32)
         ntasks = (ntiles + tiles_per_task - 1) // tiles_per_task
         claimed = np.empty(1, np.int64)  # not np.zeros: that would be a parallel loop
@@ -151,10 +151,10 @@ def make_gemv(bits: int) -> Callable:
                                 s, s2 = _runs3(flat, pairs, tquad, b1, b2, q, qe, ahead)
                             else:
                                 s, s2 = _runs4(flat, pairs, b1, b2, q, qe, ahead)
-                            fold(acc, i, nt, s, q != g * rpg, qe == gend, sf, szf,
+                            fold(acc, i, nt, s, q != g * rpg, qe == gend, sf, zf,
                                   ((t0 + i) * ng + g) * 16, nxs[g], sahead)
                             if k != i:
-                                fold(acc, k, nt, s2, q != g * rpg, qe == gend, sf, szf,
+                                fold(acc, k, nt, s2, q != g * rpg, qe == gend, sf, zf,
                                       ((t0 + k) * ng + g) * 16, nxs[g], sahead)
                             q = qe
                 for i in range(nt):

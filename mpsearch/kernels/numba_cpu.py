@@ -163,7 +163,7 @@ class GemvWeight:
     table-lookup kernel (:mod:`mpsearch.kernels._numba_lut`: 16 rows in the vector lanes, two
     codes per ``vpermps`` index); 3- and 4-bit weights for its bit-plane forms (``_numba_lut3``:
     a 2-bit plus a 1-bit plane, K and G multiples of 32; ``_numba_lut4``: two 2-bit planes):
-    the same code bytes, transposed per tile of 16 rows, with float32 scales. Every other weight
+    the same bytes (codes, scales, zero-points), transposed per tile of 16 rows. Every other weight
     keeps its row layout and runs :func:`gemv`. ``kernel`` says which: "lut2", "lut3", "lut4"
     or "rows".
 
@@ -184,7 +184,7 @@ class GemvWeight:
         lut = _lut_backend(bits) if bits in (2, 3, 4) and self.shape.out else None
         if lut is not None and lut.is_supported(K, G):
             p, s, z = self._args
-            self._lut = getattr(lut, f"prepare_lut{bits}")(p, s.astype(np.float32), z, K, G)
+            self._lut = getattr(lut, f"prepare_lut{bits}")(p, s, z, K, G)
             self._run_lut = getattr(lut, f"gemv_lut{bits}")
             self._args, self.kernel = (), f"lut{bits}"
 
