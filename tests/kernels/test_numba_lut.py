@@ -1,6 +1,9 @@
-"""The AVX-512 2-bit LUT GEMV against a float64 reference, thread counts and edge codes."""
+"""The AVX-512 table-lookup GEMVs (2, 3 and 4 bits) against a float64 reference: shapes, every
+code at every position, thread counts, tuning knobs, edge codes and bad input."""
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import pytest
@@ -10,43 +13,87 @@ from mpsearch.errors import DataError
 from mpsearch.kernels.packing import pack
 
 numba = pytest.importorskip("numba")
-lut = pytest.importorskip("mpsearch.kernels._numba_lut")
 
-needs_avx512 = pytest.mark.skipif(not lut.is_supported(16, None),
-                                  reason="the LUT kernel needs an AVX-512F CPU")
+# width -> (module, K and G must be multiples of)
+KERNELS = {2: ("mpsearch.kernels._numba_lut", 16), 3: ("mpsearch.kernels._numba_lut3", 32),
+           4: ("mpsearch.kernels._numba_lut4", 16)}
+BITS = sorted(KERNELS)
 
 
-def test_is_supported_rejects_unaligned_shapes() -> None:
-    assert not lut.is_supported(100, None)  # K not a multiple of 16
-    assert not lut.is_supported(128, 24)  # G not a multiple of 16
-    assert not lut.is_supported(128, 8)
-    assert not lut.is_supported(0, None)
+def kernel(bits: int):
+    return importlib.import_module(KERNELS[bits][0])
+
+
+needs_avx512 = pytest.mark.skipif(not kernel(2).is_supported(32, None),
+                                  reason="the LUT kernels need an AVX-512F CPU")
+
+
+def prepared(bits: int, codes, scale, zero, K: int, G: int | None):
+    return getattr(kernel(bits), f"prepare_lut{bits}")(pack(codes, bits), scale, zero, K, G)
+
+
+def gemv(bits: int, w, x, **knobs):
+    return getattr(kernel(bits), f"gemv_lut{bits}")(w, x, **knobs)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_is_supported_rejects_unaligned_shapes(bits: int) -> None:
+    m, sup = KERNELS[bits][1], kernel(bits).is_supported
+    assert not sup(100, None)  # K not a multiple of 16
+    assert not sup(128, 24)  # G not a multiple of 16
+    assert not sup(0, None) and not sup(8, None)
+    assert sup(48, None) == (m == 16 and sup(32, None))  # 48: a multiple of 16, not of 32
 
 
 @needs_avx512
+@pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("out, K, G", [
-    (37, 128, 16), (16, 16, None), (5, 16, 16), (33, 4096, 128), (50, 4096, 64),
-    (20, 128, None), (19, 4096, None), (21, 400, 64),  # last group shorter than G
+    (37, 128, 32), (16, 32, None), (5, 32, 32), (33, 4096, 128), (50, 4096, 64),
+    (20, 128, None), (19, 4096, None),
+    (21, 416, 64), (9, 4064, 128),  # last group shorter than G
     (24, 4096, 1024),  # groups span several K-blocks
 ])
 @pytest.mark.parametrize("scale_dtype", [np.float16, np.float32])
-def test_matches_reference(out: int, K: int, G: int | None, scale_dtype: type) -> None:
-    codes, scale, zero, x, ref = make_case(2, out, K, G, scale_dtype, seed=out + K)
-    w = lut.prepare_lut2(pack(codes, 2), scale, zero, K, G)
-    assert_close(lut.gemv_lut2(w, x), ref)
+def test_matches_reference(bits: int, out: int, K: int, G: int | None, scale_dtype: type) -> None:
+    codes, scale, zero, x, ref = make_case(bits, out, K, G, scale_dtype, seed=out + K)
+    assert_close(gemv(bits, prepared(bits, codes, scale, zero, K, G), x), ref)
 
 
 @needs_avx512
-def test_same_result_for_any_threads_and_tasks() -> None:
-    codes, scale, zero, x, ref = make_case(2, 200, 1024, 128, seed=3)
-    w = lut.prepare_lut2(pack(codes, 2), scale, zero, 1024, 128)
+@pytest.mark.parametrize("bits", [2, 4])
+def test_multiples_of_16(bits: int) -> None:
+    codes, scale, zero, x, ref = make_case(bits, 7, 48, 16, seed=bits)
+    assert_close(gemv(bits, prepared(bits, codes, scale, zero, 48, 16), x), ref)
+
+
+@needs_avx512
+@pytest.mark.parametrize("bits", BITS)
+def test_each_bit_of_each_position_lands_in_its_table(bits: int) -> None:
+    """One nonzero code per row, at every position and bit: y picks out code * x[k] exactly."""
+    K = 64
+    values = sorted({1 << b for b in range(bits)} | {(1 << bits) - 1})
+    rows = [(k, c) for k in range(K) for c in values]
+    codes = np.zeros((len(rows), K), np.uint8)
+    for r, (k, c) in enumerate(rows):
+        codes[r, k] = c
+    x = (np.arange(K, dtype=np.float32) + 1) / 8
+    ones, zeros = np.ones((len(rows), 1), np.float32), np.zeros((len(rows), 1), np.uint8)
+    y = gemv(bits, prepared(bits, codes, ones, zeros, K, None), x)
+    np.testing.assert_array_equal(y, np.array([c * x[k] for k, c in rows], np.float32))
+
+
+@needs_avx512
+@pytest.mark.parametrize("bits", BITS)
+def test_same_result_for_any_threads_and_tasks(bits: int) -> None:
+    codes, scale, zero, x, ref = make_case(bits, 200, 1024, 128, seed=3)
+    w = prepared(bits, codes, scale, zero, 1024, 128)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = lut.gemv_lut2(w, x, workers=1, tiles_per_task=16)
+        one = gemv(bits, w, x, workers=1, tiles_per_task=16)
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = lut.gemv_lut2(w, x, workers=2, tiles_per_task=1)
-        three = lut.gemv_lut2(w, x, workers=2, tiles_per_task=5)
+        two = gemv(bits, w, x, workers=2, tiles_per_task=1)
+        three = gemv(bits, w, x, workers=2, tiles_per_task=5)
     finally:
         numba.set_num_threads(before)
     assert_close(one, ref)
@@ -55,55 +102,66 @@ def test_same_result_for_any_threads_and_tasks() -> None:
 
 
 @needs_avx512
-@pytest.mark.parametrize("block_runs, ahead", [(1, 0), (3, 16), (64, 1024), (1000, 0)])
-@pytest.mark.parametrize("G", [32, 256, None])
-def test_tuning_knobs_keep_results(block_runs: int, ahead: int, G: int | None) -> None:
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("block_runs, ahead", [(1, 0), (3, 48), (32, 1024), (1000, 0)])
+@pytest.mark.parametrize("G", [64, 256, None])
+def test_tuning_knobs_keep_results(bits: int, block_runs: int, ahead: int, G: int | None) -> None:
     """K-blocks that split groups or cover all of K, with and without prefetching."""
-    codes, scale, zero, x, ref = make_case(2, 45, 1024, G, seed=block_runs)
-    w = lut.prepare_lut2(pack(codes, 2), scale, zero, 1024, G)
-    y = lut.gemv_lut2(w, x, tiles_per_task=3, block_runs=block_runs, ahead=ahead)
+    codes, scale, zero, x, ref = make_case(bits, 45, 1024, G, seed=block_runs)
+    w = prepared(bits, codes, scale, zero, 1024, G)
+    y = gemv(bits, w, x, tiles_per_task=3, block_runs=block_runs, ahead=ahead)
     assert_close(y, ref)
-    if G == 32 and block_runs % 2 == 0:  # no group spans K-blocks: same sums, same order
-        np.testing.assert_array_equal(y, lut.gemv_lut2(w, x))
 
 
 @needs_avx512
-@pytest.mark.parametrize("code", [0, 1, 2, 3])
-def test_all_equal_codes(code: int) -> None:
+@pytest.mark.parametrize("bits", BITS)
+def test_all_equal_codes(bits: int) -> None:
     out, K, G = 18, 256, 64
-    rng = np.random.default_rng(code)
-    codes = np.full((out, K), code, np.uint8)
-    scale = (rng.random((out, K // G)) + 0.5).astype(np.float16)
-    x = rng.standard_normal(K).astype(np.float32)
-    zero = np.zeros((out, K // G), np.uint8)
-    w = lut.prepare_lut2(pack(codes, 2), scale, zero, K, G)
-    if code:
-        assert_close(lut.gemv_lut2(w, x), reference(codes, scale, zero, x, G))
-    else:
-        np.testing.assert_array_equal(lut.gemv_lut2(w, x), np.zeros(out, np.float32))
-    # zero == code: every weight is 0, so y is 0 up to float32 rounding of the two terms.
-    zero = np.full((out, K // G), code, np.uint8)
-    y = lut.gemv_lut2(lut.prepare_lut2(pack(codes, 2), scale, zero, K, G), x)
-    assert np.abs(y).max() <= 1e-5 * 3 * float(scale.astype(np.float64).max()) * np.abs(x).sum()
+    for code in range(1 << bits):
+        rng = np.random.default_rng(code)
+        codes = np.full((out, K), code, np.uint8)
+        scale = (rng.random((out, K // G)) + 0.5).astype(np.float16)
+        x = rng.standard_normal(K).astype(np.float32)
+        zero = np.zeros((out, K // G), np.uint8)
+        y = gemv(bits, prepared(bits, codes, scale, zero, K, G), x)
+        if code:
+            assert_close(y, reference(codes, scale, zero, x, G))
+        else:
+            np.testing.assert_array_equal(y, np.zeros(out, np.float32))
+        # zero == code: every weight is 0, so y is 0 up to float32 rounding of the two terms.
+        zero = np.full((out, K // G), code, np.uint8)
+        y = gemv(bits, prepared(bits, codes, scale, zero, K, G), x)
+        bound = 1e-5 * ((1 << bits) - 1) * float(scale.astype(np.float64).max()) * np.abs(x).sum()
+        assert np.abs(y).max() <= bound
 
 
 @needs_avx512
-def test_padding_rows_do_not_leak() -> None:
-    codes, scale, zero, x, ref = make_case(2, 17, 64, 16, seed=9)
-    y = lut.gemv_lut2(lut.prepare_lut2(pack(codes, 2), scale, zero, 64, 16), x)
+@pytest.mark.parametrize("bits", BITS)
+def test_padding_rows_do_not_leak(bits: int) -> None:
+    codes, scale, zero, x, ref = make_case(bits, 17, 64, 32, seed=9)
+    y = gemv(bits, prepared(bits, codes, scale, zero, 64, 32), x)
     assert y.shape == (17,)
     assert_close(y, ref)
+    assert gemv(bits, prepared(bits, codes[:0], scale[:0], zero[:0], 64, 32), x).shape == (0,)
 
 
 @needs_avx512
-def test_rejects_bad_inputs() -> None:
-    codes, scale, zero, x, _ = make_case(2, 4, 64, 16)
-    with pytest.raises(DataError, match="multiples of 16"):
-        lut.prepare_lut2(pack(codes[:, :60], 2), scale, zero, 60, 16)
+@pytest.mark.parametrize("bits", BITS)
+def test_rejects_bad_inputs(bits: int) -> None:
+    codes, scale, zero, x, _ = make_case(bits, 4, 64, 32)
+    prepare = getattr(kernel(bits), f"prepare_lut{bits}")
+    with pytest.raises(DataError, match="multiples of"):
+        prepare(pack(codes[:, :60], bits), scale, zero, 60, None)
+    with pytest.raises(DataError, match="multiples of"):
+        prepare(pack(codes, bits), scale, zero, 64, 24)
     with pytest.raises(DataError, match="needs packed"):
-        lut.prepare_lut2(pack(codes, 2), scale[:, :2], zero, 64, 16)
-    w = lut.prepare_lut2(pack(codes, 2), scale, zero, 64, 16)
+        prepare(pack(codes, bits), scale[:, :1], zero, 64, 32)
+    with pytest.raises(DataError, match=rf"pack\(codes, {bits}\)"):
+        prepare(pack(codes & 1, 1), scale, zero, 64, 32)  # a 1-bit weight
+    w = prepared(bits, codes, scale, zero, 64, 32)
     with pytest.raises(DataError, match="must have shape"):
-        lut.gemv_lut2(w, x[:32])
+        gemv(bits, w, x[:32])
     with pytest.raises(DataError, match="must be >= 1"):
-        lut.gemv_lut2(w, x, tiles_per_task=0)
+        gemv(bits, w, x, tiles_per_task=0)
+    with pytest.raises(DataError, match="must be >= 1"):
+        gemv(bits, w, x, ahead=-1)
