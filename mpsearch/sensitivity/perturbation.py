@@ -16,6 +16,11 @@ Zero Shot Quantization Framework", CVPR 2020, eq. 2):
 These measured values fill ``Sensitivity.unit_costs`` (the cost table)
 directly. The weight is saved once per unit and copied back with
 ``Tensor.copy_``, so it is restored bit-exactly; nothing is deep-copied.
+``zeroq_bc`` (:class:`PerturbationKLCorrected`) measures the damage *after* bias correction
+(Nagel et al. 2019; ``mpsearch.bias_correction``): with unit u quantized, the mean shift of each
+of its output channels on the calibration data is subtracted from its output before the
+divergence is taken. Plans carry that correction, so their cost is what remains after it; on
+ResNet-20 at 2.5 bits this lifted the ILP plan from 82.6 to 84.7 % top-1 (README).
 With a ``time_limit``, units not reached get ``ratio * ||Q_b(W) - W||^2``,
 with ``ratio`` the median cost per unit of quantization error over the units
 measured, and are listed in ``details["extrapolated"]``.
@@ -106,7 +111,7 @@ class PerturbationKL(Estimator):
         with torch.no_grad():
             references = [batch_output(model, b).detach() for b in data.batches]
             total = sum(len(u.bits) for u in space.units)
-            bar = tqdm(total=total, desc="zeroq", disable=not self.progress, leave=False, mininterval=0.5)
+            bar = tqdm(total=total, desc=self.name, disable=not self.progress, leave=False, mininterval=0.5)
             try:
                 for unit, module in zip(space.units, modules):
                     if self.time_limit is not None and measured and time.perf_counter() - start > self.time_limit:
@@ -133,10 +138,14 @@ class PerturbationKL(Estimator):
             for b in bits:
                 quantized = fake_quantize(weight_matrix(saved, kind), b, space.quantizer)
                 weight.data.copy_(matrix_to_weight(quantized, saved.shape, kind))
-                out[b] = self.divergence(model, data, references, metric)
+                out[b] = self._measure(model, module, data, references, metric)
         finally:
             weight.data.copy_(saved)  # bit-exact restore, even on error
         return out
+
+    def _measure(self, model, module, data, references, metric) -> float:
+        """Divergence with the unit's current (quantized) weight; a hook for subclasses."""
+        return self.divergence(model, data, references, metric)
 
     @staticmethod
     def _complete(model, space, measured) -> tuple[dict[str, dict[int, float]], list[str]]:
@@ -152,4 +161,59 @@ class PerturbationKL(Estimator):
         return costs, missing
 
 
-__all__ = ["PerturbationKL", "output_divergence"]
+@ESTIMATORS.register("zeroq_bc")
+class PerturbationKLCorrected(PerturbationKL):
+    """ZeroQ sensitivity measured after bias correction of the quantized unit.
+
+    For each unit and width: the unit's output-channel means on the calibration data, with the
+    weight quantized, minus those in full precision, are subtracted from its output (a forward
+    hook), then the divergence is measured, as the plan's stored correction would do.
+    """
+
+    name = "zeroq_bc"
+
+    def _measure(self, model, module, data, references, metric) -> float:
+        shift = channel_means(model, module, data) - self._fp_means
+        hook = module.register_forward_hook(
+            lambda m, i, o: o - shift.to(o.dtype).view(_channel_shape(m, o)))
+        try:
+            return self.divergence(model, data, references, metric)
+        finally:
+            hook.remove()
+
+    def _unit_costs(self, model, module, bits, space, data, references, metric):
+        self._fp_means = channel_means(model, module, data)  # before the weight is quantized
+        return super()._unit_costs(model, module, bits, space, data, references, metric)
+
+
+def _channel_shape(module: nn.Module, out: torch.Tensor) -> tuple[int, ...]:
+    """Shape that broadcasts one value per output channel: dim 1 of a conv, else the last."""
+    if isinstance(module, nn.Conv2d):
+        return (1, -1) + (1,) * (out.dim() - 2)
+    return (1,) * (out.dim() - 1) + (-1,)
+
+
+@torch.no_grad()
+def channel_means(model: nn.Module, module: nn.Module, data: Calibration) -> torch.Tensor:
+    """Mean of each output channel of ``module`` (dim 1 of a conv, else the last dim) over all
+    calibration samples and positions (padded tokens included), in float64."""
+    total: list[torch.Tensor] = []
+    count = [0]
+
+    def hook(m, i, o):
+        o = o.double()
+        flat = (o.transpose(1, -1) if isinstance(m, nn.Conv2d) else o).reshape(-1, o.shape[
+            1 if isinstance(m, nn.Conv2d) else -1])
+        total.append(flat.sum(0))
+        count[0] += flat.shape[0]
+
+    handle = module.register_forward_hook(hook)
+    try:
+        for batch in data.batches:
+            batch_output(model, batch)
+    finally:
+        handle.remove()
+    return torch.stack(total).sum(0) / count[0]
+
+
+__all__ = ["PerturbationKL", "PerturbationKLCorrected", "channel_means", "output_divergence"]
