@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--solvers", default=",".join(SOLVERS))
     p.add_argument("--budgets", default="2.5,3,3.5,4")
     p.add_argument("--uniform", default="8,4,3,2")
+    p.add_argument("--bits", default="2,3,4,8", help="weight widths the search may choose (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=512, help="first N test images calibrate (default: %(default)s)")
     p.add_argument("--distilled", type=int, default=256, help="distilled images for the data-free runs (0: skip)")
     p.add_argument("--activation-bits", type=int, default=8)
@@ -68,7 +69,7 @@ def run_one(args, model_name: str, data: str, x, y, x_eval, y_eval) -> pd.DataFr
     from mpsearch.sensitivity.distill import distill_bn_data
 
     model = load_pretrained(model_name, args.data_dir)
-    space = discover(model)
+    space = discover(model, bits=tuple(int(b) for b in args.bits.split(",")))
     if data == "real":
         calib = Calibration.classification(x, y, batch_size=64)
     else:
