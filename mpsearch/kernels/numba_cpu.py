@@ -190,7 +190,7 @@ class GemvWeight:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the prepared arrays (codes, scales, zero-points or scale * zero)."""
+        """Bytes of the prepared arrays (codes, scales, zero-points)."""
         arrays = self._args if self._lut is None else self._lut[:3]
         return sum(a.nbytes for a in arrays)
 

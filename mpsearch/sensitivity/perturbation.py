@@ -201,9 +201,8 @@ def channel_means(model: nn.Module, module: nn.Module, data: Calibration) -> tor
     count = [0]
 
     def hook(m, i, o):
-        o = o.double()
-        flat = (o.transpose(1, -1) if isinstance(m, nn.Conv2d) else o).reshape(-1, o.shape[
-            1 if isinstance(m, nn.Conv2d) else -1])
+        o = (o.transpose(1, -1) if isinstance(m, nn.Conv2d) else o).double()  # channels last
+        flat = o.reshape(-1, o.shape[-1])
         total.append(flat.sum(0))
         count[0] += flat.shape[0]
 
