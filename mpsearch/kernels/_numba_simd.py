@@ -12,9 +12,11 @@ Offsets are flat element offsets from an array's data pointer; nothing is bounds
 
 from __future__ import annotations
 
-from llvmlite import ir
+from functools import cache
+
+from llvmlite import binding, ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
 from mpsearch.kernels._chunk_slots import chunk_slot
@@ -92,6 +94,41 @@ def vstore(typingctx, arr, off, vec):
     return types.none(arr, off, vec), codegen
 
 
+@cache
+def _target_has_f16c() -> bool:
+    """Whether the CPU Numba compiles for converts float16 in hardware (x86 F16C)."""
+    if config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME set (portable caches)
+        return "+f16c" in (config.CPU_FEATURES or "")
+    return bool(binding.get_host_cpu_features().get("f16c", False))
+
+
+def _half_to_float(builder, h16):
+    """float16 bits (i16, or a vector of them) -> float32, exactly.
+
+    ``fpext half`` where the target converts in hardware (F16C). Elsewhere
+    (``NUMBA_CPU_NAME=generic``, ARM) LLVM would lower it to a libcall (``__extendhfsf2``) that
+    Numba's JIT cannot resolve, so integer operations do it: magnitude bits shifted into a
+    float32 and scaled by 2^112 give every finite half exactly (subnormals too); exponent 31
+    maps to inf/NaN; the sign is put back last.
+    """
+    vec = isinstance(h16.type, ir.VectorType)
+    if _target_has_f16c():
+        return builder.fpext(builder.bitcast(h16, ir.VectorType(ir.HalfType(), LANES) if vec
+                                             else ir.HalfType()), _VF if vec else ir.FloatType())
+    i32 = ir.VectorType(_I32, LANES) if vec else _I32
+    f32 = _VF if vec else ir.FloatType()
+    const = (lambda n: ir.Constant(i32, [n] * LANES)) if vec else (lambda n: ir.Constant(i32, n))
+    h = builder.zext(h16, i32)
+    mag = builder.shl(builder.and_(h, const(0x7FFF)), const(13))
+    scaled = builder.fmul(builder.bitcast(mag, f32),
+                          ir.Constant(f32, [2.0 ** 112] * LANES) if vec else ir.Constant(f32, 2.0 ** 112))
+    special = builder.icmp_unsigned(">=", mag, const(0x7C00 << 13))  # exponent 31: inf or NaN
+    out = builder.select(special, builder.or_(mag, const(0x7F800000)),
+                         builder.bitcast(scaled, i32))
+    sign = builder.shl(builder.and_(h, const(0x8000)), const(16))
+    return builder.bitcast(builder.or_(out, sign), f32)
+
+
 @intrinsic
 def vload_scale(typingctx, arr, off):
     """Sixteen scales as float32: from float16 bits (a uint16 array) or from float32."""
@@ -100,9 +137,9 @@ def vload_scale(typingctx, arr, off):
     def codegen(context, builder, sig, args):
         if not is_half:
             return builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], _VF), align=4)
-        vh = ir.VectorType(ir.HalfType(), LANES)
-        return builder.fpext(builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], vh),
-                                          align=2), _VF)
+        vh = ir.VectorType(ir.IntType(16), LANES)
+        return _half_to_float(builder, builder.load(
+            _ptr(context, builder, sig.args[0], args[0], args[1], vh), align=2))
     return f32x16(arr, off), codegen
 
 
@@ -112,9 +149,9 @@ def scale_at(typingctx, arr, off):
     is_half = arr.dtype == types.uint16
 
     def codegen(context, builder, sig, args):
-        elt = ir.HalfType() if is_half else ir.FloatType()
+        elt = ir.IntType(16) if is_half else ir.FloatType()
         v = builder.load(_ptr(context, builder, sig.args[0], args[0], args[1], elt))
-        return builder.fpext(v, ir.FloatType()) if is_half else v
+        return _half_to_float(builder, v) if is_half else v
     return types.float32(arr, off), codegen
 
 
