@@ -50,8 +50,9 @@ def _out_channels(module: nn.Module) -> int:
     return int(weight_matrix(module.weight, quantizable_kind(module)).shape[0])
 
 
-def _channel_mean(delta: torch.Tensor, kind: str | None, mask: torch.Tensor | None) -> tuple[torch.Tensor, float]:
-    """Sum over every position of each output channel, and the number of positions."""
+def channel_sums(delta: torch.Tensor, kind: str | None, mask: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """Sum over every position of each output channel, and the number of positions: dim 1 of a
+    conv output, else the last dim; for (B, T, C) outputs with a (B, T) token mask, real tokens only."""
     if kind == "conv2d":
         return delta.sum(dim=(0, 2, 3)), float(delta.numel() // delta.shape[1])
     flat = delta.reshape(-1, delta.shape[-1])
@@ -87,7 +88,7 @@ def measure_bias_correction(model: nn.Module, plan: BitPlan, batches: Iterable[A
 
         def record(mod, inputs, output):
             delta = output - reference[name](*inputs)
-            total, n = _channel_mean(delta.detach().double(), kind, current["mask"])
+            total, n = channel_sums(delta.detach().double(), kind, current["mask"])
             sums[name] = sums.get(name, 0) + total
             counts[name] = counts.get(name, 0.0) + n
         return record

@@ -29,6 +29,7 @@ measured, and are listed in ``details["extrapolated"]``.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from ..errors import ConfigError
 from ..kernels.fake import quantizable_kind
 from ..kernels.quantize import fake_quantize, matrix_to_weight, weight_matrix
 from ..space import SearchSpace
-from ._forward import batch_output, is_encoder_batch
+from ._forward import batch_output, is_encoder_batch, token_mask
 from .base import (
     ESTIMATORS,
     Calibration,
@@ -174,8 +175,9 @@ class PerturbationKLCorrected(PerturbationKL):
 
     def _measure(self, model, module, data, references, metric) -> float:
         shift = channel_means(model, module, data) - self._fp_means
-        hook = module.register_forward_hook(
-            lambda m, i, o: o - shift.to(o.dtype).view(_channel_shape(m, o)))
+        conv = quantizable_kind(module) == "conv2d"  # channels on dim 1, else on the last dim
+        hook = module.register_forward_hook(lambda m, i, o: o - shift.to(o.dtype).view(
+            (1, -1) + (1,) * (o.dim() - 2) if conv else (1,) * (o.dim() - 1) + (-1,)))
         try:
             return self.divergence(model, data, references, metric)
         finally:
@@ -186,33 +188,29 @@ class PerturbationKLCorrected(PerturbationKL):
         return super()._unit_costs(model, module, bits, space, data, references, metric)
 
 
-def _channel_shape(module: nn.Module, out: torch.Tensor) -> tuple[int, ...]:
-    """Shape that broadcasts one value per output channel: dim 1 of a conv, else the last."""
-    if isinstance(module, nn.Conv2d):
-        return (1, -1) + (1,) * (out.dim() - 2)
-    return (1,) * (out.dim() - 1) + (-1,)
-
-
 @torch.no_grad()
 def channel_means(model: nn.Module, module: nn.Module, data: Calibration) -> torch.Tensor:
-    """Mean of each output channel of ``module`` (dim 1 of a conv, else the last dim) over all
-    calibration samples and positions (padded tokens included), in float64."""
-    total: list[torch.Tensor] = []
-    count = [0]
+    """Mean of each output channel of ``module`` over the calibration data, counted as
+    :func:`~mpsearch.bias_correction.measure_bias_correction` counts it (every position of a
+    conv; real tokens only for tokenizer batches), in float64."""
+    # imported here: mpsearch.bias_correction imports this package
+    from ..bias_correction import channel_sums
+
+    kind = quantizable_kind(module)
+    acc: dict[str, Any] = {"sum": 0.0, "n": 0.0, "mask": None}
 
     def hook(m, i, o):
-        o = (o.transpose(1, -1) if isinstance(m, nn.Conv2d) else o).double()  # channels last
-        flat = o.reshape(-1, o.shape[-1])
-        total.append(flat.sum(0))
-        count[0] += flat.shape[0]
+        total, n = channel_sums(o.detach().double(), kind, acc["mask"])
+        acc["sum"], acc["n"] = acc["sum"] + total, acc["n"] + n
 
     handle = module.register_forward_hook(hook)
     try:
         for batch in data.batches:
+            acc["mask"] = token_mask(batch)
             batch_output(model, batch)
     finally:
         handle.remove()
-    return torch.stack(total).sum(0) / count[0]
+    return acc["sum"] / max(acc["n"], 1.0)
 
 
 __all__ = ["PerturbationKL", "PerturbationKLCorrected", "channel_means", "output_divergence"]

@@ -71,3 +71,24 @@ def test_channel_means_of_conv_and_token_outputs():
     with torch.no_grad():
         want = lin(t).double().mean(dim=(0, 1))
     torch.testing.assert_close(channel_means(tokens, lin, calib), want)
+
+
+def test_channel_means_count_real_tokens_only_as_bias_correction_does():
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, input_ids, attention_mask):
+            return self.lin(self.embed(input_ids))
+
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    ids = torch.randint(0, 10, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    data = Calibration(batches=({"input_ids": ids, "attention_mask": mask},), sizes=(2,))
+    with torch.no_grad():
+        out = model(ids, mask).double()
+    want = out[mask.bool()].mean(dim=0)  # the 8 real tokens, not the 2 padded ones
+    torch.testing.assert_close(channel_means(model, model.lin, data), want)
