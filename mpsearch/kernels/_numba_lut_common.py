@@ -20,13 +20,12 @@ Numba keys its disk cache on the file of each compiled function: after editing t
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 from typing import NamedTuple
 
 import numpy as np
-from llvmlite import binding, ir
+from llvmlite import ir
 from numba import njit
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from mpsearch.errors import DataError
@@ -38,6 +37,7 @@ from mpsearch.kernels._numba_simd import (
     f32x16,
     i32x16,
     prefetch,
+    target_has,
     vadd,
     vload,
     vload_scale,
@@ -57,28 +57,12 @@ _C1 = np.array([e // 4 for e in range(16)], np.float32)
 _B4 = np.array([4.0 * ((e >> i) & 1) for i in range(4) for e in range(16)], np.float32)
 
 
-def _host_has(feature: str) -> bool:
-    if config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME set (portable caches)
-        return f"+{feature}" in (config.CPU_FEATURES or "")
-    return bool(binding.get_host_cpu_features().get(feature, False))
-
-
-@cache
-def has_avx512f() -> bool:
-    """Whether the CPU Numba compiles for has AVX-512F (``vpermps`` on 16 lanes)."""
-    return _host_has("avx512f")
-
-
-@cache
-def _has_ifma() -> bool:
-    return _host_has("avx512ifma")
-
-
 def supported(K: int, G: int | None, multiple: int) -> bool:
-    """An AVX-512F host, and K and G (if given) multiples of ``multiple`` (16 or 32)."""
+    """An AVX-512F target (``vpermps`` on 16 lanes), and K and G (if given) multiples of
+    ``multiple`` (16 or 32)."""
     if K < multiple or K % multiple or (G is not None and (G < multiple or G % multiple)):
         return False
-    return has_avx512f()
+    return target_has("avx512f")
 
 
 class LutWeights(NamedTuple):
@@ -161,7 +145,7 @@ def _shr(typingctx, v, s):
         raise TypeError(f"_shr needs 0 < s <= 16, got {sh}")
 
     def codegen(context, builder, sig, args):
-        if sh == 16 or not _has_ifma():
+        if sh == 16 or not target_has("avx512ifma"):
             return builder.lshr(args[0], ir.Constant(_VI, [sh] * TILE))
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VQ, [_VQ] * 3),
                                             "llvm.x86.avx512.vpmadd52h.uq.512")

@@ -95,11 +95,12 @@ def vstore(typingctx, arr, off, vec):
 
 
 @cache
-def _target_has_f16c() -> bool:
-    """Whether the CPU Numba compiles for converts float16 in hardware (x86 F16C)."""
-    if config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME set (portable caches)
-        return "+f16c" in (config.CPU_FEATURES or "")
-    return bool(binding.get_host_cpu_features().get("f16c", False))
+def target_has(feature: str) -> bool:
+    """Whether the CPU Numba compiles for has an LLVM feature ("f16c", "avx512f", ...): the
+    host's, or with ``NUMBA_CPU_NAME`` set (portable caches) those named in ``NUMBA_CPU_FEATURES``."""
+    if config.CPU_NAME not in (None, "host"):
+        return f"+{feature}" in (config.CPU_FEATURES or "")
+    return bool(binding.get_host_cpu_features().get(feature, False))
 
 
 def _half_to_float(builder, h16):
@@ -112,7 +113,7 @@ def _half_to_float(builder, h16):
     maps to inf/NaN; the sign is put back last.
     """
     vec = isinstance(h16.type, ir.VectorType)
-    if _target_has_f16c():
+    if target_has("f16c"):
         return builder.fpext(builder.bitcast(h16, ir.VectorType(ir.HalfType(), LANES) if vec
                                              else ir.HalfType()), _VF if vec else ir.FloatType())
     i32 = ir.VectorType(_I32, LANES) if vec else _I32

@@ -36,8 +36,8 @@ def widen_sixteen_at_a_time():
 @pytest.mark.parametrize("make", [widen_one_by_one, widen_sixteen_at_a_time])
 def test_float16_bits_widen_exactly(make, hardware: bool, monkeypatch) -> None:
     if not hardware:  # compile as for a target without F16C (NUMBA_CPU_NAME=generic, ARM)
-        monkeypatch.setattr(simd, "_target_has_f16c", lambda: False)
-    elif not simd._target_has_f16c():
+        monkeypatch.setattr(simd, "target_has", lambda feature: feature != "f16c")
+    elif not simd.target_has("f16c"):
         pytest.skip("this CPU has no F16C")
     want = ALL_HALVES.view(np.float16).astype(np.float32)
     got = make()(ALL_HALVES)  # a fresh function: compiled now, under this setting
