@@ -136,24 +136,6 @@ def _unscale(y, exponents):
                 y[b, o] = np.float32(math.ldexp(np.float64(y[b, o]), -exponents[b]))
 
 
-@njit(inline="always", **_OPTS)
-def group_sum(x, start, end, mult):
-    """sum of ``x[start:end] * mult`` in float64, four independent chains (one chain is
-    latency-bound), added in a fixed order."""
-    s0 = s1 = s2 = s3 = 0.0
-    k = start
-    while k + 4 <= end:
-        s0 += np.float64(x[k] * mult)
-        s1 += np.float64(x[k + 1] * mult)
-        s2 += np.float64(x[k + 2] * mult)
-        s3 += np.float64(x[k + 3] * mult)
-        k += 4
-    while k < end:
-        s0 += np.float64(x[k] * mult)
-        k += 1
-    return (s0 + s1) + (s2 + s3)
-
-
 @njit(**_OPTS)
 def prepare_x(x, slot_scale, group, n_groups):
     """x in the kernels' order, in one pass: (xp, xt, xs, exponents).
@@ -187,7 +169,18 @@ def prepare_x(x, slot_scale, group, n_groups):
             exponents[b] = -math.frexp(amax)[1]
             mult = np.float32(math.ldexp(1.0, exponents[b]))
         for g in range(n_groups):
-            xs[b, g] = group_sum(x[b], g * group, min(K, (g + 1) * group), mult)
+            s0 = s1 = s2 = s3 = 0.0
+            k, end = g * group, min(K, (g + 1) * group)
+            while k + 4 <= end:
+                s0 += np.float64(x[b, k] * mult)
+                s1 += np.float64(x[b, k + 1] * mult)
+                s2 += np.float64(x[b, k + 2] * mult)
+                s3 += np.float64(x[b, k + 3] * mult)
+                k += 4
+            while k < end:
+                s0 += np.float64(x[b, k] * mult)
+                k += 1
+            xs[b, g] = (s0 + s1) + (s2 + s3)
         for blk in range(nblk):
             base, src = (blk * nb + b) * 128, blk * 128
             for j in range(8):

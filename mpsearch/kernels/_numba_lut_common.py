@@ -29,7 +29,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from mpsearch.errors import DataError
-from mpsearch.kernels._numba_kernels import group_sum
 from mpsearch.kernels._numba_simd import (
     _VF,
     _VI,
@@ -189,7 +188,15 @@ def pair_tables(x, G, ng):
         vstore(tab, 16 * p, vadd(vmul(a, vsplat(x[2 * p])), vmul(b, vsplat(x[2 * p + 1]))))
     nxs = np.empty(ng, np.float32)
     for g in range(ng):
-        nxs[g] = -group_sum(x, g * G, min(K, (g + 1) * G), np.float32(1))
+        s0 = s1 = s2 = s3 = 0.0
+        k, end = g * G, min(K, (g + 1) * G)
+        while k + 4 <= end:  # groups are multiples of 16 positions
+            s0 += np.float64(x[k])
+            s1 += np.float64(x[k + 1])
+            s2 += np.float64(x[k + 2])
+            s3 += np.float64(x[k + 3])
+            k += 4
+        nxs[g] = -((s0 + s1) + (s2 + s3))
     return tab, nxs
 
 

@@ -5,8 +5,8 @@
 ``_numba_lut4``); :func:`make_gemv` wraps one of them in the shared driver: tasks of tiles
 claimed from a shared counter, K in blocks whose tables stay in L1 while every tile of the task
 uses them, two tiles per table load, prefetching, and the per-group fold. Numba keys its disk
-cache on this file only: after editing ``_numba_lut_common.py``, ``_numba_kernels.py`` or
-``_numba_simd.py``, touch this file.
+cache on this file only: after editing ``_numba_lut_common.py`` or ``_numba_simd.py``, touch
+this file.
 """
 
 from __future__ import annotations
