@@ -176,9 +176,12 @@ def check_ceiling(costs: CostTable, budgets: Iterable[Budget | float] | None, *,
     typo or a wrong unit than intended. A budget exactly at the maximum is valid. Plain numbers
     are budgets of ``kind``; ``None`` (a front without budget values) checks nothing.
     """
+    tops: dict[str, float] = {}  # the maximum depends on the kind only: one pass per kind
     for b in budgets or ():
         b = b if isinstance(b, Budget) else Budget(kind=kind, value=float(b))
-        top = costs.max_usage(b)
+        if b.kind not in tops:
+            tops[b.kind] = costs.max_usage(b)
+        top = tops[b.kind]
         if b.value <= top * (1 + CEILING_RTOL) + 1e-12:
             continue
         what, unit = {"avg_bits": ("an average-bits budget", " bits/weight"),
