@@ -66,8 +66,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     x, y = to_tensor(images[: args.calib]), torch.from_numpy(labels[: args.calib])
     model = load_pretrained(args.model, data_dir)
     space = discover_quietly(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
-    if space.float_notice():
-        print(f"note: {space.float_notice()}", file=sys.stderr)
+    if notice := space.float_notice():
+        print(f"note: {notice}", file=sys.stderr)
     checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
     estimator = HutchinsonTrace(seed=args.seed, tol=args.tol, max_probes=args.max_probes, progress=not args.quiet,
                                 checkpoint=checkpoint, time_limit=args.time_limit)
@@ -92,8 +92,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if costs.meta.get("float_modules"):  # only then: the space module imports torch
         from .space import float_notice_of
 
-        notice = float_notice_of(costs)
-        if notice:
+        if notice := float_notice_of(costs):
             print(f"note: {notice}", file=sys.stderr)
     budgets = [Budget.parse(b) for b in args.budget]
     result = solve(costs, budgets, solver=args.solver, time_limit=args.time_limit)

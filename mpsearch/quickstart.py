@@ -88,8 +88,8 @@ def run_quickstart(
 
     t0 = time.perf_counter()
     space = discover_quietly(model)
-    if space.float_notice():
-        log(f"note: {space.float_notice()}")
+    if notice := space.float_notice():
+        log(f"note: {notice}")
     calib = Calibration.classification(x_cal, y_cal, batch_size=calib_batch)
     estimator = HutchinsonTrace(seed=seed, tol=tol, max_probes=max_probes, progress=progress)
     sens = estimator.estimate(model, calib, space)
