@@ -57,6 +57,7 @@ import torch
 from mpsearch._io import atomic_savefig, atomic_write_text
 from mpsearch.budget import Budget
 from mpsearch.costs import CostTable, GroupIndex
+from mpsearch.errors import ConfigError
 from mpsearch.kernels.config import QuantizerConfig, Scheme
 from mpsearch.kernels.quantize import dequantize, overhead_bits, quantize, weight_matrix
 from mpsearch.sensitivity import Calibration, Estimator, Sensitivity, get_estimator
@@ -139,8 +140,9 @@ class PerUnitBudget(Solver):
 
     def _solve(self, costs: CostTable, budgets, *, time_limit=None) -> SolveResult:
         if not isinstance(costs.items, GroupIndex) or any(b.kind != "avg_bits" for b in budgets):
-            raise ValueError(f"{self.name} needs a group-granularity table and avg_bits budgets only, "
-                             f"but got {type(costs.items).__name__} items and {[b.kind for b in budgets]}.")
+            raise ConfigError(f"{self.name} needs a group-granularity table and avg_bits budgets only, "
+                              f"but got {type(costs.items).__name__} items and {[b.kind for b in budgets]}. "
+                              f"Build the table with a group_size quantizer, or use {self.inner.name}.")
         choice = np.empty(costs.n_items, np.int64)
         for unit in costs.items.units:
             part = costs.items.unit_slice(unit)
@@ -172,7 +174,7 @@ class ErrorWeighted(Estimator):
     def __init__(self, per_weight: str = "fisher", *, at_bits: int = 3, micro_batch: int = 8, progress: bool = True,
                  cache: dict | None = None) -> None:
         if per_weight not in ("fisher", "xtx"):
-            raise ValueError(f"`per_weight` must be 'fisher' or 'xtx', but got {per_weight!r}.")
+            raise ConfigError(f"`per_weight` must be 'fisher' or 'xtx', but got {per_weight!r}. Pass one of them.")
         self.per_weight, self.at_bits, self.micro_batch, self.progress = per_weight, at_bits, micro_batch, progress
         self.cache = {} if cache is None else cache  # per-weight values do not depend on G: shared across runs
         self.name = f"{per_weight}-ew"
