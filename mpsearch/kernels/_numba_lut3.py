@@ -46,7 +46,6 @@ from mpsearch.kernels.packing import pack, unpack
 
 RUN = 32  # K-positions per run: one hi-plane word
 BLOCK_RUNS = 8  # runs per K-block: 8 + 4 KiB of tables, reused from L1 by a task
-AHEAD = BLOCK_RUNS * 48  # prefetch distance in uint32: the same tile's next K-block
 
 
 def is_supported(K: int, G: int | None) -> bool:
@@ -64,25 +63,29 @@ def _plane_words(packed: np.ndarray) -> np.ndarray:
 
 
 def prepare_lut3(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int,
-                 G: int | None) -> LutWeights:
+                 G: int | None, block_runs: int = BLOCK_RUNS,
+                 tiles_per_task: int = 16) -> LutWeights:
     """Rearrange a packed 3-bit weight (:func:`~mpsearch.kernels.packing.pack`) for the kernel.
 
     ``scale`` (out, n_groups) float16 or float32, ``zero`` (out, n_groups) uint8. Done once,
-    offline; rows are padded to a multiple of 16 with code 0 and scale 0.
+    offline; rows are padded to a multiple of 16 with code 0 and scale 0. The weight is stored
+    in the order the kernel reads it (:class:`~mpsearch.kernels._numba_lut_common.LutWeights`),
+    so the layout fixes ``tiles_per_task`` (tiles of 16 rows per task, the unit of parallel
+    work) and ``block_runs`` (runs of 32 positions per K-block,
+    the unit of table reuse).
     """
-    return prepare(packed, scale, zero, K, G, 3, RUN, _plane_words)
+    return prepare(packed, scale, zero, K, G, 3, RUN, _plane_words, block_runs, tiles_per_task)
 
 
 _gemv = make_gemv(3)
 
 
 def gemv_lut3(prepared: LutWeights, x: np.ndarray, workers: int = 1,
-              tiles_per_task: int = 16, block_runs: int = BLOCK_RUNS,
-              ahead: int = AHEAD) -> np.ndarray:
+              ahead: int = 1) -> np.ndarray:
     """y = W x, (out,) float32, for a weight from :func:`prepare_lut3` and x (K,) float32.
 
-    ``workers`` parallel loops (more than Numba's thread count do not help) claim tasks of
-    ``tiles_per_task`` tiles of 16 rows in turn; ``block_runs`` (runs of 32 positions per
-    K-block) and ``ahead`` (prefetch distance in uint32, 0 for none) are tuning knobs.
+    ``workers`` parallel loops (more than Numba's thread count do not help) claim the prepared
+    tasks in turn; ``ahead`` (prefetch the codes this many K-blocks ahead, 0 for none) is a
+    tuning knob.
     """
-    return run(_gemv, prepared, x, workers, tiles_per_task, block_runs, ahead)
+    return run(_gemv, prepared, x, workers, ahead)

@@ -66,20 +66,33 @@ def supported(K: int, G: int | None, multiple: int) -> bool:
 
 
 class LutWeights(NamedTuple):
-    """A weight rearranged for one of the LUT kernels (see the kernel module's docstring)."""
+    """A weight rearranged for one of the LUT kernels (see the kernel module's docstring).
 
-    idx: np.ndarray  # (ntiles, runs, words, 16) uint32: lane r = row 16 * tile + r
-    scale: np.ndarray  # (ntiles, n_groups, 16) fp16 bits (uint16) or float32, per tile (pad: 0)
-    zero: np.ndarray  # (ntiles, n_groups, 16) uint8, transposed per tile
+    Stored in the order the kernel reads it: in tasks of ``tiles_per_task`` tiles (the unit of
+    parallel work), each one contiguous, and within a task K in blocks of ``block_runs`` runs
+    (the unit of table reuse), each block holding every tile's runs in turn::
+
+        idx = [task 0: [block 0: tile 0 runs 0..b-1 | tile 1 runs 0..b-1 | ...][block 1: ...]]
+              [task 1: ...] ...
+
+    The scales and zero-points are group-major, the tiles of a group side by side.
+    """
+
+    idx: np.ndarray  # flat uint32: (block, tile, run in block, words, 16), lane r = row 16 t + r
+    scale: np.ndarray  # (n_groups, ntiles, 16) fp16 bits (uint16) or float32 (padding rows: 0)
+    zero: np.ndarray  # (n_groups, ntiles, 16) uint8
     out: int
     K: int
     G: int  # G, or K when there is one group per row
+    block_runs: int  # runs per K-block of idx
+    tiles_per_task: int  # tiles per task of idx
 
 
 def prepare(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int, G: int | None,
-            bits: int, multiple: int,
-            words: Callable[[np.ndarray], np.ndarray]) -> LutWeights:
-    """Check a packed ``bits``-bit weight, pad its rows to whole tiles and transpose per tile.
+            bits: int, multiple: int, words: Callable[[np.ndarray], np.ndarray],
+            block_runs: int, tiles_per_task: int) -> LutWeights:
+    """Check a packed ``bits``-bit weight, pad its rows to whole tiles and lay it out in the
+    order the kernel reads it (:class:`LutWeights`).
 
     ``words(packed_rows)`` turns (rows, K * bits / 8) packed bytes into (rows, runs, n) uint32
     index words. Scales stay in their dtype (float16, read as uint16 bits, or float32), so the
@@ -90,6 +103,10 @@ def prepare(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int, G: 
         raise DataError(f"The {bits}-bit LUT kernel needs an AVX-512F CPU, K and G multiples of "
                         f"{multiple}, but got K={K}, G={G}. Check is_supported(K, G) and use "
                         f"numba_cpu.gemv.")
+    for name, v in (("block_runs", block_runs), ("tiles_per_task", tiles_per_task)):
+        if not isinstance(v, int | np.integer) or v < 1:
+            raise DataError(f"`{name}` must be an integer >= 1, but got {v!r}. Keep the default "
+                            f"unless tuning.")
     out = packed.shape[0]
     ng = 1 if G is None else -(-K // G)
     if packed.shape != (out, bits * K // 8) or scale.shape != (out, ng) or zero.shape != (out, ng):
@@ -100,15 +117,17 @@ def prepare(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int, G: 
     pad = ((0, ntiles * TILE - out), (0, 0))
     w = words(np.pad(np.ascontiguousarray(packed, np.uint8), pad))
     w = w.reshape(ntiles, TILE, w.shape[1], w.shape[2]).transpose(0, 2, 3, 1)
+    nrun, T = w.shape[1], tiles_per_task
+    idx = np.concatenate([w[t:t + T, b:b + block_runs].reshape(-1) for t in range(0, ntiles, T)
+                          for b in range(0, nrun, block_runs)] or [np.empty(0, np.uint32)])
     sc = np.asarray(scale)
     sc = sc.view(np.uint16) if sc.dtype == np.float16 else sc.astype(np.float32, copy=False)
 
-    def per_tile(a: np.ndarray) -> np.ndarray:  # (rows, n) -> (ntiles, n, 16)
-        return np.ascontiguousarray(a.reshape(ntiles, TILE, a.shape[1]).transpose(0, 2, 1))
+    def per_group(a: np.ndarray) -> np.ndarray:  # (rows, ng) -> (ng, ntiles, 16)
+        return np.ascontiguousarray(np.pad(a, pad).T.reshape(a.shape[1], ntiles, TILE))
 
-    return LutWeights(np.ascontiguousarray(w), per_tile(np.pad(sc, pad)),
-                      per_tile(np.pad(np.asarray(zero, np.uint8), pad)), out, K,
-                      K if ng == 1 else G)
+    return LutWeights(idx, per_group(sc), per_group(np.asarray(zero, np.uint8)), out, K,
+                      K if ng == 1 else G, block_runs, tiles_per_task)
 
 
 @intrinsic
@@ -233,16 +252,15 @@ def fold(acc, i, nt, s, opened, closes, sf, zf, o, nxg, ahead):
     vstore(acc, z, vmuladd(vmul(sv, vload_u8f(zf, o)), vsplat(nxg), vload(acc, z)))
 
 
-def run(gemv: Callable, prepared: LutWeights, x: np.ndarray, workers: int, tiles_per_task: int,
-        block_runs: int, ahead: int) -> np.ndarray:
+def run(gemv: Callable, prepared: LutWeights, x: np.ndarray, workers: int, ahead: int
+        ) -> np.ndarray:
     """Check the call's arguments, then y = W x with a driver from ``_numba_lut_driver``."""
     xa = np.ascontiguousarray(x, np.float32)
     if xa.shape != (prepared.K,):
         raise DataError(f"`x` must have shape ({prepared.K},) for this weight, but got "
                         f"{xa.shape}. Pass one activation vector of length K.")
-    if min(workers, tiles_per_task, block_runs) < 1 or ahead < 0:
-        raise DataError(f"`workers`, `tiles_per_task` and `block_runs` must be >= 1 and `ahead` "
-                        f">= 0, but got {workers}, {tiles_per_task}, {block_runs}, {ahead}. "
+    if workers < 1 or ahead < 0:
+        raise DataError(f"`workers` must be >= 1 and `ahead` >= 0, but got {workers}, {ahead}. "
                         f"Keep the defaults unless tuning.")
-    return gemv(prepared.idx, prepared.scale, prepared.zero, xa, prepared.G, prepared.out,
-                workers, tiles_per_task, block_runs, ahead)
+    return gemv(prepared.idx, prepared.scale, prepared.zero, xa, prepared.K, prepared.G,
+                prepared.out, prepared.block_runs, prepared.tiles_per_task, workers, ahead)

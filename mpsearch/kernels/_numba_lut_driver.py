@@ -37,6 +37,7 @@ from mpsearch.kernels._numba_simd import (
 )
 
 POSITIONS = {2: 16, 3: 32, 4: 16}  # K-positions per run of index words
+WORDS = {2: 1, 3: 3, 4: 2}  # index words per run
 
 
 @njit(inline="always", **OPTS)
@@ -99,7 +100,7 @@ def _runs4(flat, pairs, base, base2, q0, q1, ahead):
 def make_gemv(bits: int) -> Callable:
     """The parallel batch-1 driver of the ``bits``-bit LUT kernel (2, 3 or 4).
 
-    ``gemv(idx, scale, zero, x, G, out, workers, tiles_per_task, block_runs, ahead) -> y``;
+    ``gemv(idx, scale, zero, x, K, G, out, block_runs, tiles_per_task, workers, ahead) -> y``;
     each row is summed in a fixed order by one thread, for any thread count or task size
     (``block_runs`` changes the order only where a group spans K-blocks). The width only picks
     the inner loop (``_runs<bits>``), a compile-time branch: the closure holds nothing but
@@ -109,17 +110,18 @@ def make_gemv(bits: int) -> Callable:
     if bits not in POSITIONS:
         raise ValueError(f"`bits` must be 2, 3 or 4 for a LUT kernel, but got bits={bits!r}.")
     B, P, QUADS = bits, POSITIONS[bits], bits == 3
+    W16 = WORDS[bits] * 16  # uint32 per run of a tile
 
     @njit(parallel=True, **OPTS)
-    def gemv(idx, scale, zero, x, G, out, workers, tiles_per_task, block_runs, ahead):
-        ntiles, nrun = idx.shape[0], idx.shape[1]
-        stride = idx.shape[2] * 16 * nrun  # uint32 per tile
-        ng = scale.shape[1]
+    def gemv(idx, scale, zero, x, K, G, out, block_runs, tiles_per_task, workers, ahead):
+        ng, ntiles = scale.shape[0], scale.shape[1]
+        nrun = K // P
         rpg = G // P  # runs per group
-        sahead = max(1, block_runs // rpg) * 16 if ahead else 0  # scales of the next K-block
+        # Prefetch distance to the scales of the same tile ``ahead`` K-blocks on (in groups).
+        sahead = ahead * max(1, block_runs // rpg) * ntiles * 16
         pairs, nxs = pair_tables(x, G, ng)
         tquad = quad_tables(x) if QUADS else pairs
-        flat, sf, zf = idx.reshape(idx.size), scale.reshape(scale.size), zero.reshape(zero.size)
+        sf, zf = scale.reshape(scale.size), zero.reshape(zero.size)
         y = np.empty(ntiles * 16, np.float32)
         ntasks = (ntiles + tiles_per_task - 1) // tiles_per_task
         claimed = np.empty(1, np.int64)  # not np.zeros: that would be a parallel loop
@@ -135,27 +137,31 @@ def make_gemv(bits: int) -> Callable:
                 for i in range(2 * nt):
                     vstore(acc, i * 16, vzero())
                 # K in blocks of block_runs runs: their tables stay in L1 for all nt tiles.
+                # (the same tile's codes ``ahead`` K-blocks on: exact but for the last, shorter one)
+                cahead = ahead * nt * block_runs * W16
                 for kb0 in range(0, nrun, block_runs):
                     kb1 = min(nrun, kb0 + block_runs)
                     for i in range(0, nt, 2):
                         k = min(i + 1, nt - 1)  # tile i's partner (itself if it is the odd last)
+                        # run q of the task's tile i is at (t0 nrun + kb0 nt + i blen + q - kb0) W16
+                        b1 = (t0 * nrun + kb0 * (nt - 1) + i * (kb1 - kb0)) * W16
+                        b2 = (t0 * nrun + kb0 * (nt - 1) + k * (kb1 - kb0)) * W16
                         q = kb0
                         while q < kb1:
                             g = q // rpg
                             gend = min(nrun, (g + 1) * rpg)
                             qe = min(kb1, gend)
-                            b1, b2 = (t0 + i) * stride, (t0 + k) * stride
                             if B == 2:
-                                s, s2 = _runs2(flat, pairs, b1, b2, q, qe, ahead)
+                                s, s2 = _runs2(idx, pairs, b1, b2, q, qe, cahead)
                             elif B == 3:
-                                s, s2 = _runs3(flat, pairs, tquad, b1, b2, q, qe, ahead)
+                                s, s2 = _runs3(idx, pairs, tquad, b1, b2, q, qe, cahead)
                             else:
-                                s, s2 = _runs4(flat, pairs, b1, b2, q, qe, ahead)
+                                s, s2 = _runs4(idx, pairs, b1, b2, q, qe, cahead)
                             fold(acc, i, nt, s, q != g * rpg, qe == gend, sf, zf,
-                                  ((t0 + i) * ng + g) * 16, nxs[g], sahead)
+                                  (g * ntiles + t0 + i) * 16, nxs[g], sahead)
                             if k != i:
                                 fold(acc, k, nt, s2, q != g * rpg, qe == gend, sf, zf,
-                                      ((t0 + k) * ng + g) * 16, nxs[g], sahead)
+                                      (g * ntiles + t0 + k) * 16, nxs[g], sahead)
                             q = qe
                 for i in range(nt):
                     vstore(y, (t0 + i) * 16, vadd(vload(acc, i * 16), vload(acc, (nt + i) * 16)))

@@ -28,8 +28,9 @@ needs_avx512 = pytest.mark.skipif(not kernel(2).is_supported(32, None),
                                   reason="the LUT kernels need an AVX-512F CPU")
 
 
-def prepared(bits: int, codes, scale, zero, K: int, G: int | None):
-    return getattr(kernel(bits), f"prepare_lut{bits}")(pack(codes, bits), scale, zero, K, G)
+def prepared(bits: int, codes, scale, zero, K: int, G: int | None, **layout):
+    return getattr(kernel(bits), f"prepare_lut{bits}")(pack(codes, bits), scale, zero, K, G,
+                                                       **layout)
 
 
 def gemv(bits: int, w, x, **knobs):
@@ -86,14 +87,15 @@ def test_each_bit_of_each_position_lands_in_its_table(bits: int) -> None:
 @pytest.mark.parametrize("bits", BITS)
 def test_same_result_for_any_threads_and_tasks(bits: int) -> None:
     codes, scale, zero, x, ref = make_case(bits, 200, 1024, 128, seed=3)
-    w = prepared(bits, codes, scale, zero, 1024, 128)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        one = gemv(bits, w, x, workers=1, tiles_per_task=16)
+        one = gemv(bits, prepared(bits, codes, scale, zero, 1024, 128), x, workers=1)
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        two = gemv(bits, w, x, workers=2, tiles_per_task=1)
-        three = gemv(bits, w, x, workers=2, tiles_per_task=5)
+        two = gemv(bits, prepared(bits, codes, scale, zero, 1024, 128, tiles_per_task=1), x,
+                   workers=2)
+        three = gemv(bits, prepared(bits, codes, scale, zero, 1024, 128, tiles_per_task=5), x,
+                     workers=2)
     finally:
         numba.set_num_threads(before)
     assert_close(one, ref)
@@ -103,14 +105,32 @@ def test_same_result_for_any_threads_and_tasks(bits: int) -> None:
 
 @needs_avx512
 @pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("block_runs, ahead", [(1, 0), (3, 48), (32, 1024), (1000, 0)])
+@pytest.mark.parametrize("block_runs, ahead", [(1, 0), (3, 1), (32, 2), (1000, 0)])
 @pytest.mark.parametrize("G", [64, 256, None])
 def test_tuning_knobs_keep_results(bits: int, block_runs: int, ahead: int, G: int | None) -> None:
-    """K-blocks that split groups or cover all of K, with and without prefetching."""
+    """K-blocks that split groups or cover all of K, with and without prefetching, in tasks
+    whose last one is short."""
     codes, scale, zero, x, ref = make_case(bits, 45, 1024, G, seed=block_runs)
-    w = prepared(bits, codes, scale, zero, 1024, G)
-    y = gemv(bits, w, x, tiles_per_task=3, block_runs=block_runs, ahead=ahead)
-    assert_close(y, ref)
+    w = prepared(bits, codes, scale, zero, 1024, G, block_runs=block_runs, tiles_per_task=2)
+    assert_close(gemv(bits, w, x, workers=2, ahead=ahead), ref)
+
+
+@needs_avx512
+@pytest.mark.parametrize("bits", BITS)
+def test_layout_is_the_read_order(bits: int) -> None:
+    """Each task's codes are one contiguous piece, K-block by K-block, tile by tile: the
+    prepared words of a task and block are exactly its tiles' rows over that block."""
+    K, T, br = 256, 2, 3
+    codes, scale, zero, _, _ = make_case(bits, 80, K, 64, seed=1)  # 5 tiles: tasks of 2, 2, 1
+    tiled = prepared(bits, codes, scale, zero, K, 64, block_runs=1000, tiles_per_task=1000).idx
+    w = prepared(bits, codes, scale, zero, K, 64, block_runs=br, tiles_per_task=T)
+    ntiles, per_tile = 5, tiled.size // 5
+    runs = K // KERNELS[bits][1]  # K-positions per run = the multiple K must be of
+    tiles = tiled.reshape(ntiles, runs, per_tile // runs)  # one task, one block: plain tile order
+    expected = [tiles[t0:t0 + T, b:b + br].reshape(-1) for t0 in range(0, ntiles, T)
+                for b in range(0, runs, br)]
+    np.testing.assert_array_equal(w.idx, np.concatenate(expected))
+    assert w.scale.shape == (K // 64, ntiles, 16) and w.zero.shape == (K // 64, ntiles, 16)
 
 
 @needs_avx512
@@ -162,6 +182,9 @@ def test_rejects_bad_inputs(bits: int) -> None:
     with pytest.raises(DataError, match="must have shape"):
         gemv(bits, w, x[:32])
     with pytest.raises(DataError, match="must be >= 1"):
-        gemv(bits, w, x, tiles_per_task=0)
-    with pytest.raises(DataError, match="must be >= 1"):
+        gemv(bits, w, x, workers=0)
+    with pytest.raises(DataError, match="`ahead` >= 0"):
         gemv(bits, w, x, ahead=-1)
+    for knob in ("tiles_per_task", "block_runs"):
+        with pytest.raises(DataError, match=f"`{knob}` must be an integer >= 1"):
+            prepared(bits, codes, scale, zero, 64, 32, **{knob: 0})
