@@ -40,7 +40,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.kernels._numba_lut_common import LutWeights, prepare, run, supported
+from mpsearch.kernels._numba_lut_common import (
+    AHEAD,
+    LutWeights,
+    prepare,
+    run,
+    supported,
+)
 from mpsearch.kernels._numba_lut_driver import make_gemv
 from mpsearch.kernels.packing import pack, unpack
 
@@ -81,11 +87,11 @@ _gemv = make_gemv(3)
 
 
 def gemv_lut3(prepared: LutWeights, x: np.ndarray, workers: int = 1,
-              ahead: int = 1) -> np.ndarray:
+              ahead: int = AHEAD) -> np.ndarray:
     """y = W x, (out,) float32, for a weight from :func:`prepare_lut3` and x (K,) float32.
 
     ``workers`` parallel loops (more than Numba's thread count do not help) claim the prepared
-    tasks in turn; ``ahead`` (prefetch the codes this many K-blocks ahead, 0 for none) is a
-    tuning knob.
+    tasks in turn; ``ahead`` (prefetch distance in uint32 along the task's codes, 0 for none)
+    is a tuning knob.
     """
     return run(_gemv, prepared, x, workers, ahead)

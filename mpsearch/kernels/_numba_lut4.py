@@ -40,7 +40,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.kernels._numba_lut_common import LutWeights, prepare, run, supported
+from mpsearch.kernels._numba_lut_common import (
+    AHEAD,
+    LutWeights,
+    prepare,
+    run,
+    supported,
+)
 from mpsearch.kernels._numba_lut_driver import make_gemv
 
 RUN = 16  # K-positions per run: one word per plane
@@ -87,11 +93,11 @@ _gemv = make_gemv(4)
 
 
 def gemv_lut4(prepared: LutWeights, x: np.ndarray, workers: int = 1,
-              ahead: int = 1) -> np.ndarray:
+              ahead: int = AHEAD) -> np.ndarray:
     """y = W x, (out,) float32, for a weight from :func:`prepare_lut4` and x (K,) float32.
 
     ``workers`` parallel loops (more than Numba's thread count do not help) claim the prepared
-    tasks in turn; ``ahead`` (prefetch the codes this many K-blocks ahead, 0 for none) is a
-    tuning knob.
+    tasks in turn; ``ahead`` (prefetch distance in uint32 along the task's codes, 0 for none)
+    is a tuning knob.
     """
     return run(_gemv, prepared, x, workers, ahead)

@@ -41,26 +41,28 @@ WORDS = {2: 1, 3: 3, 4: 2}  # index words per run
 
 
 @njit(inline="always", **OPTS)
-def _runs2(flat, pairs, base, base2, q0, q1, ahead):
-    """Sums over runs q0..q1 of two tiles (at flat offsets ``base``, ``base2``), 4 chains each."""
+def _runs2(flat, pairs, base, base2, step, q0, q1, ahead):
+    """Sums over runs q0..q1 of two tiles (run q at flat offsets ``base + q step``,
+    ``base2 + q step``), 4 chains each."""
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = vzero()
     for q in range(q0, q1):
         if ahead:
-            prefetch(flat, base + q * 16 + ahead)
-            prefetch(flat, base2 + q * 16 + ahead)
+            prefetch(flat, base + q * step + ahead)
+            prefetch(flat, base2 + q * step + ahead)
         to = q * 128
-        a0, a1, a2, a3 = word(pairs, to, load_words(flat, base + q * 16), a0, a1, a2, a3)
-        b0, b1, b2, b3 = word(pairs, to, load_words(flat, base2 + q * 16), b0, b1, b2, b3)
+        a0, a1, a2, a3 = word(pairs, to, load_words(flat, base + q * step), a0, a1, a2, a3)
+        b0, b1, b2, b3 = word(pairs, to, load_words(flat, base2 + q * step), b0, b1, b2, b3)
     return chains_sum(a0, a1, a2, a3), chains_sum(b0, b1, b2, b3)
 
 
 @njit(inline="always", **OPTS)
-def _runs3(flat, pairs, quads, base, base2, q0, q1, ahead):
-    """Sums over runs q0..q1 of two tiles (at flat offsets ``base``, ``base2``), 4 chains each:
-    per run the two lo words (pair tables 16q..16q+15) and the hi word (quad tables 8q..8q+7)."""
+def _runs3(flat, pairs, quads, base, base2, step, q0, q1, ahead):
+    """Sums over runs q0..q1 of two tiles (run q at flat offsets ``base + q step``,
+    ``base2 + q step``), 4 chains each: per run the two lo words (pair tables 16q..16q+15) and
+    the hi word (quad tables 8q..8q+7)."""
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = vzero()
     for q in range(q0, q1):
-        o, o2 = base + q * 48, base2 + q * 48
+        o, o2 = base + q * step, base2 + q * step
         if ahead:
             for w in range(0, 48, 16):
                 prefetch(flat, o + ahead + w)
@@ -75,13 +77,14 @@ def _runs3(flat, pairs, quads, base, base2, q0, q1, ahead):
 
 
 @njit(inline="always", **OPTS)
-def _runs4(flat, pairs, base, base2, q0, q1, ahead):
-    """Sums over runs q0..q1 of two tiles (at flat offsets ``base``, ``base2``): per tile the
-    lo plane's 4 chains plus 4 times the hi plane's (both index the same pair tables)."""
+def _runs4(flat, pairs, base, base2, step, q0, q1, ahead):
+    """Sums over runs q0..q1 of two tiles (run q at flat offsets ``base + q step``,
+    ``base2 + q step``): per tile the lo plane's 4 chains plus 4 times the hi plane's (both
+    index the same pair tables)."""
     a0 = a1 = a2 = a3 = c0 = c1 = c2 = c3 = vzero()  # tile 1: lo, hi
     b0 = b1 = b2 = b3 = d0 = d1 = d2 = d3 = vzero()  # tile 2: lo, hi
     for q in range(q0, q1):
-        o, o2 = base + q * 32, base2 + q * 32
+        o, o2 = base + q * step, base2 + q * step
         if ahead:
             prefetch(flat, o + ahead)
             prefetch(flat, o + ahead + 16)
@@ -117,8 +120,9 @@ def make_gemv(bits: int) -> Callable:
         ng, ntiles = scale.shape[0], scale.shape[1]
         nrun = K // P
         rpg = G // P  # runs per group
-        # Prefetch distance to the scales of the same tile ``ahead`` K-blocks on (in groups).
-        sahead = ahead * max(1, block_runs // rpg) * ntiles * 16
+        # Codes are prefetched ``ahead`` uint32 on in the task's stream; scales, when ahead > 0,
+        # those of the same tile's next K-block.
+        sahead = min(ahead, 1) * max(1, block_runs // rpg) * ntiles * 16
         pairs, nxs = pair_tables(x, G, ng)
         tquad = quad_tables(x) if QUADS else pairs
         sf, zf = scale.reshape(scale.size), zero.reshape(zero.size)
@@ -137,26 +141,26 @@ def make_gemv(bits: int) -> Callable:
                 for i in range(2 * nt):
                     vstore(acc, i * 16, vzero())
                 # K in blocks of block_runs runs: their tables stay in L1 for all nt tiles.
-                # (the same tile's codes ``ahead`` K-blocks on: exact but for the last, shorter one)
-                cahead = ahead * nt * block_runs * W16
                 for kb0 in range(0, nrun, block_runs):
                     kb1 = min(nrun, kb0 + block_runs)
                     for i in range(0, nt, 2):
                         k = min(i + 1, nt - 1)  # tile i's partner (itself if it is the odd last)
-                        # run q of the task's tile i is at (t0 nrun + kb0 nt + i blen + q - kb0) W16
-                        b1 = (t0 * nrun + kb0 * (nt - 1) + i * (kb1 - kb0)) * W16
-                        b2 = (t0 * nrun + kb0 * (nt - 1) + k * (kb1 - kb0)) * W16
+                        # Tiles i and k alternate run by run from the task's offset t0 nrun W16
+                        # + its block's kb0 nt W16 + (i (kb1 - kb0) + 2 (q - kb0)) W16.
+                        step = W16 * (1 + k - i)
+                        b1 = (t0 * nrun + kb0 * nt + i * (kb1 - kb0)) * W16 - kb0 * step
+                        b2 = b1 + W16
                         q = kb0
                         while q < kb1:
                             g = q // rpg
                             gend = min(nrun, (g + 1) * rpg)
                             qe = min(kb1, gend)
                             if B == 2:
-                                s, s2 = _runs2(idx, pairs, b1, b2, q, qe, cahead)
+                                s, s2 = _runs2(idx, pairs, b1, b2, step, q, qe, ahead)
                             elif B == 3:
-                                s, s2 = _runs3(idx, pairs, tquad, b1, b2, q, qe, cahead)
+                                s, s2 = _runs3(idx, pairs, tquad, b1, b2, step, q, qe, ahead)
                             else:
-                                s, s2 = _runs4(idx, pairs, b1, b2, q, qe, cahead)
+                                s, s2 = _runs4(idx, pairs, b1, b2, step, q, qe, ahead)
                             fold(acc, i, nt, s, q != g * rpg, qe == gend, sf, zf,
                                   (g * ntiles + t0 + i) * 16, nxs[g], sahead)
                             if k != i:

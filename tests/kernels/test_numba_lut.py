@@ -105,7 +105,7 @@ def test_same_result_for_any_threads_and_tasks(bits: int) -> None:
 
 @needs_avx512
 @pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("block_runs, ahead", [(1, 0), (3, 1), (32, 2), (1000, 0)])
+@pytest.mark.parametrize("block_runs, ahead", [(1, 0), (3, 16), (32, 2048), (1000, 0)])
 @pytest.mark.parametrize("G", [64, 256, None])
 def test_tuning_knobs_keep_results(bits: int, block_runs: int, ahead: int, G: int | None) -> None:
     """K-blocks that split groups or cover all of K, with and without prefetching, in tasks
@@ -118,19 +118,23 @@ def test_tuning_knobs_keep_results(bits: int, block_runs: int, ahead: int, G: in
 @needs_avx512
 @pytest.mark.parametrize("bits", BITS)
 def test_layout_is_the_read_order(bits: int) -> None:
-    """Each task's codes are one contiguous piece, K-block by K-block, tile by tile: the
-    prepared words of a task and block are exactly its tiles' rows over that block."""
-    K, T, br = 256, 2, 3
-    codes, scale, zero, _, _ = make_case(bits, 80, K, 64, seed=1)  # 5 tiles: tasks of 2, 2, 1
-    tiled = prepared(bits, codes, scale, zero, K, 64, block_runs=1000, tiles_per_task=1000).idx
+    """Each task's codes are one contiguous stream, K-block by K-block; within a block the
+    tiles go in pairs whose two tiles alternate run by run, an odd last tile alone."""
+    K, T, br = 256, 3, 3
+    codes, scale, zero, _, _ = make_case(bits, 80, K, 64, seed=1)  # 5 tiles: tasks of 3 and 2
+    plain = prepared(bits, codes, scale, zero, K, 64, block_runs=1000, tiles_per_task=1)
     w = prepared(bits, codes, scale, zero, K, 64, block_runs=br, tiles_per_task=T)
-    ntiles, per_tile = 5, tiled.size // 5
     runs = K // KERNELS[bits][1]  # K-positions per run = the multiple K must be of
-    tiles = tiled.reshape(ntiles, runs, per_tile // runs)  # one task, one block: plain tile order
-    expected = [tiles[t0:t0 + T, b:b + br].reshape(-1) for t0 in range(0, ntiles, T)
-                for b in range(0, runs, br)]
+    tiles = plain.idx.reshape(5, runs, -1)  # one tile per task and block: plain tile order
+    expected = []
+    for t0 in (0, 3):
+        for b in range(0, runs, br):
+            block = tiles[t0:min(5, t0 + T), b:b + br]
+            expected.append(np.stack([block[0], block[1]], axis=1).reshape(-1))  # the pair
+            if len(block) == 3:
+                expected.append(block[2].reshape(-1))  # the odd last tile
     np.testing.assert_array_equal(w.idx, np.concatenate(expected))
-    assert w.scale.shape == (K // 64, ntiles, 16) and w.zero.shape == (K // 64, ntiles, 16)
+    assert w.scale.shape == (K // 64, 5, 16) and w.zero.shape == (K // 64, 5, 16)
 
 
 @needs_avx512
