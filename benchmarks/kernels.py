@@ -11,8 +11,9 @@ and kernel times vary by up to 1.8x between runs.) Batch-1 times are "cold": a
 buffer 3x the size of the last-level cache is read before each call, so weights come from DRAM
 as in real inference (the floor assumes that); "hot" times (the same call again at once,
 weights in cache) are given too. The flush runs on the measured method's own thread pool
-(Numba's for our kernels, torch's for torch's), as the previous layer of a model would, so the
-pool is awake and no other pool spins on its cores. Threads = cores for torch and numba;
+(Numba's for our kernels, torch's for torch's), as the previous layer of a model would, after
+a 5 ms pause that lets the other pool's threads stop spinning: the pool is awake and no other
+pool spins on its cores. Threads = cores for torch and numba;
 OpenMP threads spin ``GOMP_SPINCOUNT`` times after a call, then sleep (see below). The
 settings and the load average are recorded in the output.
 
@@ -49,6 +50,11 @@ from mpsearch.kernels.torch_packed import packed_matmul
 
 G = 128
 BITS = (2, 3, 4, 8)
+# Pause before each flush: after a call, a pool's threads kept spinning 1-2 ms of CPU here
+# (longer than the 0.5 ms GOMP_SPINCOUNT suggests), so without it the first method of one pool
+# after the other's shared its cores with the spinning threads through its flush and its timed
+# call (our 2-bit GEMV after torch's fp32 matmul: 0.175-0.186 ms instead of 0.15).
+QUIET_S = 0.005
 LLC_BYTES = 32 << 20  # last-level cache of the benchmark machine (lscpu: L3 32 MiB)
 
 
@@ -98,6 +104,7 @@ def interleaved(entries: list[tuple[Callable, Callable | None]], repeats: int) -
     for _ in range(repeats):
         for i, (fn, flush) in enumerate(entries):
             if flush is not None:
+                time.sleep(QUIET_S)  # the previous method's pool stops spinning, then ours wakes
                 flush()
             t0 = time.perf_counter()
             fn()
@@ -295,6 +302,7 @@ def main() -> None:
                        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
                        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()]},
            "settings": {"quick": args.quick, "repeats": repeats, "warmup": 3, "G": G,
+                        "pause_before_flush_s": QUIET_S,
                         "statistic": "median", "cold": "batch-1 'ms' after reading a "
                         f"{3 * LLC_BYTES >> 20} MiB buffer on the method's own thread pool; "
                         "'ms_hot' without",

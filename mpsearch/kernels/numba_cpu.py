@@ -163,8 +163,9 @@ class GemvWeight:
     table-lookup kernel (:mod:`mpsearch.kernels._numba_lut`: 16 rows in the vector lanes, two
     codes per ``vpermps`` index); 3- and 4-bit weights for its bit-plane forms (``_numba_lut3``:
     a 2-bit plus a 1-bit plane, K and G multiples of 32; ``_numba_lut4``: two 2-bit planes):
-    the same bytes (codes, scales, zero-points), transposed per tile of 16 rows. Every other weight
-    keeps its row layout and runs :func:`gemv`. ``kernel`` says which: "lut2", "lut3", "lut4"
+    the same bytes (codes, scales, zero-points), stored in the order the kernel reads them (one
+    stream per task of up to 32 tiles of 16 rows, sized for Numba's thread count at
+    preparation). Every other weight keeps its row layout and runs :func:`gemv`. ``kernel`` says which: "lut2", "lut3", "lut4"
     or "rows".
 
     >>> import numpy as np
