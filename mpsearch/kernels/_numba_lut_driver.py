@@ -149,7 +149,7 @@ def make_gemv(bits: int) -> Callable:
                         # + its block's kb0 nt W16 + (i (kb1 - kb0) + 2 (q - kb0)) W16.
                         step = W16 * (1 + k - i)
                         b1 = (t0 * nrun + kb0 * nt + i * (kb1 - kb0)) * W16 - kb0 * step
-                        b2 = b1 + W16
+                        b2 = b1 + W16 * (k - i)  # a lone tile is its own partner: no reads past it
                         q = kb0
                         while q < kb1:
                             g = q // rpg
