@@ -14,7 +14,6 @@ from numba import njit, prange
 
 from mpsearch.kernels._chunk_slots import slot_exponents
 from mpsearch.kernels._numba_kernels import (
-    _OPTS,
     _code_at,
     _dot,
     _group_index,
@@ -24,6 +23,7 @@ from mpsearch.kernels._numba_kernels import (
     prepare_x,
 )
 from mpsearch.kernels._numba_simd import (
+    OPTS,
     fetch_add,
     load_chunks,
     scale_at,
@@ -52,7 +52,7 @@ def make_gemm(bits: int) -> Callable:
     B_, BLK, HI, R = bits, 16 * bits, int(bits > 4), ROW_TILE
     EXPS = tuple(slot_exponents(bits))
 
-    @njit(parallel=True, **_OPTS)
+    @njit(parallel=True, **OPTS)
     def gemm(packed, scale, zero, x, G, lane_mode, rows_per_task, workers):
         out = packed.shape[0]
         ng = scale.shape[1]
@@ -132,7 +132,7 @@ def make_gemm(bits: int) -> Callable:
     return gemm
 
 
-@njit(parallel=True, **_OPTS)
+@njit(parallel=True, **OPTS)
 def gemm_any_group(packed, scale, zero, x, bits, G, y):
     """Plain kernel for group sizes the fast kernels cannot take (G not a multiple of 8).
 

@@ -36,6 +36,7 @@ from numba import njit, prange
 
 from mpsearch.kernels._chunk_slots import slot_exponents
 from mpsearch.kernels._numba_simd import (
+    OPTS,
     fetch_add,
     load_chunks,
     prefetch,
@@ -54,14 +55,13 @@ from mpsearch.kernels._numba_simd import (
     vzero,
 )
 
-_OPTS = {"fastmath": False, "cache": True}
 # gemv prefetches the codes this many bytes ahead for widths >= 4. Measured from DRAM at
 # 4096x4096 and 11008x4096: -15% time at 8 bits, -4..7% at 4 bits; at 2 and 3 bits no gain or
 # a loss (their blocks take longer to decode than to load).
 PREFETCH_AHEAD = 4096
 
 
-@njit(inline="always", **_OPTS)
+@njit(inline="always", **OPTS)
 def _row_scales(scale_row, zero_row, sf, sz):
     """sf[g] = scale as float32, sz[g] = scale * zero, for one row."""
     ng = scale_row.shape[0]
@@ -78,7 +78,7 @@ def _row_scales(scale_row, zero_row, sf, sz):
         g += 1
 
 
-@njit(inline="always", **_OPTS)
+@njit(inline="always", **OPTS)
 def _dot(a, b, boff, n):
     """sum_i a[i] * b[boff + i] in float32, 16 lanes then a fixed-order lane sum."""
     acc = vzero()
@@ -93,7 +93,7 @@ def _dot(a, b, boff, n):
     return total
 
 
-@njit(inline="always", **_OPTS)
+@njit(inline="always", **OPTS)
 def _code_at(row, k, bits):
     """Code k of a packed row (little-endian bit stream), read from at most two bytes."""
     bit = k * bits
@@ -104,7 +104,7 @@ def _code_at(row, k, bits):
     return (v >> (bit & 7)) & ((1 << bits) - 1)
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _slot_scales(exps):
     """2^-e_j per slot j: undoes the power of two the in-place decode leaves (exact)."""
     out = np.empty(8, np.float32)
@@ -113,7 +113,7 @@ def _slot_scales(exps):
     return out
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _group_index(nblk, group, lane_mode):
     """Group of each 128-code block (broadcast mode) or of each eight-code chunk (lane mode)."""
     if lane_mode:
@@ -127,7 +127,7 @@ def _group_index(nblk, group, lane_mode):
     return grp
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _unscale(y, exponents):
     """Undo prepare_x's 2^e scaling of tiny rows of x on their outputs (exact up to rounding)."""
     for b in range(y.shape[0]):
@@ -136,7 +136,7 @@ def _unscale(y, exponents):
                 y[b, o] = np.float32(math.ldexp(np.float64(y[b, o]), -exponents[b]))
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def prepare_x(x, slot_scale, group, n_groups):
     """x in the kernels' order, in one pass: (xp, xt, xs, exponents).
 
@@ -203,7 +203,7 @@ def make_gemv(bits: int, ahead: int | None = None) -> Callable:
     if ahead is None:
         ahead = PREFETCH_AHEAD if bits >= 4 else 0
 
-    @njit(parallel=True, **_OPTS)
+    @njit(parallel=True, **OPTS)
     def gemv(packed, scale, zero, x, G, lane_mode, rows_per_task, workers):
         out = packed.shape[0]
         ng = scale.shape[1]

@@ -79,15 +79,8 @@ def _words(packed: np.ndarray) -> np.ndarray:
 def prepare_lut2(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int,
                  G: int | None, block_runs: int = BLOCK_RUNS,
                  tiles_per_task: int = 16) -> LutWeights:
-    """Rearrange a packed 2-bit weight (:func:`~mpsearch.kernels.packing.pack`) for the kernel.
-
-    ``scale`` (out, n_groups) float16 or float32, ``zero`` (out, n_groups) uint8. Done once,
-    offline; rows are padded to a multiple of 16 with code 0 and scale 0. The weight is stored
-    in the order the kernel reads it (:class:`~mpsearch.kernels._numba_lut_common.LutWeights`),
-    so the layout fixes ``tiles_per_task`` (tiles of 16 rows per task, the unit of parallel
-    work) and ``block_runs`` (runs of 16 positions per K-block,
-    the unit of table reuse).
-    """
+    """Rearrange a packed 2-bit weight (:func:`~mpsearch.kernels.packing.pack`) for the kernel,
+    once, offline (arguments: :func:`~mpsearch.kernels._numba_lut_common.prepare`)."""
     return prepare(packed, scale, zero, K, G, 2, RUN, _words, block_runs, tiles_per_task)
 
 
@@ -96,10 +89,6 @@ _gemv = make_gemv(2)
 
 def gemv_lut2(prepared: LutWeights, x: np.ndarray, workers: int = 1,
               ahead: int = AHEAD) -> np.ndarray:
-    """y = W x, (out,) float32, for a weight from :func:`prepare_lut2` and x (K,) float32.
-
-    ``workers`` parallel loops (more than Numba's thread count do not help) claim the prepared
-    tasks in turn; ``ahead`` (prefetch distance in uint32 along the task's codes, 0 for none)
-    is a tuning knob.
-    """
+    """y = W x, (out,) float32, for a weight from :func:`prepare_lut2` and x (K,) float32
+    (knobs: :func:`~mpsearch.kernels._numba_lut_common.run`)."""
     return run(_gemv, prepared, x, workers, ahead)

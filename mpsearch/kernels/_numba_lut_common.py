@@ -32,6 +32,7 @@ from mpsearch.errors import DataError
 from mpsearch.kernels._numba_simd import (
     _VF,
     _VI,
+    OPTS,
     _literal,
     _ptr,
     f32x16,
@@ -49,7 +50,6 @@ from mpsearch.kernels._numba_simd import (
 )
 
 TILE = 16  # rows per tile = SIMD lanes
-OPTS = {"fastmath": False, "cache": True}
 # Codes are prefetched this many uint32 (8 KiB) ahead in a task's stream: from DRAM at 2 and 4
 # bits, 2 threads, 4-10 % faster than one K-block ahead, and 2 KiB was slower.
 AHEAD = 2048
@@ -97,8 +97,11 @@ def prepare(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int, G: 
             bits: int, multiple: int, words: Callable[[np.ndarray], np.ndarray],
             block_runs: int, tiles_per_task: int) -> LutWeights:
     """Check a packed ``bits``-bit weight, pad its rows to whole tiles and lay it out in the
-    order the kernel reads it (:class:`LutWeights`).
+    order the kernel reads it (:class:`LutWeights`): the work of every ``prepare_lut<bits>``.
 
+    ``scale`` (out, n_groups) float16 or float32, ``zero`` (out, n_groups) uint8. The layout
+    fixes ``tiles_per_task`` (tiles of 16 rows per task, the unit of parallel work) and
+    ``block_runs`` (runs of ``multiple`` positions per K-block, the unit of table reuse).
     ``words(packed_rows)`` turns (rows, K * bits / 8) packed bytes into (rows, runs, n) uint32
     index words. Scales stay in their dtype (float16, read as uint16 bits, or float32), so the
     kernel reads the bytes the packed weight stores. Done once, offline; padding rows have code
@@ -268,7 +271,13 @@ def fold(acc, i, nt, s, opened, closes, sf, zf, o, nxg, ahead):
 
 def run(gemv: Callable, prepared: LutWeights, x: np.ndarray, workers: int, ahead: int
         ) -> np.ndarray:
-    """Check the call's arguments, then y = W x with a driver from ``_numba_lut_driver``."""
+    """Check the call's arguments, then y = W x with a driver from ``_numba_lut_driver``: the
+    work of every ``gemv_lut<bits>``.
+
+    ``workers`` parallel loops (more than Numba's thread count do not help) claim the prepared
+    tasks in turn; ``ahead`` (prefetch distance in uint32 along the task's codes, 0 for none)
+    is a tuning knob.
+    """
     xa = np.ascontiguousarray(x, np.float32)
     if xa.shape != (prepared.K,):
         raise DataError(f"`x` must have shape ({prepared.K},) for this weight, but got "

@@ -17,7 +17,6 @@ import numpy as np
 from numba import njit, prange
 
 from mpsearch.kernels._numba_lut_common import (
-    OPTS,
     chains_sum,
     fold,
     load_words,
@@ -26,6 +25,7 @@ from mpsearch.kernels._numba_lut_common import (
     word,
 )
 from mpsearch.kernels._numba_simd import (
+    OPTS,
     fetch_add,
     prefetch,
     vadd,

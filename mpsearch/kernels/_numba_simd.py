@@ -22,6 +22,8 @@ from numba.extending import intrinsic, models, register_model
 from mpsearch.kernels._chunk_slots import chunk_slot
 
 LANES = 16
+# Every packed Numba kernel: float32 in a fixed order (no fast-math), compiled once to disk.
+OPTS = {"fastmath": False, "cache": True}
 _I32 = ir.IntType(32)
 _VF = ir.VectorType(ir.FloatType(), LANES)
 _VI = ir.VectorType(_I32, LANES)
