@@ -26,6 +26,7 @@ from mpsearch.kernels._numba_simd import (
     OPTS,
     fetch_add,
     load_chunks,
+    njit_as,
     scale_at,
     slot,
     vadd,
@@ -52,7 +53,7 @@ def make_gemm(bits: int) -> Callable:
     B_, BLK, HI, R = bits, 16 * bits, int(bits > 4), ROW_TILE
     EXPS = tuple(slot_exponents(bits))
 
-    @njit(parallel=True, **OPTS)
+    @njit_as(f"gemm{bits}", parallel=True, **OPTS)
     def gemm(packed, scale, zero, x, G, lane_mode, rows_per_task, workers):
         out = packed.shape[0]
         ng = scale.shape[1]

@@ -39,6 +39,7 @@ from mpsearch.kernels._numba_simd import (
     OPTS,
     fetch_add,
     load_chunks,
+    njit_as,
     prefetch,
     scale_at,
     slot,
@@ -203,7 +204,7 @@ def make_gemv(bits: int, ahead: int | None = None) -> Callable:
     if ahead is None:
         ahead = PREFETCH_AHEAD if bits >= 4 else 0
 
-    @njit(parallel=True, **OPTS)
+    @njit_as(f"gemv{bits}", parallel=True, **OPTS)
     def gemv(packed, scale, zero, x, G, lane_mode, rows_per_task, workers):
         out = packed.shape[0]
         ng = scale.shape[1]

@@ -27,6 +27,7 @@ from mpsearch.kernels._numba_lut_common import (
 from mpsearch.kernels._numba_simd import (
     OPTS,
     fetch_add,
+    njit_as,
     prefetch,
     vadd,
     vload,
@@ -115,7 +116,7 @@ def make_gemv(bits: int) -> Callable:
     B, P, QUADS = bits, POSITIONS[bits], bits == 3
     W16 = WORDS[bits] * 16  # uint32 per run of a tile
 
-    @njit(parallel=True, **OPTS)
+    @njit_as(f"gemv{bits}", parallel=True, **OPTS)
     def gemv(idx, scale, zero, x, K, G, out, block_runs, tiles_per_task, workers, ahead):
         ng, ntiles = scale.shape[0], scale.shape[1]
         nrun = K // P

@@ -12,10 +12,11 @@ Offsets are flat element offsets from an array's data pointer; nothing is bounds
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 from llvmlite import binding, ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
@@ -27,6 +28,22 @@ OPTS = {"fastmath": False, "cache": True}
 _I32 = ir.IntType(32)
 _VF = ir.VectorType(ir.FloatType(), LANES)
 _VI = ir.VectorType(_I32, LANES)
+
+
+def njit_as(name: str, **options) -> Callable:
+    """``njit(**options)`` for a kernel a factory makes per width, under a name of its own.
+
+    Numba names a compiled function (and its environment, which holds what its boxed results
+    need) after its qualified name and a per-process counter. Closures from one factory share a
+    qualified name, so two widths compiled in different processes can come back from the disk
+    cache under one name, and the second one loaded then fails ("'descr' is NULL"). Renaming
+    each closure (``gemv2``, ``gemv3``, ...) keeps their names, and their cache files, apart.
+    """
+    def wrap(fn: Callable) -> Callable:
+        fn.__qualname__ = f"{fn.__qualname__.rpartition('.')[0]}.{name}".lstrip(".")
+        fn.__name__ = name
+        return njit(**options)(fn)
+    return wrap
 
 
 class VecType(types.Type):
