@@ -8,7 +8,8 @@ indices (one or more "planes" of index words). Shared here:
 * the lookups: ``vpermps`` (:func:`_lookup`), nibble shifts (:func:`_shr`, on the IFMA multiply
   pipes where the CPU has them, since ``vpermps`` and vector shifts compete for the shuffle
   pipes) and :func:`word`, the eight lookups of one index word into four chains;
-* the tables: pairs of x (:func:`_pair_tables`) and quads of x (:func:`_quad_tables`);
+* the tables: pairs of x (:func:`pair_tables`) and quads of x (:func:`quad_tables`), built
+  by the workers in parts, and the group sums of x (:func:`neg_group_sums`);
 * the group fold ``sum_g scale * group sum - scale * zero * xsum`` (:func:`fold`) and the
   argument checks of a call (:func:`run`).
 
@@ -24,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
-from numba import njit
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -156,6 +157,31 @@ def load_words(typingctx, arr, off):
 
 
 @intrinsic
+def wait_until(typingctx, arr, idx, target):
+    """Spin (with ``pause``) until ``arr[idx]`` (int64, bumped by :func:`fetch_add` in other
+    threads) reaches ``target``; what those threads wrote before their bump is then visible.
+
+    Only safe where whatever is still to bump the counter is already running, not waiting for
+    this thread (a worker that claims a piece of shared work finishes it before it waits).
+    """
+    def codegen(context, builder, sig, args):
+        ptr = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(64))
+        want = context.cast(builder, args[2], sig.args[2], types.int64)
+        pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                               "llvm.x86.sse2.pause")
+        loop, done = builder.append_basic_block("spin"), builder.append_basic_block("spun")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        have = builder.load_atomic(ptr, "acquire", 8)
+        with builder.if_then(builder.icmp_signed("<", have, want)):
+            builder.call(pause, [])
+        builder.cbranch(builder.icmp_signed("<", have, want), loop, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+    return types.none(arr, idx, target), codegen
+
+
+@intrinsic
 def _lookup(typingctx, table, off, idx):
     """Lane r = ``table[off + (idx[r] & 15)]``: one AVX-512 ``vpermps``."""
     def codegen(context, builder, sig, args):
@@ -213,15 +239,30 @@ def chains_sum(r0, r1, r2, r3):
     return vadd(vadd(r0, r1), vadd(r2, r3))
 
 
-@njit(**OPTS)
-def pair_tables(x, G, ng):
-    """(tab, nxs): the K/2 pair tables, flat, ``tab[16p + e] = c0(e) x[2p] + c1(e) x[2p+1]``,
-    and minus the per-group sums of x (float64 in four chains, rounded to float32)."""
-    K = x.shape[0]
-    tab = np.empty(K * 8, np.float32)
+@njit(inline="always", **OPTS)
+def pair_tables(x, tab, k0, k1):
+    """Pair tables of positions k0..k1 (even) into ``tab`` (K * 8 float32, flat):
+    ``tab[16p + e] = c0(e) x[2p] + c1(e) x[2p+1]``."""
     a, b = vload(_C0, 0), vload(_C1, 0)
-    for p in range(K // 2):
+    for p in range(k0 // 2, k1 // 2):
         vstore(tab, 16 * p, vadd(vmul(a, vsplat(x[2 * p])), vmul(b, vsplat(x[2 * p + 1]))))
+
+
+@njit(inline="always", **OPTS)
+def quad_tables(x, tab, k0, k1):
+    """Quad tables of positions k0..k1 (multiples of 4) into ``tab`` (K * 4 float32, flat):
+    ``tab[16q + e] = 4 * sum_i bit_i(e) * x[4q + i]``."""
+    b0, b1, b2, b3 = vload(_B4, 0), vload(_B4, 16), vload(_B4, 32), vload(_B4, 48)
+    for q in range(k0 // 4, k1 // 4):
+        k = 4 * q
+        vstore(tab, 16 * q, vadd(vadd(vmul(b0, vsplat(x[k])), vmul(b1, vsplat(x[k + 1]))),
+                                 vadd(vmul(b2, vsplat(x[k + 2])), vmul(b3, vsplat(x[k + 3])))))
+
+
+@njit(inline="always", **OPTS)
+def neg_group_sums(x, G, ng):
+    """Minus the per-group sums of x (float64 in four chains, rounded to float32)."""
+    K = x.shape[0]
     nxs = np.empty(ng, np.float32)
     for g in range(ng):
         s0 = s1 = s2 = s3 = 0.0
@@ -233,19 +274,7 @@ def pair_tables(x, G, ng):
             s3 += np.float64(x[k + 3])
             k += 4
         nxs[g] = -((s0 + s1) + (s2 + s3))
-    return tab, nxs
-
-
-@njit(**OPTS)
-def quad_tables(x):
-    """The K/4 quad tables, flat: ``tab[16q + e] = 4 * sum_i bit_i(e) * x[4q + i]``."""
-    tab = np.empty(x.shape[0] * 4, np.float32)
-    b0, b1, b2, b3 = vload(_B4, 0), vload(_B4, 16), vload(_B4, 32), vload(_B4, 48)
-    for q in range(x.shape[0] // 4):
-        k = 4 * q
-        vstore(tab, 16 * q, vadd(vadd(vmul(b0, vsplat(x[k])), vmul(b1, vsplat(x[k + 1]))),
-                                 vadd(vmul(b2, vsplat(x[k + 2])), vmul(b3, vsplat(x[k + 3])))))
-    return tab
+    return nxs
 
 
 @njit(inline="always", **OPTS)

@@ -20,8 +20,10 @@ from mpsearch.kernels._numba_lut_common import (
     chains_sum,
     fold,
     load_words,
+    neg_group_sums,
     pair_tables,
     quad_tables,
+    wait_until,
     word,
 )
 from mpsearch.kernels._numba_simd import (
@@ -39,6 +41,7 @@ from mpsearch.kernels._numba_simd import (
 
 POSITIONS = {2: 16, 3: 32, 4: 16}  # K-positions per run of index words
 WORDS = {2: 1, 3: 3, 4: 2}  # index words per run
+TABLE_PART = 512  # K-positions per part of the tables, built by whichever worker claims it
 
 
 @njit(inline="always", **OPTS)
@@ -124,19 +127,33 @@ def make_gemv(bits: int) -> Callable:
         # Codes are prefetched ``ahead`` uint32 on in the task's stream; scales, when ahead > 0,
         # those of the same tile's next K-block.
         sahead = min(ahead, 1) * max(1, block_runs // rpg) * ntiles * 16
-        pairs, nxs = pair_tables(x, G, ng)
-        tquad = quad_tables(x) if QUADS else pairs
+        pairs = np.empty(K * 8, np.float32)
+        tquad = np.empty(K * 4, np.float32) if QUADS else pairs
+        nxs = neg_group_sums(x, G, ng)
         sf, zf = scale.reshape(scale.size), zero.reshape(zero.size)
         y = np.empty(ntiles * 16, np.float32)
         ntasks = (ntiles + tiles_per_task - 1) // tiles_per_task
-        claimed = np.empty(1, np.int64)  # not np.zeros: that would be a parallel loop
-        claimed[0] = 0
+        nparts = (K + TABLE_PART - 1) // TABLE_PART
+        # Counters of tasks claimed, table parts claimed and table parts built. Not np.zeros
+        # or claimed[:] = 0: each would be a parallel loop.
+        claimed = np.empty(3, np.int64)
+        claimed[0] = claimed[1] = claimed[2] = 0
         for _ in prange(workers):  # one per thread; tasks are claimed, not preassigned
             acc = np.empty(tiles_per_task * 48, np.float32)  # see fold
+            # Build parts of the tables, then wait until every part is built (by whichever
+            # worker claimed it: all of them are running, none waits before its parts are done).
             while True:
-                task = fetch_add(claimed, 0, 1)
-                if task >= ntasks:
+                part = fetch_add(claimed, 1, 1)
+                if part >= nparts:
                     break
+                k0, k1 = part * TABLE_PART, min(K, (part + 1) * TABLE_PART)
+                pair_tables(x, pairs, k0, k1)
+                if QUADS:
+                    quad_tables(x, tquad, k0, k1)
+                fetch_add(claimed, 2, 1)
+            wait_until(claimed, 2, nparts)
+            task = fetch_add(claimed, 0, 1)
+            while task < ntasks:
                 t0 = task * tiles_per_task
                 nt = min(ntiles, t0 + tiles_per_task) - t0
                 for i in range(2 * nt):
@@ -170,6 +187,7 @@ def make_gemv(bits: int) -> Callable:
                             q = qe
                 for i in range(nt):
                     vstore(y, (t0 + i) * 16, vadd(vload(acc, i * 16), vload(acc, (nt + i) * 16)))
+                task = fetch_add(claimed, 0, 1)
         return y[:out]
 
     return gemv

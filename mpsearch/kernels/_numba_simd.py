@@ -315,11 +315,12 @@ def fetch_add(typingctx, arr, idx, value):
 
     Lets parallel workers claim tasks from a shared counter (dynamic scheduling), so a thread
     that starts late, or shares its core with other work, simply takes fewer tasks.
+    Acquire-release: what a thread wrote before its bump is visible to a thread that sees it.
     """
     def codegen(context, builder, sig, args):
         ptr = _ptr(context, builder, sig.args[0], args[0], args[1], ir.IntType(64))
         add = context.cast(builder, args[2], sig.args[2], types.int64)
-        return builder.atomic_rmw("add", ptr, add, "monotonic")
+        return builder.atomic_rmw("add", ptr, add, "acq_rel")
     return types.int64(arr, idx, value), codegen
 
 
