@@ -81,12 +81,14 @@ class LutWeights(NamedTuple):
         idx = [task 0: [block 0: t0 r0 | t1 r0 | t0 r1 | t1 r1 | ... | t2 r0 | t3 r0 | ...]
                        [block 1: ...] ...] [task 1: ...] ...
 
-    The scales and zero-points are group-major, the tiles of a group side by side.
+    The scales and zero-points go task by task too, each task's group by group, the task's
+    tiles of a group side by side: ``[task 0: [g0: t0 | t1 | ...] [g1: ...] ...] [task 1: ...]``,
+    so that they too are one stream per task.
     """
 
     idx: np.ndarray  # flat uint32: (block, tile, run in block, words, 16), lane r = row 16 t + r
-    scale: np.ndarray  # (n_groups, ntiles, 16) fp16 bits (uint16) or float32 (padding rows: 0)
-    zero: np.ndarray  # (n_groups, ntiles, 16) uint8
+    scale: np.ndarray  # flat (task, group, tile, 16): fp16 bits (uint16) or float32 (padding: 0)
+    zero: np.ndarray  # flat (task, group, tile, 16) uint8
     out: int
     K: int
     G: int  # G, or K when there is one group per row
@@ -133,10 +135,12 @@ def prepare(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int, G: 
     sc = np.asarray(scale)
     sc = sc.view(np.uint16) if sc.dtype == np.float16 else sc.astype(np.float32, copy=False)
 
-    def per_group(a: np.ndarray) -> np.ndarray:  # (rows, ng) -> (ng, ntiles, 16)
-        return np.ascontiguousarray(np.pad(a, pad).T.reshape(a.shape[1], ntiles, TILE))
+    def per_task(a: np.ndarray) -> np.ndarray:  # (rows, ng) -> flat (task, ng, tile, 16)
+        a = np.pad(a, pad).T.reshape(ng, ntiles, TILE)
+        return np.concatenate([a[:, t:t + T].reshape(-1) for t in range(0, ntiles, T)]
+                              or [a.reshape(-1)])  # no rows: empty
 
-    return LutWeights(idx, per_group(sc), per_group(np.asarray(zero, np.uint8)), out, K,
+    return LutWeights(idx, per_task(sc), per_task(np.asarray(zero, np.uint8)), out, K,
                       K if ng == 1 else G, block_runs, tiles_per_task)
 
 

@@ -121,16 +121,15 @@ def make_gemv(bits: int) -> Callable:
 
     @njit_as(f"gemv{bits}", parallel=True, **OPTS)
     def gemv(idx, scale, zero, x, K, G, out, block_runs, tiles_per_task, workers, ahead):
-        ng, ntiles = scale.shape[0], scale.shape[1]
+        ng, ntiles = (K + G - 1) // G, (out + 15) // 16
         nrun = K // P
         rpg = G // P  # runs per group
         # Codes are prefetched ``ahead`` uint32 on in the task's stream; scales, when ahead > 0,
-        # those of the same tile's next K-block.
-        sahead = min(ahead, 1) * max(1, block_runs // rpg) * ntiles * 16
+        # those of the same tile's next K-block (groups_ahead groups on).
+        groups_ahead = min(ahead, 1) * max(1, block_runs // rpg)
         pairs = np.empty(K * 8, np.float32)
         tquad = np.empty(K * 4, np.float32) if QUADS else pairs
         nxs = neg_group_sums(x, G, ng)
-        sf, zf = scale.reshape(scale.size), zero.reshape(zero.size)
         y = np.empty(ntiles * 16, np.float32)
         ntasks = (ntiles + tiles_per_task - 1) // tiles_per_task
         nparts = (K + TABLE_PART - 1) // TABLE_PART
@@ -156,6 +155,7 @@ def make_gemv(bits: int) -> Callable:
             while task < ntasks:
                 t0 = task * tiles_per_task
                 nt = min(ntiles, t0 + tiles_per_task) - t0
+                sahead = groups_ahead * nt * 16  # the task's scales: (group, tile, 16)
                 for i in range(2 * nt):
                     vstore(acc, i * 16, vzero())
                 # K in blocks of block_runs runs: their tables stay in L1 for all nt tiles.
@@ -179,11 +179,11 @@ def make_gemv(bits: int) -> Callable:
                                 s, s2 = _runs3(idx, pairs, tquad, b1, b2, step, q, qe, ahead)
                             else:
                                 s, s2 = _runs4(idx, pairs, b1, b2, step, q, qe, ahead)
-                            fold(acc, i, nt, s, q != g * rpg, qe == gend, sf, zf,
-                                  (g * ntiles + t0 + i) * 16, nxs[g], sahead)
+                            fold(acc, i, nt, s, q != g * rpg, qe == gend, scale, zero,
+                                  (t0 * ng + g * nt + i) * 16, nxs[g], sahead)
                             if k != i:
-                                fold(acc, k, nt, s2, q != g * rpg, qe == gend, sf, zf,
-                                      (g * ntiles + t0 + k) * 16, nxs[g], sahead)
+                                fold(acc, k, nt, s2, q != g * rpg, qe == gend, scale, zero,
+                                      (t0 * ng + g * nt + k) * 16, nxs[g], sahead)
                             q = qe
                 for i in range(nt):
                     vstore(y, (t0 + i) * 16, vadd(vload(acc, i * 16), vload(acc, (nt + i) * 16)))

@@ -119,7 +119,8 @@ def test_tuning_knobs_keep_results(bits: int, block_runs: int, ahead: int, G: in
 @pytest.mark.parametrize("bits", BITS)
 def test_layout_is_the_read_order(bits: int) -> None:
     """Each task's codes are one contiguous stream, K-block by K-block; within a block the
-    tiles go in pairs whose two tiles alternate run by run, an odd last tile alone."""
+    tiles go in pairs whose two tiles alternate run by run, an odd last tile alone. Its scales
+    and zero-points are one stream too, group by group."""
     K, T, br = 256, 3, 3
     codes, scale, zero, _, _ = make_case(bits, 80, K, 64, seed=1)  # 5 tiles: tasks of 3 and 2
     plain = prepared(bits, codes, scale, zero, K, 64, block_runs=1000, tiles_per_task=1)
@@ -134,7 +135,10 @@ def test_layout_is_the_read_order(bits: int) -> None:
             if len(block) == 3:
                 expected.append(block[2].reshape(-1))  # the odd last tile
     np.testing.assert_array_equal(w.idx, np.concatenate(expected))
-    assert w.scale.shape == (K // 64, 5, 16) and w.zero.shape == (K // 64, 5, 16)
+    for got, given in ((w.scale, scale.view(np.uint16)), (w.zero, zero)):
+        per_tile = given.T.reshape(K // 64, 5, 16)  # (group, tile, row in tile), 80 rows
+        by_task = [per_tile[:, :3], per_tile[:, 3:]]  # task, then group, then tile
+        np.testing.assert_array_equal(got, np.concatenate([a.reshape(-1) for a in by_task]))
 
 
 @needs_avx512
