@@ -84,11 +84,11 @@ def prepare_lut2(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int
     return prepare(packed, scale, zero, K, G, 2, RUN, _words, block_runs, tiles_per_task)
 
 
-_gemv = make_gemv(2)
+driver = make_gemv(2)  # the jitted kernel; see bind for calling it without checks
 
 
 def gemv_lut2(prepared: LutWeights, x: np.ndarray, workers: int = 1,
               ahead: int = AHEAD) -> np.ndarray:
     """y = W x, (out,) float32, for a weight from :func:`prepare_lut2` and x (K,) float32
     (knobs: :func:`~mpsearch.kernels._numba_lut_common.run`)."""
-    return run(_gemv, prepared, x, workers, ahead)
+    return run(driver, prepared, x, workers, ahead)

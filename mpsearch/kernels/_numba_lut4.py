@@ -82,11 +82,11 @@ def prepare_lut4(packed: np.ndarray, scale: np.ndarray, zero: np.ndarray, K: int
     return prepare(packed, scale, zero, K, G, 4, RUN, _plane_words, block_runs, tiles_per_task)
 
 
-_gemv = make_gemv(4)
+driver = make_gemv(4)  # the jitted kernel; see bind for calling it without checks
 
 
 def gemv_lut4(prepared: LutWeights, x: np.ndarray, workers: int = 1,
               ahead: int = AHEAD) -> np.ndarray:
     """y = W x, (out,) float32, for a weight from :func:`prepare_lut4` and x (K,) float32
     (knobs: :func:`~mpsearch.kernels._numba_lut_common.run`)."""
-    return run(_gemv, prepared, x, workers, ahead)
+    return run(driver, prepared, x, workers, ahead)

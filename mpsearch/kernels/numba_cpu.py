@@ -35,6 +35,7 @@ from mpsearch.kernels._operands import check_activations, check_operands
 
 __all__ = ["GemvWeight", "gemm", "gemv", "is_available"]
 requires = ("numba",)
+_F32 = np.dtype(np.float32)
 _TASKS_PER_THREAD = 16  # row tasks per thread, claimed in turn (a late or busy thread takes fewer)
 
 
@@ -181,7 +182,7 @@ class GemvWeight:
         self.shape = check_operands(packed, scale, zero, bits, K, G)
         self._G = G
         self._args = (_numpy(packed, "packed"), _numpy(scale, "scale"), _numpy(zero, "zero"))
-        self._lut, self.kernel = None, "rows"
+        self._lut, self.kernel, self._bound = None, "rows", None
         lut = _lut_backend(bits) if bits in (2, 3, 4) and self.shape.out else None
         if lut is not None and lut.is_supported(K, G):
             p, s, z = self._args
@@ -189,6 +190,9 @@ class GemvWeight:
             self._lut = getattr(lut, f"prepare_lut{bits}")(p, s, z, K, G,
                                                           tiles_per_task=tiles_per_task)
             self._run_lut = getattr(lut, f"gemv_lut{bits}")
+            from mpsearch.kernels._numba_lut_common import bind  # numba only when used
+
+            self._bound = bind(lut.driver, self._lut, _workers(), lut.AHEAD)
             self._args, self.kernel = (), f"lut{bits}"
 
     @property
@@ -199,6 +203,9 @@ class GemvWeight:
 
     def __call__(self, x: Any) -> Any:
         """y (out,) float32 for x (K,); numpy or CPU torch, the result has the kind of x."""
+        if (self._bound is not None and type(x) is np.ndarray and x.dtype is _F32
+                and x.shape == (self.shape.K,) and x.strides == (4,)):
+            return self._bound(x)  # the common case straight to the kernel (see bind)
         if len(getattr(x, "shape", ())) != 1:
             raise DataError(f"`x` must be 1-D (K,), but got shape "
                             f"{tuple(getattr(x, 'shape', ()))}. Use gemm for a batch.")

@@ -53,6 +53,22 @@ def test_lut_layout_keeps_the_code_bytes(bits: int) -> None:
     assert w.nbytes == sum(a.nbytes for a in arrays)
 
 
+@pytest.mark.parametrize("bits", [2, 8])
+def test_every_kind_of_x_gives_the_same_y(bits: int) -> None:
+    """A contiguous float32 vector goes straight to the kernel; strided, float64 and torch
+    vectors through the checks and a conversion: the same y, bit for bit."""
+    arrays, x, _ = weight(bits, 40, 256, 128)
+    w = numba_cpu.GemvWeight(*arrays, bits=bits, K=256, G=128)
+    y = w(x)
+    strided = np.zeros(512, np.float32)
+    strided[::2] = x
+    for other in (strided[::2], x.astype(np.float64), torch.from_numpy(x), x[None, :][0]):
+        got = w(other)
+        np.testing.assert_array_equal(got.numpy() if isinstance(got, torch.Tensor) else got, y)
+    with pytest.raises(DataError, match="last dimension is K=256"):
+        w(np.ones(255, np.float32))
+
+
 def test_torch_in_torch_out_and_errors() -> None:
     arrays, x, ref = weight(2, 20, 128, 64)
     w = numba_cpu.GemvWeight(*(torch.from_numpy(a) for a in arrays), bits=2, K=128, G=64)
