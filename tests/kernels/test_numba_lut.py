@@ -105,6 +105,27 @@ def test_same_result_for_any_threads_and_tasks(bits: int) -> None:
 
 @needs_avx512
 @pytest.mark.parametrize("bits", BITS)
+def test_tables_built_in_parts_by_more_workers_than_threads(bits: int) -> None:
+    """The workers build the x tables in parts (512 positions; here 3, the last one short) and
+    wait for all of them: with more workers than threads nobody waits for a part that no running
+    worker holds, and the result does not depend on who built what."""
+    codes, scale, zero, x, ref = make_case(bits, 70, 1056, 32, seed=4)
+    w = prepared(bits, codes, scale, zero, 1056, 32, tiles_per_task=2)
+    before = numba.get_num_threads()
+    try:
+        got = []
+        for threads, workers in ((1, 1), (1, 3), (2, 2), (2, 5)):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            got.append(gemv(bits, w, x, workers=workers))
+    finally:
+        numba.set_num_threads(before)
+    assert_close(got[0], ref)
+    for other in got[1:]:
+        np.testing.assert_array_equal(other, got[0])
+
+
+@needs_avx512
+@pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("block_runs, ahead", [(1, 0), (3, 16), (32, 2048), (1000, 0)])
 @pytest.mark.parametrize("G", [64, 256, None])
 def test_tuning_knobs_keep_results(bits: int, block_runs: int, ahead: int, G: int | None) -> None:
