@@ -21,16 +21,18 @@ hold 16 *rows*, and two codes at a time become one table index (after T-MAC and 
   ``vpermps(T[8*run + j], idx >> 4j)`` are the 16 rows' values of pair p (vpermps reads only
   the low 4 bits of each lane, so no mask). One shift, one permute and one add per 32 codes,
   into 4 independent accumulators per tile. Per group of G codes (a multiple of 16), the
-  group sum is folded into the row totals with the tile's transposed scales (ng, ntiles, 16),
-  and ``scale * zero * sum(x over the group)`` is subtracted, as the general kernel does.
+  group sum is folded into the row totals with the tile's transposed scales (16 per tile and
+  group), and ``scale * zero * sum(x over the group)`` is subtracted, as the general kernel
+  does.
 
 The tables of all K (128 KiB) do not fit in L1, and every tile reads all of them, 8x the
 bytes of its codes. So a task of several tiles walks K in blocks of ``block_runs`` runs
 (8 KiB of tables, kept in L1 for all its tiles), two tiles sharing each table load, and
 prefetches 8 KiB ahead. The prepared weight is stored in exactly that read order, one stream
-per task (:class:`~mpsearch.kernels._numba_lut_common.LutWeights`). Read as before, tile by
-tile at a 16 KiB stride, the kernel was 15-30 % slower from DRAM (interleaved A/B, 2 threads,
-4096 x 4096 and 11008 x 4096, 2 and 4 bits).
+per task (:class:`~mpsearch.kernels._numba_lut_common.LutWeights`), and so are its scales and
+zero-points. Read as before, tile by tile at a 16 KiB stride, the kernel was 15-30 % slower
+from DRAM (interleaved A/B, 2 threads, 4096 x 4096 and 11008 x 4096, 2 and 4 bits); with the
+scales group-major (1 KiB pieces 8 KiB apart), 5-9 % slower.
 
 The tables, the lookups, the driver (tasks, K-blocks, group folding) and the layout checks are
 shared with the 3- and 4-bit kernels (:mod:`mpsearch.kernels._numba_lut_common`,
