@@ -5,7 +5,7 @@ kernel changes are worth, so two runs of ``benchmarks/kernels.py`` cannot compar
 This benchmark loads both versions into one process (the revision's ``mpsearch`` is extracted
 with ``git archive`` into a temporary directory and imported as ``mpsearch_base``) and times
 them in the same rounds: in each round every (version, width, shape) runs once, in a shuffled
-order, each call after a 96 MiB read on Numba's pool (cold, as in ``kernels.py``) and once more
+order, each call after the 96 MiB read on Numba's pool of ``kernels.py`` (cold) and once more
 at once (hot). It first checks that both versions give the same y, bit for bit.
 
     python benchmarks/kernels_ab.py --base HEAD~1               # 2-, 3- and 4-bit, 4096 x 4096
@@ -34,12 +34,9 @@ os.environ.setdefault("GOMP_SPINCOUNT", "30000")  # as in kernels.py (see there)
 import numba
 import numpy as np
 import torch
+from kernels import LLC_BYTES, G, flushers, make_weight  # benchmarks/kernels.py
 
 from mpsearch.kernels import numba_cpu
-from mpsearch.kernels.packing import pack
-
-G = 128
-FLUSH_BYTES = 96 << 20
 
 
 def load_base(rev: str, into: Path):
@@ -76,20 +73,14 @@ def main() -> None:
     numba.set_num_threads(cores)
     with tempfile.TemporaryDirectory() as tmp:
         base = load_base(args.base, Path(tmp))
-        flush_rows = FLUSH_BYTES // 4096
-        fw = (pack(np.full((flush_rows, 4096), 7, np.uint8), 8),
-              np.ones((flush_rows, 4096 // G), np.float16),
-              np.zeros((flush_rows, 4096 // G), np.uint8))
-        fx = np.ones(4096, np.float32)
+        flush = flushers(3 * LLC_BYTES)["numba"]  # the flush kernels.py uses for our kernels
         rng = np.random.default_rng(0)
         entries, checks = [], []
         for out, K in shapes:
             x = rng.standard_normal(K).astype(np.float32)
             for bits in bits_list:
-                codes = rng.integers(0, 1 << bits, (out, K), dtype=np.uint8)
-                p = pack(codes, bits)
-                s = (rng.random((out, K // G)) * 0.02 + 0.001).astype(np.float16)
-                z = rng.integers(0, 1 << bits, (out, K // G), dtype=np.uint8)
+                w = make_weight(out, K, bits, rng)
+                p, s, z = w["packed"], w["scale"], w["zero"]
                 pair = {"base": base.GemvWeight(p, s, z, bits, K, G),
                         "this": numba_cpu.GemvWeight(p, s, z, bits, K, G)}
                 checks.append({"shape": [out, K], "bits": bits,
@@ -107,7 +98,7 @@ def main() -> None:
             order = list(entries)
             random.Random(r).shuffle(order)
             for key, fn in order:
-                numba_cpu.gemv(*fw, fx, 8, 4096, G)  # flush, on Numba's pool
+                flush()
                 t0 = time.perf_counter()
                 fn()
                 cold[key].append(time.perf_counter() - t0)

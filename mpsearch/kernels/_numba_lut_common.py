@@ -331,5 +331,4 @@ def run(gemv: Callable, prepared: LutWeights, x: np.ndarray, workers: int, ahead
     if workers < 1 or ahead < 0:
         raise DataError(f"`workers` must be >= 1 and `ahead` >= 0, but got {workers}, {ahead}. "
                         f"Keep the defaults unless tuning.")
-    return gemv(prepared.idx, prepared.scale, prepared.zero, xa, prepared.K, prepared.G,
-                prepared.out, prepared.block_runs, prepared.tiles_per_task, workers, ahead)
+    return bind(gemv, prepared, workers, ahead)(xa)

@@ -189,7 +189,6 @@ class GemvWeight:
             tiles_per_task = _lut_tiles_per_task(self.shape.out, _workers())
             self._lut = getattr(lut, f"prepare_lut{bits}")(p, s, z, K, G,
                                                           tiles_per_task=tiles_per_task)
-            self._run_lut = getattr(lut, f"gemv_lut{bits}")
             from mpsearch.kernels._numba_lut_common import bind  # numba only when used
 
             self._bound = bind(lut.driver, self._lut, _workers(), lut.AHEAD)
@@ -212,7 +211,7 @@ class GemvWeight:
         if self._lut is None:
             return gemv(*self._args, x, self.shape.bits, self.shape.K, self._G)
         check_activations(x, self.shape.K)
-        y = self._run_lut(self._lut, _numpy(x, "x", np.float32), _workers())
+        y = self._bound(_numpy(x, "x", np.float32))  # 1-D, last dim K: shape (K,)
         return _like_x(y, x)
 
 
