@@ -51,16 +51,16 @@ class QuantizerConfig:
         for failed, rule, got, fix in (
             (scheme is None, f"`scheme` must be one of {[s.value for s in Scheme]}",
              f"scheme={self.scheme!r}", "Pass scheme='symmetric' or scheme='affine'."),
-            (gs is not None and (not _is_int(gs) or gs < 1), "`group_size` must be None or an "
-             "integer >= 1", f"group_size={gs!r}", "Pass e.g. group_size=128, or None for one "
-             "scale per output channel."),
+            (gs is not None and (not _is_int(gs) or gs < 1),
+             "`group_size` must be None or an integer >= 1", f"group_size={gs!r}",
+             "Pass e.g. group_size=128, or None for one scale per output channel."),
             (not isinstance(self.clip_search, (bool, np.bool_)), "`clip_search` must be a bool",
              f"clip_search={self.clip_search!r}", "Pass clip_search=True or False."),
             (not _is_int(grid) or grid < 1, "`clip_grid` must be an integer >= 1",
              f"clip_grid={grid!r}", "Pass e.g. clip_grid=20."),
-            (self.scale_dtype not in SCALE_BITS, f"`scale_dtype` must be one of "
-             f"{sorted(SCALE_BITS)}", f"scale_dtype={self.scale_dtype!r}",
-             "Pass scale_dtype='float16'."),
+            (self.scale_dtype not in SCALE_BITS,
+             f"`scale_dtype` must be one of {sorted(SCALE_BITS)}",
+             f"scale_dtype={self.scale_dtype!r}", "Pass scale_dtype='float16'."),
         ):
             if failed:
                 raise ConfigError(f"{rule}, but got {got}. {fix}")

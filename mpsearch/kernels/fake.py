@@ -134,4 +134,4 @@ def fake_quantize_model(model: nn.Module, bits_by_unit: Mapping[str, BitSpec],
     return target
 
 
-__all__ = ["quantizable_kind", "fake_quantize_model"]
+__all__ = ["fake_quantize_model", "quantizable_kind"]

@@ -268,8 +268,8 @@ def fake_quantize_groups(w2d: Tensor, bits_per_group: Tensor, config: QuantizerC
 
 
 __all__ = [
-    "FLOAT_BITS", "KINDS", "SCALE_DTYPES", "Scheme", "QuantizerConfig", "QuantizedWeight",
-    "check_bits", "check_group_bits", "weight_matrix", "matrix_to_weight", "num_groups",
-    "quantize", "dequantize", "fake_quantize", "fake_quantize_groups", "quant_error",
-    "quant_errors", "overhead_bits",
+    "FLOAT_BITS", "KINDS", "SCALE_DTYPES", "QuantizedWeight", "QuantizerConfig", "Scheme",
+    "check_bits", "check_group_bits", "dequantize", "fake_quantize", "fake_quantize_groups",
+    "matrix_to_weight", "num_groups", "overhead_bits", "quant_error", "quant_errors", "quantize",
+    "weight_matrix",
 ]
