@@ -86,7 +86,7 @@ class LutWeights(NamedTuple):
     so that they too are one stream per task.
     """
 
-    idx: np.ndarray  # flat uint32: (block, tile, run in block, words, 16), lane r = row 16 t + r
+    idx: np.ndarray  # flat uint32 in read order (above), 16 lanes per word: lane r = row 16 t + r
     scale: np.ndarray  # flat (task, group, tile, 16): fp16 bits (uint16) or float32 (padding: 0)
     zero: np.ndarray  # flat (task, group, tile, 16) uint8
     out: int

@@ -166,8 +166,8 @@ class GemvWeight:
     a 2-bit plus a 1-bit plane, K and G multiples of 32; ``_numba_lut4``: two 2-bit planes):
     the same bytes (codes, scales, zero-points), stored in the order the kernel reads them (one
     stream per task of up to 32 tiles of 16 rows, sized for Numba's thread count at
-    preparation). Every other weight keeps its row layout and runs :func:`gemv`. ``kernel`` says which: "lut2", "lut3", "lut4"
-    or "rows".
+    preparation). Every other weight keeps its row layout and runs :func:`gemv`. ``kernel``
+    says which: "lut2", "lut3", "lut4" or "rows".
 
     >>> import numpy as np
     >>> from mpsearch.kernels.packing import pack
@@ -186,12 +186,13 @@ class GemvWeight:
         lut = _lut_backend(bits) if bits in (2, 3, 4) and self.shape.out else None
         if lut is not None and lut.is_supported(K, G):
             p, s, z = self._args
-            tiles_per_task = _lut_tiles_per_task(self.shape.out, _workers())
+            workers = _workers()
+            tiles_per_task = _lut_tiles_per_task(self.shape.out, workers)
             self._lut = getattr(lut, f"prepare_lut{bits}")(p, s, z, K, G,
                                                           tiles_per_task=tiles_per_task)
             from mpsearch.kernels._numba_lut_common import bind  # numba only when used
 
-            self._bound = bind(lut.driver, self._lut, _workers(), lut.AHEAD)
+            self._bound = bind(lut.driver, self._lut, workers, lut.AHEAD)
             self._args, self.kernel = (), f"lut{bits}"
 
     @property
@@ -222,7 +223,7 @@ def _lut_backend(bits: int) -> ModuleType:
 
 
 def _lut_tiles_per_task(out: int, workers: int) -> int:
-    """Tasks of whole 16-row tiles for the LUT kernels, at least 4 per worker, at most 32 tiles.
+    """Tasks of whole 16-row tiles for the LUT kernels, about 4 per worker, at most 32 tiles.
 
     A task is one contiguous piece of the prepared weight, read as a stream; longer streams
     were faster from DRAM (4096 x 4096 at 2 bits, 2 threads: 0.128-0.135 ms with 32 tiles,
