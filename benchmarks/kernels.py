@@ -19,6 +19,7 @@ settings and the load average are recorded in the output.
 
     python benchmarks/kernels.py            # full: 4096x4096 (B=1, 32), 11008x4096 (B=1)
     python benchmarks/kernels.py --quick    # smaller shapes, fewer repeats (smoke run)
+    python benchmarks/kernels.py --order by-pool   # Numba methods first in each round
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -89,20 +91,40 @@ def timed(fn: Callable[[], object], repeats: int) -> dict:
     return {"ms": _ms(times), "ms_min": round(min(times) * 1e3, 4)}
 
 
-def interleaved(entries: list[tuple[Callable, Callable | None]], repeats: int) -> list[dict]:
+ORDERS = ("fixed", "shuffled", "by-pool")
+
+
+def round_order(pools: list[str], order: str, r: int) -> list[int]:
+    """The order of the entries in round ``r``: "fixed" as listed (every Numba GEMV then follows
+    a torch method); "shuffled" a permutation seeded by ``r``; "by-pool" the Numba entries
+    first, then the others, each in listed order."""
+    idx = list(range(len(pools)))
+    if order == "shuffled":
+        random.Random(r).shuffle(idx)
+    elif order == "by-pool":
+        idx.sort(key=lambda i: pools[i] != "numba")
+    elif order != "fixed":
+        raise ValueError(f"`order` must be one of {ORDERS}, but got {order!r}.")
+    return idx
+
+
+def interleaved(entries: list[tuple[Callable, Callable | None]], repeats: int,
+                pools: list[str] | None = None, order: str = "fixed") -> list[dict]:
     """Time every (fn, flush) in rounds, one call of each per round, so that a slow spell of
     the machine hits every method alike instead of whichever ran then.
 
     With a flush: each round flushes, times the call ("ms", cold) and times it again at once
-    ("ms_hot", weights left in cache). Without: one timed call per round.
+    ("ms_hot", weights left in cache). Without: one timed call per round. ``pools`` (the pool
+    of each entry) and ``order`` set the order within a round (:func:`round_order`).
     """
     for fn, _ in entries:
         for _ in range(3):
             fn()
     cold: list[list[float]] = [[] for _ in entries]
     hot: list[list[float]] = [[] for _ in entries]
-    for _ in range(repeats):
-        for i, (fn, flush) in enumerate(entries):
+    for r in range(repeats):
+        for i in round_order(pools or ["torch"] * len(entries), order, r):
+            fn, flush = entries[i]
             if flush is not None:
                 time.sleep(QUIET_S)  # the previous method's pool stops spinning, then ours wakes
                 flush()
@@ -187,7 +209,8 @@ def baselines(w: dict | None, bits: int, x: np.ndarray, out: int) -> dict[str, C
 
 
 def run_case(shape: tuple[int, int], batch: int, repeats: int, flush: dict[str, Callable],
-             bw_buf: torch.Tensor, rng: np.random.Generator) -> list[dict]:
+             bw_buf: torch.Tensor, rng: np.random.Generator, order: str = "fixed"
+             ) -> list[dict]:
     """Every method on one shape and batch: checked against the reference, then timed
     interleaved (:func:`interleaved`), batch 1 cold (flushed on the method's own pool) and hot,
     with the memory read bandwidth (a sum over ``bw_buf``) timed in the same rounds."""
@@ -218,11 +241,12 @@ def run_case(shape: tuple[int, int], batch: int, repeats: int, flush: dict[str, 
             record(name, bits, fn, w, floor)
         for name, fn in baselines(w, bits, x, out).items():
             record(name, bits, fn, w, floor)
-    pool = lambda row: flush["numba" if row["method"].startswith("numba_") else "torch"]
-    calls = [(fn, pool(row) if batch == 1 else None) for row, fn, _ in entries]
+    pools = ["numba" if row["method"].startswith("numba_") else "torch" for row, _, _ in entries]
+    calls = [(fn, flush[p] if batch == 1 else None) for (_, fn, _), p in zip(entries, pools)]
     if batch == 1:  # the bandwidth too, in the same rounds: the floors use its median
         calls.append((bw_buf.sum, None))
-    timings = interleaved(calls, repeats)
+        pools.append("torch")
+    timings = interleaved(calls, repeats, pools, order)
     if batch == 1:
         bw_ms = timings.pop()["ms"]
         gbps = round(bw_buf.numel() * 4 / bw_ms / 1e6, 2)
@@ -280,6 +304,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    ap.add_argument("--order", choices=ORDERS, default="fixed",
+                    help="order of the methods within a round (default: fixed, the order of "
+                         "the recorded runs; see round_order)")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(cores)
@@ -293,7 +320,7 @@ def main() -> None:
     flush = flushers(3 * LLC_BYTES)
     bw_buf = torch.rand(bw_bytes // 4)  # random, so no layer below can share its pages
     rows = [r for shape, batch in cases
-            for r in run_case(shape, batch, repeats, flush, bw_buf, rng)]
+            for r in run_case(shape, batch, repeats, flush, bw_buf, rng, args.order)]
     doc = {"format": "mpsearch.benchmark.kernels", "version": 1,
            "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
                        "python": sys.version.split()[0], "torch": torch.__version__,
@@ -302,7 +329,7 @@ def main() -> None:
                        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
                        "load_average_1_5_15min": [round(v, 2) for v in os.getloadavg()]},
            "settings": {"quick": args.quick, "repeats": repeats, "warmup": 3, "G": G,
-                        "pause_before_flush_s": QUIET_S,
+                        "pause_before_flush_s": QUIET_S, "order": args.order,
                         "statistic": "median", "cold": "batch-1 'ms' after reading a "
                         f"{3 * LLC_BYTES >> 20} MiB buffer on the method's own thread pool; "
                         "'ms_hot' without",
