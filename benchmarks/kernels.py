@@ -109,7 +109,7 @@ def round_order(pools: list[str], order: str, r: int) -> list[int]:
 
 
 def interleaved(entries: list[tuple[Callable, Callable | None]], repeats: int,
-                pools: list[str] | None = None, order: str = "fixed") -> list[dict]:
+                pools: list[str], order: str = "fixed") -> list[dict]:
     """Time every (fn, flush) in rounds, one call of each per round, so that a slow spell of
     the machine hits every method alike instead of whichever ran then.
 
@@ -123,7 +123,7 @@ def interleaved(entries: list[tuple[Callable, Callable | None]], repeats: int,
     cold: list[list[float]] = [[] for _ in entries]
     hot: list[list[float]] = [[] for _ in entries]
     for r in range(repeats):
-        for i in round_order(pools or ["torch"] * len(entries), order, r):
+        for i in round_order(pools, order, r):
             fn, flush = entries[i]
             if flush is not None:
                 time.sleep(QUIET_S)  # the previous method's pool stops spinning, then ours wakes
