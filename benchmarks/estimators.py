@@ -43,8 +43,9 @@ def machine() -> dict:
 
 
 def resnet20(names: list[str]) -> dict:
-    from mpsearch.sensitivity import Calibration, build_cost_table, get_estimator
-    from mpsearch.space import discover
+    from mpsearch.sensitivity import Calibration, get_estimator
+    from mpsearch.pricing.tables import build_cost_table
+    from mpsearch.space.discover import discover
     from mpsearch.zoo import load_cifar10, load_pretrained, to_tensor
 
     model = load_pretrained("resnet20")
@@ -66,13 +67,10 @@ def resnet20(names: list[str]) -> dict:
 
 
 def minilm_diag(n_sentences: int = 32) -> dict:
-    from mpsearch.kernels.config import QuantizerConfig
-    from mpsearch.sensitivity import (
-        HutchinsonDiagonal,
-        build_cost_table,
-        minilm_calibration,
-    )
-    from mpsearch.space import discover
+    from mpsearch.core.config import QuantizerConfig
+    from mpsearch.sensitivity import HutchinsonDiagonal, minilm_calibration
+    from mpsearch.pricing.tables import build_cost_table
+    from mpsearch.space.discover import discover
     from mpsearch.zoo import load_corpus, load_minilm
 
     model, tokenizer = load_minilm()

@@ -8,7 +8,7 @@ For packed ResNet-20 (one 32x32 image) and MiniLM (one 128-token sequence) under
   layer norm...), measured once on the *float* model as its forward time minus the time spent
   inside its Conv2d/Linear modules. The rest does not depend on the plan;
 * measured = best (minimum over >= 10 repeats, >= 1 s) wall time of the packed model's forward
-  (``mpsearch.kernels.apply.apply(model, plan, backend="numba")``).
+  (``mpsearch.deploy.apply.apply(model, plan, backend="numba")``).
 
 Numba and torch run with one thread, as the table is measured. Target: within 25 %.
 
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from mpsearch.hardware_models.lut import LUTLatencyModel
-from mpsearch.hw_calibrate import calibrate, time_call
+from mpsearch.workflows.hw_calibrate import calibrate, time_call
 from mpsearch.kernels.fake import quantizable_kind
-from mpsearch.profile import trace_layers
+from mpsearch.pricing.profile import trace_layers
 
 
 def rest_ms(model: torch.nn.Module, inputs: dict, repeats: int = 15) -> tuple[float, float]:
@@ -67,9 +67,9 @@ def plans(names: tuple[str, ...]) -> dict[str, dict[str, int]]:
 
 
 def bench_model(label: str, model: torch.nn.Module, inputs: dict, lut: LUTLatencyModel) -> dict:
-    from mpsearch.kernels.apply import apply
-    from mpsearch.kernels.config import QuantizerConfig
-    from mpsearch.plan import BitPlan
+    from mpsearch.deploy.apply import apply
+    from mpsearch.core.config import QuantizerConfig
+    from mpsearch.core.plan import BitPlan
 
     shapes = trace_layers(model, **inputs)
     fp32_ms, rest = rest_ms(model, inputs)
@@ -112,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         ids = torch.randint(1000, 5000, (1, 128))
         results.append(bench_model("minilm", model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, lut))
     doc = {"benchmark": "hardware_lut_vs_measured", "target": "abs(predicted/measured - 1) <= 0.25",
-           "measured_with": "mpsearch.kernels.apply.apply(model, plan, backend='numba'), 1 numba/torch thread",
+           "measured_with": "mpsearch.deploy.apply.apply(model, plan, backend='numba'), 1 numba/torch thread",
            "lut_machine": dict(lut.machine), "results": results,
            "all_within_25pct": all(r["within_25pct"] for r in results),
            "seconds": round(time.perf_counter() - start, 1)}
     text = json.dumps(doc, indent=1)
     if args.out:
-        from mpsearch._io import atomic_write_text
+        from mpsearch.core.io import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     print(text)

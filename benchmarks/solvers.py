@@ -54,8 +54,8 @@ def timed_cpu(fn, *args, **kwargs):
 
 
 def real_tables(quick: bool) -> dict:
-    from mpsearch.budget import Budget
-    from mpsearch.costs import CostTable
+    from mpsearch.core.budget import Budget
+    from mpsearch.core.costs import CostTable
     from mpsearch.solvers import solve
 
     out = {}
@@ -92,8 +92,8 @@ def real_tables(quick: bool) -> dict:
 def groupwise_case(quick: bool) -> dict:
     """A group-wise table (GroupIndex items): 16 units x 128 groups of 64 weights, synthetic scores
     (a lognormal per unit times a lognormal per group, 4x spread), solved against the ILP."""
-    from mpsearch.budget import Budget
-    from mpsearch.costs import CostTable, GroupIndex
+    from mpsearch.core.budget import Budget
+    from mpsearch.core.costs import CostTable, GroupIndex
     from mpsearch.solvers import solve
 
     rng = np.random.default_rng(3)
@@ -160,8 +160,8 @@ def costtable_case(n: int) -> dict:
     """n synthetic groups through CostTable + solve(..., solver='lagrange'), validation included; run
     in a fresh process. Memory: the peak RSS, and the peak above the process after imports and the
     JIT warm-up (the baseline), per item: the figure that must stay flat as n grows."""
-    from mpsearch.budget import Budget
-    from mpsearch.costs import CostTable, GroupIndex
+    from mpsearch.core.budget import Budget
+    from mpsearch.core.costs import CostTable, GroupIndex
     from mpsearch.solvers import solve
 
     warm = synthetic(1000)
@@ -209,7 +209,7 @@ def in_subprocess(fn: str, n: int) -> dict:
 
 
 def layer_table(n: int, seed: int):
-    from mpsearch.costs import CostTable
+    from mpsearch.core.costs import CostTable
 
     rng = np.random.default_rng(seed)
     n_weights = rng.integers(2_000, 600_000, n)
@@ -220,8 +220,8 @@ def layer_table(n: int, seed: int):
 
 
 def pareto_case(quick: bool) -> dict:
-    from mpsearch.budget import Budget
-    from mpsearch.pareto import pareto
+    from mpsearch.core.budget import Budget
+    from mpsearch.solvers.pareto import pareto
 
     costs = layer_table(200, 0)
     low = costs.min_usage(Budget.avg_bits(1.0))
@@ -248,7 +248,7 @@ def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
 
 
 def nsga2_case(quick: bool) -> dict:
-    from mpsearch.budget import Budget
+    from mpsearch.core.budget import Budget
     from mpsearch.solvers import DPSolver, NSGA2Solver
 
     costs = layer_table(20, 1)

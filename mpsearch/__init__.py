@@ -27,31 +27,31 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "MPSearchError": "mpsearch.errors",
-    "PlanFormatError": "mpsearch.errors",
-    "PlanMismatchError": "mpsearch.errors",
-    "BitsOutOfRangeError": "mpsearch.errors",
-    "InfeasibleBudgetError": "mpsearch.errors",
-    "BudgetTooLargeError": "mpsearch.errors",
-    "FloatModulesWarning": "mpsearch.errors",
-    "Budget": "mpsearch.budget",
-    "CostTable": "mpsearch.costs",
-    "BitPlan": "mpsearch.plan",
-    "QuantizerConfig": "mpsearch.kernels.config",
-    "Scheme": "mpsearch.kernels.config",
-    "QuantUnit": "mpsearch.space",
-    "SearchSpace": "mpsearch.space",
-    "discover": "mpsearch.space",
-    "Calibration": "mpsearch.sensitivity.base",
+    "MPSearchError": "mpsearch.core.errors",
+    "PlanFormatError": "mpsearch.core.errors",
+    "PlanMismatchError": "mpsearch.core.errors",
+    "BitsOutOfRangeError": "mpsearch.core.errors",
+    "InfeasibleBudgetError": "mpsearch.core.errors",
+    "BudgetTooLargeError": "mpsearch.core.errors",
+    "FloatModulesWarning": "mpsearch.core.errors",
+    "Budget": "mpsearch.core.budget",
+    "CostTable": "mpsearch.core.costs",
+    "BitPlan": "mpsearch.core.plan",
+    "QuantizerConfig": "mpsearch.core.config",
+    "Scheme": "mpsearch.core.config",
+    "QuantUnit": "mpsearch.space.discover",
+    "SearchSpace": "mpsearch.space.discover",
+    "discover": "mpsearch.space.discover",
+    "Calibration": "mpsearch.sensitivity.calibration",
     "Sensitivity": "mpsearch.sensitivity.base",
-    "build_cost_table": "mpsearch.sensitivity.base",
+    "build_cost_table": "mpsearch.pricing.tables",
     "HutchinsonTrace": "mpsearch.sensitivity.hessian",
     "solve": "mpsearch.solvers",
     "SolveResult": "mpsearch.solvers.base",
     "Status": "mpsearch.solvers.base",
-    "pareto": "mpsearch.pareto",
-    "measure_bias_correction": "mpsearch.bias_correction",
-    "ParetoFront": "mpsearch.pareto",
+    "pareto": "mpsearch.solvers.pareto",
+    "measure_bias_correction": "mpsearch.deploy.bias_correction",
+    "ParetoFront": "mpsearch.solvers.pareto",
     "HutchinsonDiagonal": "mpsearch.sensitivity",
     "PowerIterationEigen": "mpsearch.sensitivity",
     "FisherDiagonal": "mpsearch.sensitivity",
@@ -67,13 +67,18 @@ _EXPORTS = {
     "cached_estimate": "mpsearch.sensitivity",
     "get_estimator": "mpsearch.sensitivity",
     "ESTIMATORS": "mpsearch.sensitivity",
-    "Study": "mpsearch.study",
-    "GroupIndex": "mpsearch.costs",
+    "Study": "mpsearch.workflows.study",
+    "GroupIndex": "mpsearch.core.costs",
     "SOLVERS": "mpsearch.solvers",
-    "fake_quantize_model": "mpsearch.evaluate",
-    "evaluate_plan": "mpsearch.evaluate",
+    "fake_quantize_model": "mpsearch.deploy.evaluate",
+    "evaluate_plan": "mpsearch.deploy.evaluate",
 }
-_SUBMODULES = ("zoo", "solvers", "sensitivity", "kernels", "hardware_models", "testing", "errors")
+_SUBMODULES = {
+    name: f"mpsearch.{name}"
+    for name in ("core", "space", "sensitivity", "pricing", "solvers", "hardware_models", "kernels",
+                 "deploy", "workflows", "zoo", "testing")
+}
+_SUBMODULES["errors"] = "mpsearch.core.errors"
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
@@ -84,7 +89,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name in _SUBMODULES:
-        return importlib.import_module(f"mpsearch.{name}")
+        return importlib.import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'mpsearch' has no attribute {name!r}")
 
 

@@ -11,7 +11,7 @@ the model's batch-norm statistics (ZeroQ). Accuracy is measured on the other tes
 Each (model, data) pair is a resumable Study in its own folder; every folder's rows are combined
 into OUT/cnn_cifar10.csv and summarized in OUT/cnn_cifar10.md (``--summarize`` rewrites them alone), figures to OUT/<model>_<data>[_bc]/study.png.
 Every plan carries bias corrections measured on its own calibration data (real or distilled;
-``mpsearch.bias_correction``) unless ``--no-bias-correction`` is given; the folder name ends in
+``mpsearch.deploy.bias_correction``) unless ``--no-bias-correction`` is given; the folder name ends in
 ``_bc`` when it does.
 """
 
@@ -26,11 +26,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mpsearch._io import atomic_write_text
+from mpsearch.core.io import atomic_write_text
 from mpsearch.kernels.activations import calibrate_ranges
 from mpsearch.sensitivity import ESTIMATORS, Calibration, get_estimator
-from mpsearch.space import discover
-from mpsearch.study import Study
+from mpsearch.space.discover import discover
+from mpsearch.workflows.study import Study
 from mpsearch.zoo.data import load_cifar10, to_tensor
 from mpsearch.zoo.eval import accuracy
 from mpsearch.zoo.models import load_pretrained

@@ -33,20 +33,17 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from mpsearch._io import atomic_write_text
-from mpsearch.costs import cost_table_from_space
-from mpsearch.evaluate import evaluate_plan
-from mpsearch.kernels.config import RECOMMENDED, QuantizerConfig
+from mpsearch.core.io import atomic_write_text
+from mpsearch.pricing.tables import cost_table_from_space
+from mpsearch.deploy.evaluate import evaluate_plan
+from mpsearch.core.config import RECOMMENDED, QuantizerConfig
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.kernels.quantize import fake_quantize, matrix_to_weight, weight_matrix
-from mpsearch.sensitivity import (
-    ESTIMATORS,
-    Calibration,
-    build_cost_table,
-    quantization_errors,
-)
+from mpsearch.sensitivity import ESTIMATORS, Calibration
+from mpsearch.pricing.tables import build_cost_table
+from mpsearch.space.quant_errors import quantization_errors
 from mpsearch.solvers import solve
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 from mpsearch.zoo import accuracy, load_cifar10, load_pretrained, to_tensor
 
 for _module in ("relevance", "embedding", "perturbation"):  # registered on import, wherever __init__ stands

@@ -54,17 +54,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mpsearch._io import atomic_savefig, atomic_write_text
-from mpsearch.budget import Budget
-from mpsearch.costs import CostTable, GroupIndex
-from mpsearch.errors import ConfigError
-from mpsearch.kernels.config import QuantizerConfig, Scheme
+from mpsearch.core.io import atomic_savefig, atomic_write_text
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable, GroupIndex
+from mpsearch.core.errors import ConfigError
+from mpsearch.core.config import QuantizerConfig, Scheme
 from mpsearch.kernels.quantize import dequantize, overhead_bits, quantize, weight_matrix
 from mpsearch.sensitivity import Calibration, Estimator, Sensitivity, get_estimator
 from mpsearch.sensitivity.losses import embedding_gn_calibration
 from mpsearch.solvers import Solver, SolveResult, Status, get_solver
-from mpsearch.space import SearchSpace, discover
-from mpsearch.study import Study
+from mpsearch.space.discover import SearchSpace, discover
+from mpsearch.workflows.study import Study
 from mpsearch.zoo import embed_sentences, load_corpus, load_minilm
 from mpsearch.zoo.data import default_data_dir
 
@@ -184,7 +184,7 @@ class ErrorWeighted(Estimator):
 
     def _values(self, model, data: Calibration, space: SearchSpace) -> list[torch.Tensor]:
         from mpsearch.sensitivity._tensors import weights_requiring_grad
-        from mpsearch.sensitivity.base import unit_modules
+        from mpsearch.space.discover import unit_modules
         from mpsearch.sensitivity.salience import fisher_diagonal
         from mpsearch.sensitivity.salience_obs import input_hessians
 
@@ -199,7 +199,7 @@ class ErrorWeighted(Estimator):
 
     def estimate(self, model, data: Calibration, space: SearchSpace) -> Sensitivity:
         from mpsearch.sensitivity._tensors import group_reduce
-        from mpsearch.sensitivity.base import unit_modules
+        from mpsearch.space.discover import unit_modules
 
         start = time.perf_counter()
         scores, groups = {}, {}

@@ -10,10 +10,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpsearch.budget import Budget
-from mpsearch.costs import CostTable
-from mpsearch.errors import BudgetTooLargeError, MPSearchError
-from mpsearch.plan import BitPlan
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import BudgetTooLargeError, MPSearchError
+from mpsearch.core.plan import BitPlan
 from mpsearch.solvers import solve
 
 json_scalars = st.one_of(

@@ -3,7 +3,7 @@
 BOPs are the usual hardware-agnostic compute cost of a mixed-precision network (used by
 e.g. HAWQ-V3 and Uhlich et al.): one multiply-accumulate of a b_w-bit weight with a b_a-bit
 activation counts b_w * b_a. MACs per sample come from a traced forward pass
-(:func:`mpsearch.profile.trace_layers`): a convolution makes
+(:func:`mpsearch.pricing.profile.trace_layers`): a convolution makes
 ``out_h * out_w * out_ch * in_ch / groups * kh * kw`` of them, a linear layer ``out * in`` per
 token. Activation bits are one number for the whole model (8 by default; 32 for float).
 """
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.hardware_models.shapes import LayerShapes, plan_bits_array
 
 if TYPE_CHECKING:
-    from mpsearch.costs import CostTable
+    from mpsearch.core.costs import CostTable
 
 DEFAULT_ACT_BITS = 8
 FLOAT_ACT_BITS = 32

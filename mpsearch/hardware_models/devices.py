@@ -18,7 +18,7 @@ Sources:
 * RTX 4090: NVIDIA Ada GPU Architecture whitepaper (v2.1, appendix table for GeForce RTX 4090):
   FP32 82.6 TFLOPS; FP16 Tensor with FP32 accumulate 165.2 TFLOPS dense; INT8 Tensor
   660.6 TOPS dense; INT4 Tensor 1,321.2 TOPS dense; GDDR6X 1,008 GB/s.
-* cpu-local: this machine, measured by :func:`mpsearch.hw_calibrate.measure_cpu` (a float32
+* cpu-local: this machine, measured by :func:`mpsearch.workflows.hw_calibrate.measure_cpu` (a float32
   matmul for the peak, a large array copy for the bandwidth) or given by the caller.
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpsearch.errors import DataError, UnknownNameError
+from mpsearch.core.errors import DataError, UnknownNameError
 
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
 
@@ -84,7 +84,7 @@ def cpu_local(*, peak_gflops: float, bandwidth_gbs: float) -> Device:
     Every precision runs at the float32 rate (our Numba kernels dequantize to float32).
     """
     return Device(name="cpu-local", fp32_tflops=peak_gflops / 1e3, fp16_tflops=None, int8_tops=None,
-                  int4_tops=None, bandwidth_gbs=bandwidth_gbs, source="measured by mpsearch.hw_calibrate")
+                  int4_tops=None, bandwidth_gbs=bandwidth_gbs, source="measured by mpsearch.workflows.hw_calibrate")
 
 
 def get_device(name: str | Device) -> Device:

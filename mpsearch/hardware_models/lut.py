@@ -1,6 +1,6 @@
 """Measured lookup tables: latency of our own packed kernels, interpolated between measured shapes.
 
-A table (written by ``mpsearch hw calibrate``, :mod:`mpsearch.hw_calibrate`) holds the best
+A table (written by ``mpsearch hw calibrate``, :mod:`mpsearch.workflows.hw_calibrate`) holds the best
 (minimum over repeats) time in ms of one ``numba_cpu.gemm`` call for every (bits, shape, batch) of a grid, where a shape
 is a weight matrix (out, K) and batch the number of activation rows. :class:`LUTLatencyModel`
 predicts any (out, K, bits, batch) this way:
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.hardware_models.shapes import LayerShapes, plan_bits_array
 
 if TYPE_CHECKING:
-    from mpsearch.costs import CostTable
+    from mpsearch.core.costs import CostTable
 
 FORMAT = "mpsearch.latency_lut"
 VERSION = 1

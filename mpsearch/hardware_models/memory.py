@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.hardware_models.shapes import LayerShapes
-from mpsearch.kernels.config import FLOAT_BITS, SCALE_BITS, QuantizerConfig, Scheme
+from mpsearch.core.config import FLOAT_BITS, SCALE_BITS, QuantizerConfig
+from mpsearch.core.storage import group_overhead_bits
 
 if TYPE_CHECKING:
-    from mpsearch.costs import CostTable
+    from mpsearch.core.costs import CostTable
 
 QUANT_BIAS_BYTES = 4  # the bias of a quantized unit is kept in float32
 
@@ -61,7 +62,7 @@ def weight_bytes(out_features: Any, fan_in: Any, bits: Any,
         raise DataError(f"`bits` must lie within 1..8 or be 16 (float), but got {np.unique(b).tolist()}. "
                         "Pass plan widths.")
     groups = np.ones_like(K) if cfg.group_size is None else -(-K // cfg.group_size)
-    per_group = SCALE_BITS[cfg.scale_dtype] // 8 + (1 if cfg.scheme is Scheme.AFFINE else 0)
+    per_group = group_overhead_bits(cfg) // 8
     packed = out * (-(-K * b // 8)) + out * groups * per_group
     floating = out * K * np.asarray(float_itemsize, np.int64)
     return np.where(b == FLOAT_BITS, floating, packed)
@@ -82,7 +83,7 @@ def bytes_packed_column(costs: CostTable, shapes: LayerShapes) -> np.ndarray:
 @dataclass(frozen=True, kw_only=True, eq=False)
 class MemoryInventory:
     """What a model stores besides its quantizable weights (arrays only; see
-    :func:`mpsearch.profile.memory_inventory`)."""
+    :func:`mpsearch.pricing.profile.memory_inventory`)."""
 
     names: tuple[str, ...]
     out_features: np.ndarray
@@ -133,8 +134,9 @@ def plan_bytes(inventory: MemoryInventory, bits: Mapping[str, Any] | Sequence[in
     out, K = inventory.out_features, inventory.fan_in
     groups = np.ones_like(K) if cfg.group_size is None else -(-K // cfg.group_size)
     packed = int((out * (-(-K * b // 8)))[quant].sum())
-    scale = int((out * groups)[quant].sum()) * (SCALE_BITS[cfg.scale_dtype] // 8)
-    zero = int((out * groups)[quant].sum()) if cfg.scheme is Scheme.AFFINE else 0
+    n_groups = int((out * groups)[quant].sum())
+    scale = n_groups * SCALE_BITS[cfg.scale_dtype] // 8
+    zero = n_groups * (group_overhead_bits(cfg) - SCALE_BITS[cfg.scale_dtype]) // 8
     bias_size = np.where(quant, QUANT_BIAS_BYTES, inventory.bias_itemsize)
     bias = int((inventory.bias_numel * bias_size).sum())
     floating = int((out * K * inventory.weight_itemsize)[~quant].sum())

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.hardware_models.devices import Device, get_device
 from mpsearch.hardware_models.memory import weight_bytes
 from mpsearch.hardware_models.shapes import LayerShapes, plan_bits_array
-from mpsearch.kernels.config import QuantizerConfig
+from mpsearch.core.config import QuantizerConfig
 
 if TYPE_CHECKING:
-    from mpsearch.costs import CostTable
+    from mpsearch.core.costs import CostTable
 
 FLOAT_ACT_BITS = 16
 

@@ -3,7 +3,7 @@
 A :class:`LayerShapes` holds, per quantizable unit, the weight matrix shape (out, K) and what
 one sample of input makes it compute: MACs and GEMM rows (``out_h * out_w`` for a convolution
 seen as an im2col GEMM, tokens for a linear layer). It is filled from a traced forward pass by
-:func:`mpsearch.profile.trace_layers` (torch side) or by hand; this module never imports torch.
+:func:`mpsearch.pricing.profile.trace_layers` (torch side) or by hand; this module never imports torch.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpsearch.errors import CostTableError, DataError
+from mpsearch.core.errors import CostTableError, DataError
 
 if TYPE_CHECKING:
-    from mpsearch.costs import CostTable
+    from mpsearch.core.costs import CostTable
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -42,7 +42,7 @@ class LayerShapes:
         n = len(names)
         if n == 0 or len(set(names)) != n:
             raise DataError(f"layer shapes need unique unit names, but got {n} names with duplicates or none. "
-                            "Trace the model with mpsearch.profile.trace_layers.")
+                            "Trace the model with mpsearch.pricing.profile.trace_layers.")
         arrays = {}
         for key in ("out_features", "fan_in", "macs", "rows"):
             arr = np.asarray(getattr(self, key), np.float64 if key == "macs" else np.int64)

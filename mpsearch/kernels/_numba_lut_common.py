@@ -29,7 +29,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.kernels._numba_simd import (
     _VF,
     _VI,

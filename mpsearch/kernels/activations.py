@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import DataError, PlanMismatchError
+from mpsearch.core.errors import DataError, PlanMismatchError
 
 
 def quantize_tensor(x: torch.Tensor, bits: int, lo: float, hi: float) -> torch.Tensor:

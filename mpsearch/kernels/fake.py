@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mpsearch.errors import PlanMismatchError
+from mpsearch.core.errors import PlanMismatchError
 from mpsearch.kernels.quantize import (
     FLOAT_BITS,
     QuantizerConfig,

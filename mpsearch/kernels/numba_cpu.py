@@ -8,7 +8,7 @@ shares its core with other work just takes fewer. Each row is computed by one th
 float32 without fast-math, in a fixed order, so results are deterministic on a machine, for
 any thread count. A call is one Numba dispatch; at batch 1 its fixed cost (validation, thread
 wake-up) is a visible part of the time, so the Python side is kept short. Numba is imported on
-first use; without it these functions raise :class:`~mpsearch.errors.MissingDependencyError`
+first use; without it these functions raise :class:`~mpsearch.core.errors.MissingDependencyError`
 (use :mod:`mpsearch.kernels.torch_packed`).
 
 >>> import numpy as np
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpsearch.errors import DataError, MissingDependencyError
+from mpsearch.core.errors import DataError, MissingDependencyError
 from mpsearch.kernels._operands import check_activations, check_operands
 
 __all__ = ["GemvWeight", "gemm", "gemv", "is_available"]

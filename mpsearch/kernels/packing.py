@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpsearch.errors import DataError
-from mpsearch.kernels.config import Scheme, check_bits
+from mpsearch.core.errors import DataError
+from mpsearch.core.config import Scheme, check_bits
 
 ArrayT = TypeVar("ArrayT", Tensor, np.ndarray)
 _TILE_CODES = 1 << 22  # codes per row tile; bounds the int32 temporaries to ~16 MB each

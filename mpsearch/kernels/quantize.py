@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpsearch.errors import ConfigError, DataError
-from mpsearch.kernels.config import QuantizerConfig, Scheme, check_bits, num_groups
-
-FLOAT_BITS = 16  # a unit (or group) at 16 bits is left in floating point
+from mpsearch.core.errors import ConfigError, DataError
+from mpsearch.core.config import FLOAT_BITS, QuantizerConfig, Scheme, check_bits, num_groups
+from mpsearch.core.storage import overhead_bits
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 KINDS = ("linear", "conv2d", "conv1d")
 MIN_CLIP_RATIO = 0.2
@@ -215,21 +214,6 @@ def quant_errors(w2d: Tensor, bits_choices: Iterable[int],
     config = config or QuantizerConfig()
     choices = [check_bits(b, config.scheme, allow_float=True) for b in bits_choices]
     return np.array([quant_error(w2d, b, config) for b in choices], dtype=np.float64)
-
-
-def overhead_bits(out_features: int, fan_in: int, bits: int,
-                  config: QuantizerConfig | None = None) -> int:
-    """Storage bits of one unit's scales (and uint8 zero-points when affine); 0 at 16 bits.
-
-    >>> overhead_bits(64, 300, 4, QuantizerConfig(scheme="affine", group_size=128))  # 64*3*24
-    4608
-    """
-    config = config or QuantizerConfig()
-    if check_bits(bits, config.scheme, allow_float=True) == FLOAT_BITS:
-        return 0
-    per_group = 32 if config.scale_dtype == "float32" else 16
-    per_group += 8 if config.scheme is Scheme.AFFINE else 0  # a uint8 zero-point per group
-    return int(out_features) * num_groups(int(fan_in), config) * per_group
 
 
 def check_group_bits(bits_per_group: Tensor | np.ndarray, out_features: int, fan_in: int,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.kernels._operands import PackedShape, check_activations, check_operands
 from mpsearch.kernels.packing import _unpack_tensor, slot_planes
 

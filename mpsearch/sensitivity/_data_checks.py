@@ -1,7 +1,7 @@
-"""Calibration data checks: wrong shape, dtype, length or content fails fast with a DataError.
+"""Calibration data checked against the model before an estimator starts.
 
-Two stages. :func:`check_classification` validates tensors when a :class:`Calibration` is built
-(no model yet). :func:`check_against_model` runs before every estimator (the base class wraps
+The tensors themselves are checked when a :class:`Calibration` is built
+(:mod:`mpsearch.sensitivity._input_checks`). :func:`check_against_model` runs before every estimator (the base class wraps
 each subclass's ``estimate``): one forward pass of the loss on the first two samples, so a batch
 the model cannot take is reported in a second, not after minutes of probes.
 """
@@ -11,53 +11,16 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..errors import DataError, MPSearchError
+from mpsearch.core.errors import DataError, MPSearchError
 
-if TYPE_CHECKING:
-    from .base import Calibration
-
-_FIX_IMAGES = "Pass float images shaped (N, C, H, W) like the model's training data, e.g. from mpsearch.zoo.to_tensor."
+from mpsearch.sensitivity._input_checks import FIX_IMAGES, shape_of
+from mpsearch.sensitivity.calibration import Calibration, cross_entropy
 _checking: contextvars.ContextVar[bool] = contextvars.ContextVar("mpsearch_calibration_checked", default=False)
-
-
-def _shape(t: Any) -> str:
-    return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" if isinstance(t, torch.Tensor) else type(t).__name__
-
-
-def check_finite(inputs: torch.Tensor, what: str = "calibration inputs") -> None:
-    bad = ~torch.isfinite(inputs)
-    if bool(bad.any()):
-        first = int(bad.reshape(len(inputs), -1).any(dim=1).nonzero()[0])
-        raise DataError(f"{what} must be finite, but {int(bad.sum())} values are NaN or infinite (first in sample "
-                        f"{first}). Drop or repair those samples.")
-
-
-def check_classification(inputs: Any, labels: Any, batch_size: Any) -> None:
-    """The rules of :meth:`Calibration.classification`, in the order a user would fix them."""
-    if not isinstance(inputs, torch.Tensor) or not torch.is_floating_point(inputs):
-        raise DataError(f"calibration inputs must be a floating-point tensor, but got "
-                        f"{type(inputs).__name__}{' of ' + str(inputs.dtype) if isinstance(inputs, torch.Tensor) else ''}. "
-                        "Convert images with mpsearch.zoo.to_tensor.")
-    if inputs.ndim < 2:
-        raise DataError(f"calibration inputs must have a sample dimension and at least one more, but got shape "
-                        f"{tuple(inputs.shape)}. {_FIX_IMAGES}")
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
-        raise DataError(f"calibration labels must be a 1-D int64 tensor of class indices, but got {_shape(labels)}. "
-                        "Convert them with torch.as_tensor(labels).long().flatten().")
-    if len(inputs) != len(labels) or len(inputs) == 0:
-        raise DataError(f"calibration inputs and labels must be equally long and non-empty, but got {len(inputs)} "
-                        f"inputs and {len(labels)} labels. Pass one label per sample.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"`batch_size` must be an integer of at least 1, but got {batch_size!r}. Pass e.g. 64.")
-    if bool((labels < 0).any()):
-        raise DataError(f"calibration labels must be class indices >= 0, but got {int(labels.min())}. "
-                        "Map the labels to 0..n_classes-1.")
-    check_finite(inputs)
 
 
 def _head(batch: Any, n: int = 2) -> Any:
@@ -72,10 +35,8 @@ def _head(batch: Any, n: int = 2) -> Any:
     return type(batch)(t[:n] for t in batch)
 
 
-def check_against_model(model: nn.Module, data: "Calibration") -> None:
+def check_against_model(model: nn.Module, data: Calibration) -> None:
     """One forward pass of the loss on the first samples; a failure or a non-finite loss is a DataError."""
-    from .base import _cross_entropy
-
     first = data.batches[0]
     x = first[0] if isinstance(first, (tuple, list)) and first else first
     head = _head(first)
@@ -83,11 +44,11 @@ def check_against_model(model: nn.Module, data: "Calibration") -> None:
     model.eval()  # no batch-norm statistics change during the check
     try:
         with torch.no_grad():
-            if data.loss_fn is _cross_entropy:  # one output row per sample, and every label names an output
+            if data.loss_fn is cross_entropy:  # one output row per sample, and every label names an output
                 out = model(head[0])
                 if out.ndim != 2 or len(out) != len(head[0]):
                     raise DataError(f"a classifier must give (samples, classes) outputs, but {type(model).__name__} gives "
-                                    f"{tuple(out.shape)} for inputs {tuple(head[0].shape)}. {_FIX_IMAGES}")
+                                    f"{tuple(out.shape)} for inputs {tuple(head[0].shape)}. {FIX_IMAGES}")
                 top = max(int(y.max()) for _, y in data.batches)
                 if top >= out.shape[1]:
                     raise DataError(f"calibration labels must be below the model's {out.shape[1]} outputs, but the "
@@ -100,9 +61,9 @@ def check_against_model(model: nn.Module, data: "Calibration") -> None:
         conv = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
         if isinstance(conv, nn.Conv2d) and isinstance(x, torch.Tensor) and x.ndim != 4:  # the likely cause
             raise DataError(f"calibration inputs of a model whose first convolution is a Conv2d must be 4-D "
-                            f"(N, C, H, W), but got shape {tuple(x.shape)} ({reason}). {_FIX_IMAGES}") from None
+                            f"(N, C, H, W), but got shape {tuple(x.shape)} ({reason}). {FIX_IMAGES}") from None
         raise DataError(f"calibration batches must fit the model, but {type(model).__name__} fails on the first "
-                        f"samples (inputs {_shape(x)}): {reason}. {_FIX_IMAGES}") from None
+                        f"samples (inputs {shape_of(x)}): {reason}. {FIX_IMAGES}") from None
     finally:
         model.train(was_training)
     value = float(loss.detach()) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
@@ -118,8 +79,6 @@ def checked(estimate: Callable) -> Callable:
     def wrapper(self, model, data, space, *args, **kwargs):
         if _checking.get():
             return estimate(self, model, data, space, *args, **kwargs)
-        from .base import Calibration
-
         if not isinstance(data, Calibration):
             raise DataError(f"`data` must be a Calibration, but got {type(data).__name__}. "
                             "Build one with Calibration.classification(inputs, labels).")

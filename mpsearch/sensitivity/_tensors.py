@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
-from ..kernels.config import QuantizerConfig, group_sizes
-from ..kernels.quantize import num_groups, weight_matrix
-from ..space import SearchSpace
+from mpsearch.core.errors import DataError
+from mpsearch.core.config import QuantizerConfig, group_sizes
+from mpsearch.kernels.quantize import num_groups, weight_matrix
+from mpsearch.space.discover import SearchSpace
 
 
 class Deadline:

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_bytes, atomic_write_text
-from ..space import SearchSpace
-from .base import Calibration, Estimator, Sensitivity
+from mpsearch.core.io import atomic_write_bytes, atomic_write_text
+from mpsearch.space.discover import SearchSpace
+from mpsearch.sensitivity.base import Estimator, Sensitivity
+from mpsearch.sensitivity.calibration import Calibration
 
 FORMAT = "mpsearch.sensitivity"
 VERSION = 1

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError
-from .base import Calibration, LossFn
+from mpsearch.core.errors import ConfigError, DataError
+from mpsearch.sensitivity.calibration import Calibration, LossFn
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

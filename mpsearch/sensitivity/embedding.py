@@ -36,11 +36,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from ..space import SearchSpace
-from ..zoo.resnet import BasicBlock
-from ._forward import batch_inputs, token_mask
-from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
+from mpsearch.core.errors import ConfigError
+from mpsearch.space.discover import SearchSpace
+from mpsearch.sensitivity._protocols import is_basic_block
+from mpsearch.space.forward import batch_inputs, token_mask
+from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
+from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.discover import unit_modules
 
 
 def find_blocks(model: nn.Module, patterns: Sequence[str] | None = None) -> list[str]:
@@ -58,7 +60,7 @@ def find_blocks(model: nn.Module, patterns: Sequence[str] | None = None) -> list
             hit = any(fnmatch.fnmatchcase(name, p) for p in patterns)
         else:
             cls = type(module).__name__
-            hit = isinstance(module, BasicBlock) or (cls.endswith("Layer") and "layer." in name)
+            hit = is_basic_block(module) or (cls.endswith("Layer") and "layer." in name)
         if hit and not any(name.startswith(n + ".") for n in names):
             names.append(name)
     if not names:
@@ -217,7 +219,7 @@ class ZScoreOutliers(_BlockScores):
             return list(space.names)  # no residual blocks: every unit is its own block
 
     def block_scores(self, model: nn.Module, data: Calibration, blocks: list[str]) -> tuple[dict[str, float], dict]:
-        from ..kernels.fake import quantizable_kind
+        from mpsearch.kernels.fake import quantizable_kind
 
         named = dict(model.named_modules())
         out = {}

@@ -30,10 +30,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import MPSearchError
-from ..space import SearchSpace
-from ._tensors import grads_or_zeros
-from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
+from mpsearch.core.errors import MPSearchError
+from mpsearch.space.discover import SearchSpace
+from mpsearch.sensitivity._tensors import grads_or_zeros
+from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
+from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.discover import unit_modules
 
 
 def rademacher(shape: torch.Size, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -189,7 +191,7 @@ class HutchinsonTrace(Estimator):
         import hashlib
         import json
 
-        from .cache import data_fingerprint, model_fingerprint
+        from mpsearch.sensitivity.cache import data_fingerprint, model_fingerprint
 
         text = json.dumps({"model": model_fingerprint(model), "data": data_fingerprint(data), "seed": self.seed}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -197,7 +199,7 @@ class HutchinsonTrace(Estimator):
     def _save(self, key: str, probes: int, sums, squares, counts, rng_state: torch.Tensor) -> None:
         import io
 
-        from .._io import atomic_write_bytes
+        from mpsearch.core.io import atomic_write_bytes
 
         buffer = io.BytesIO()
         np.savez(buffer, key=np.array(key), probes=np.array(probes), sums=sums, squares=squares, counts=counts,

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..errors import ConfigError, DataError
-from .base import Calibration
+from mpsearch.core.errors import ConfigError, DataError
+from mpsearch.sensitivity.calibration import Calibration
 
 _MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 

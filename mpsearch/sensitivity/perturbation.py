@@ -17,7 +17,7 @@ These measured values fill ``Sensitivity.unit_costs`` (the cost table)
 directly. The weight is saved once per unit and copied back with
 ``Tensor.copy_``, so it is restored bit-exactly; nothing is deep-copied.
 ``zeroq_bc`` (:class:`PerturbationKLCorrected`) measures the damage *after* bias correction
-(Nagel et al. 2019; ``mpsearch.bias_correction``): with unit u quantized, the mean shift of each
+(Nagel et al. 2019; ``mpsearch.deploy.bias_correction``): with unit u quantized, the mean shift of each
 of its output channels on the calibration data is subtracted from its output before the
 divergence is taken. Plans carry that correction, so their cost is what remains after it; on
 ResNet-20 at 2.5 bits this lifted the ILP plan from 82.6 to 84.7 % top-1 (README).
@@ -36,19 +36,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from ..kernels.fake import quantizable_kind
-from ..kernels.quantize import fake_quantize, matrix_to_weight, weight_matrix
-from ..space import SearchSpace
-from ._forward import batch_output, is_encoder_batch, token_mask
-from .base import (
-    ESTIMATORS,
-    Calibration,
-    Estimator,
-    Sensitivity,
-    quantization_errors,
-    unit_modules,
-)
+from mpsearch.core.errors import ConfigError
+from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.kernels.quantize import fake_quantize, matrix_to_weight, weight_matrix
+from mpsearch.space.discover import SearchSpace
+from mpsearch.space.forward import batch_output, channel_sums, is_encoder_batch, token_mask
+from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
+from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.quant_errors import quantization_errors
+from mpsearch.space.discover import unit_modules
 
 METRICS = ("auto", "kl", "cosine")
 
@@ -191,11 +187,8 @@ class PerturbationKLCorrected(PerturbationKL):
 @torch.no_grad()
 def channel_means(model: nn.Module, module: nn.Module, data: Calibration) -> torch.Tensor:
     """Mean of each output channel of ``module`` over the calibration data, counted as
-    :func:`~mpsearch.bias_correction.measure_bias_correction` counts it (every position of a
+    :func:`~mpsearch.deploy.bias_correction.measure_bias_correction` counts it (every position of a
     conv; real tokens only for tokenizer batches), in float64."""
-    # imported here: mpsearch.bias_correction imports this package
-    from ..bias_correction import channel_sums
-
     kind = quantizable_kind(module)
     acc: dict[str, Any] = {"sum": 0.0, "n": 0.0, "mask": None}
 

@@ -45,14 +45,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from ..kernels.fake import quantizable_kind
-from ..kernels.quantize import num_groups, weight_matrix
-from ..space import SearchSpace
-from ..zoo.resnet import CifarResNet
-from ._forward import batch_inputs, batch_labels, is_encoder_batch
-from ._lrp_rules import RULES, Op, Program, propagate
-from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
+from mpsearch.core.errors import ConfigError
+from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.kernels.quantize import num_groups, weight_matrix
+from mpsearch.space.discover import SearchSpace
+from mpsearch.sensitivity._protocols import is_cifar_resnet
+from mpsearch.space.forward import batch_inputs, batch_labels, is_encoder_batch
+from mpsearch.sensitivity._lrp_rules import RULES, Op, Program, propagate
+from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
+from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.discover import unit_modules
 
 SUPPORTED = "Conv2d, Linear, BatchNorm2d, ReLU, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity"
 
@@ -92,7 +94,7 @@ def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None, src: int, unit: str) ->
     return Op("affine", (src,), fn=_conv_fn(conv), weight=w, bias=b, unit=unit)
 
 
-def resnet_program(model: CifarResNet) -> Program:
+def resnet_program(model: nn.Module) -> Program:
     """The CIFAR ResNet as an LRP program (BN folded, residual adds split proportionally)."""
     prog = Program()
     v = prog.add(_conv_bn(model.conv1, model.bn1, 0, "conv1"))
@@ -150,7 +152,7 @@ def sequential_program(model: nn.Sequential, prefix: str = "") -> Program:
 
 def build_program(model: nn.Module) -> Program:
     """The LRP program of a supported model, or a ConfigError naming what is supported."""
-    if isinstance(model, CifarResNet):
+    if is_cifar_resnet(model):
         return resnet_program(model)
     if isinstance(model, nn.Sequential):
         return sequential_program(model)
@@ -234,7 +236,7 @@ class LayerRelevance(Estimator):
         model.eval()
         try:
             if is_encoder_batch(data.batches[0]) and hasattr(model, "config"):
-                from ._relevance_bert import transformer_relevance
+                from mpsearch.sensitivity._relevance_bert import transformer_relevance
 
                 sums, wsums, info = transformer_relevance(
                     model, data, names, modules, weights=groups, progress=self.progress, time_limit=self.time_limit

@@ -31,10 +31,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from ..space import SearchSpace
-from ._tensors import Deadline, grads_or_zeros, slice_batch, unit_reduce, weights_requiring_grad
-from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
+from mpsearch.core.errors import ConfigError
+from mpsearch.space.discover import SearchSpace
+from mpsearch.sensitivity._tensors import Deadline, grads_or_zeros, slice_batch, unit_reduce, weights_requiring_grad
+from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
+from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.discover import unit_modules
 
 
 def mean_loss_gradient(

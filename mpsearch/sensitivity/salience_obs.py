@@ -28,11 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from ..kernels.quantize import weight_matrix
-from ..space import SearchSpace
-from ._tensors import Deadline, unit_reduce
-from .base import ESTIMATORS, Calibration, Estimator, Sensitivity, unit_modules
+from mpsearch.core.errors import ConfigError
+from mpsearch.kernels.quantize import weight_matrix
+from mpsearch.space.discover import SearchSpace
+from mpsearch.sensitivity._tensors import Deadline, unit_reduce
+from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
+from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.discover import unit_modules
 
 
 def layer_input_rows(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .base import SOLVERS, SolveResult, Solver, Status, get_solver
-from .convex import ConvexSolver
-from .dp import DPSolver
-from .greedy import GreedySolver
-from .ilp import ILPSolver
-from .lagrange import LagrangeSolver, LagrangeSolution, lagrange_solve
-from .search import NSGA2Solver, TPESolver
+from mpsearch.solvers.base import SOLVERS, SolveResult, Solver, Status, get_solver
+from mpsearch.solvers.convex import ConvexSolver
+from mpsearch.solvers.dp import DPSolver
+from mpsearch.solvers.greedy import GreedySolver
+from mpsearch.solvers.ilp import ILPSolver
+from mpsearch.solvers.lagrange import LagrangeSolver, LagrangeSolution, lagrange_solve
+from mpsearch.solvers.search import NSGA2Solver, TPESolver
 
 __all__ = [
     "SOLVERS", "SolveResult", "Solver", "Status", "get_solver", "solve",

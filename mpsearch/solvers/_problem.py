@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..budget import Budget
-from ..costs import CostTable
-from ..errors import ConfigError
-from .base import RTOL, reduce
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import ConfigError
+from mpsearch.solvers.base import RTOL, reduce
 
 
 @dataclass(frozen=True, eq=False)

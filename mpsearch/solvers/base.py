@@ -1,10 +1,10 @@
 """What every solver shares: the result type, the base class and tie collapsing.
 
 Solvers work on arrays only (numpy, no torch). A solver gets a
-:class:`~mpsearch.costs.CostTable` and one or more :class:`~mpsearch.budget.Budget`
+:class:`~mpsearch.core.costs.CostTable` and one or more :class:`~mpsearch.core.budget.Budget`
 and returns a :class:`SolveResult`. Infeasible is a status, not an exception;
 asking an infeasible result for its plan raises
-:class:`~mpsearch.errors.InfeasibleBudgetError` naming the smallest feasible budget.
+:class:`~mpsearch.core.errors.InfeasibleBudgetError` naming the smallest feasible budget.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..budget import Budget, as_budgets
-from ..costs import CostTable
-from ..errors import BudgetTooLargeError, InfeasibleBudgetError, MPSearchError
-from ..registry import Registry
+from mpsearch.core.budget import Budget, as_budgets
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import BudgetTooLargeError, InfeasibleBudgetError, MPSearchError
+from mpsearch.core.registry import Registry
 
 SOLVERS: Registry["Solver"] = Registry("solver")
 
@@ -95,7 +95,7 @@ class SolveResult:
 
     @property
     def plan(self):
-        """The :class:`~mpsearch.plan.BitPlan`; raises InfeasibleBudgetError when there is none."""
+        """The :class:`~mpsearch.core.plan.BitPlan`; raises InfeasibleBudgetError when there is none."""
         choice = self._require()
         return self.costs.plan(
             choice,

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..budget import Budget
-from ..costs import CostTable
-from ._polish import core_exact, polish
-from ._problem import single_budget
-from .base import SOLVERS, SolveResult, Solver, Status
-from .greedy import lower_until_within, raise_while_fits
-from .lagrange import POLISH_CELLS, lagrange_solve
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.solvers._polish import core_exact, polish
+from mpsearch.solvers._problem import single_budget
+from mpsearch.solvers.base import SOLVERS, SolveResult, Solver, Status
+from mpsearch.solvers.greedy import lower_until_within, raise_while_fits
+from mpsearch.solvers.lagrange import POLISH_CELLS, lagrange_solve
 
 
 def fit_scale(cost: np.ndarray, bits: np.ndarray, allowed: np.ndarray) -> np.ndarray:

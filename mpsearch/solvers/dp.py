@@ -19,12 +19,12 @@ from functools import reduce as fold
 
 import numpy as np
 
-from ..budget import Budget
-from ..costs import CostTable
-from ..errors import ConfigError
-from ._problem import Problem, single_budget
-from .base import SOLVERS, SolveResult, Solver, Status, check_ceiling
-from .lagrange import lagrange_solve
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import ConfigError
+from mpsearch.solvers._problem import Problem, single_budget
+from mpsearch.solvers.base import SOLVERS, SolveResult, Solver, Status, check_ceiling
+from mpsearch.solvers.lagrange import lagrange_solve
 
 
 class _Table:
@@ -127,7 +127,7 @@ class DPSolver(Solver):
         """
         import time
 
-        from ..pareto import ParetoFront
+        from mpsearch.solvers.pareto import ParetoFront
 
         start = time.perf_counter()
         probe = Budget(kind=kind, value=1.0)

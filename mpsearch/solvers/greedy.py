@@ -14,9 +14,9 @@ import heapq
 
 import numpy as np
 
-from ..budget import Budget
-from ..costs import CostTable
-from .base import RTOL, SOLVERS, SolveResult, Solver, Status, reduce
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.solvers.base import RTOL, SOLVERS, SolveResult, Solver, Status, reduce
 
 
 def _best_move(cost, mats, weights, allowed, i: int, j: int, down: bool) -> tuple[float, int]:

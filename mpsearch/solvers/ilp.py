@@ -15,10 +15,10 @@ import warnings
 
 import numpy as np
 
-from ..budget import Budget
-from ..costs import CostTable
-from ..errors import MPSearchError, SolverError
-from .base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, reduce, within
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import MPSearchError, SolverError
+from mpsearch.solvers.base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, reduce, within
 
 
 def lp_bound(red: Reduced) -> float | None:

@@ -31,16 +31,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..budget import Budget
-from ..costs import CostTable
-from ..errors import CostTableError
-from ._polish import core_exact, polish
-from ._problem import single_budget
-from .base import SOLVERS, SolveResult, Solver, Status
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import CostTableError
+from mpsearch.solvers._polish import core_exact, polish
+from mpsearch.solvers._problem import single_budget
+from mpsearch.solvers.base import SOLVERS, SolveResult, Solver, Status
 
 def _kernels():
     """The Numba kernels, imported on first use so that importing the solvers stays cheap."""
-    from . import _hull
+    from mpsearch.solvers import _hull
 
     return _hull
 

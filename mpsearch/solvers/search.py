@@ -11,7 +11,7 @@ the real model, where ``bits`` maps item names to widths.
   always exists. The answer is the best feasible trial of the study.
 - ``NSGA2Solver`` (the genetic search) minimizes the objective and every
   budget's resource at once. ``solve`` returns the best feasible trial;
-  ``front`` returns a :class:`~mpsearch.pareto.ParetoFront`. Its first
+  ``front`` returns a :class:`~mpsearch.solvers.pareto.ParetoFront`. Its first
   generation is seeded with the uniform plans and plans spread along the
   greedy descent (widest to narrowest); they count as evaluations.
 
@@ -33,11 +33,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..budget import Budget
-from ..costs import CostTable
-from ..errors import ConfigError
-from .base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, check_ceiling, reduce
-from .greedy import GreedySolver, descent_path
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import ConfigError
+from mpsearch.solvers.base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, check_ceiling, reduce
+from mpsearch.solvers.greedy import GreedySolver, descent_path
 
 
 @functools.lru_cache(maxsize=None)
@@ -262,7 +262,7 @@ class NSGA2Solver(_OptunaSearch):
 
 
 def _front_of(study, costs, red, names, budgets, kind, solver, start, measured):
-    from ..pareto import ParetoFront
+    from mpsearch.solvers.pareto import ParetoFront
 
     probe = Budget(kind=kind, value=float("1e300"))
     trials = [t for t in study.get_trials(deepcopy=False) if t.values is not None and all(n in t.params for n in names)]

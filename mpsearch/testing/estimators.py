@@ -33,10 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..kernels.config import QuantizerConfig
-from ..kernels.quantize import num_groups
-from ..sensitivity.base import ESTIMATORS, Calibration, Estimator, build_cost_table
-from ..space import SearchSpace, discover
+from mpsearch.core.config import QuantizerConfig
+from mpsearch.kernels.quantize import num_groups
+from mpsearch.sensitivity.base import ESTIMATORS, Estimator
+from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.pricing.tables import build_cost_table
+from mpsearch.space.discover import SearchSpace, discover
 
 Factory = Callable[..., Estimator]
 GROUP_SIZE = 8

@@ -8,9 +8,9 @@ Checks, on small random tables with pins and ties:
 - budget respected and plan valid (allowed widths, ties shared, objective and
   usage consistent, status, seconds, gap >= 0 where a bound is given);
 - infeasible budgets reported as a status with the smallest feasible budget,
-  and the plan raising :class:`~mpsearch.errors.InfeasibleBudgetError`;
+  and the plan raising :class:`~mpsearch.core.errors.InfeasibleBudgetError`;
 - a budget above the largest useful one (every unit at its widest choice) raising
-  :class:`~mpsearch.errors.BudgetTooLargeError`, and one exactly at it solved;
+  :class:`~mpsearch.core.errors.BudgetTooLargeError`, and one exactly at it solved;
 - the same seed gives the same plan, byte for byte;
 - exact solvers (``exact = True``) match brute force, and a bound never
   exceeds the brute-force optimum.
@@ -23,10 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..budget import Budget
-from ..costs import CostTable
-from ..errors import BudgetTooLargeError, InfeasibleBudgetError
-from ..solvers.base import SolveResult, Solver, Status
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import BudgetTooLargeError, InfeasibleBudgetError
+from mpsearch.solvers.base import SolveResult, Solver, Status
 
 SEEDS = tuple(range(6))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 
 __all__ = [
     "CIFAR10_FILE",

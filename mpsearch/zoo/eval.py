@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 
 __all__ = ["accuracy"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mpsearch.errors import DataError, MissingDependencyError
+from mpsearch.core.errors import DataError, MissingDependencyError
 
 __all__ = [
     "CORPUS_FILE",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpsearch.errors import DataError, UnknownNameError
+from mpsearch.core.errors import DataError, UnknownNameError
 from mpsearch.zoo.resnet import cifar_resnet
 
 __all__ = ["CHECKPOINT_FILES", "EMBEDDED_RESNET20", "MODEL_NAMES", "load_pretrained"]

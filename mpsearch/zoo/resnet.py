@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpsearch.errors import UnknownNameError
+from mpsearch.core.errors import UnknownNameError
 
 __all__ = ["BasicBlock", "CifarResNet", "PadShortcut", "cifar_resnet", "RESNET_DEPTHS"]
 

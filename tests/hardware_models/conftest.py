@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpsearch.profile import trace_layers
+from mpsearch.pricing.profile import trace_layers
 from mpsearch.zoo.resnet import cifar_resnet
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.costs import cost_table_from_space
+from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.hardware_models.bops import bops_column, model_bops
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 
 
 def _resnet20_macs_by_hand() -> int:

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mpsearch import hw_calibrate
-from mpsearch.cli import main
-from mpsearch.costs import CostTable, cost_table_from_space
-from mpsearch.space import discover
+from mpsearch.workflows import hw_calibrate
+from mpsearch.cli.main import main
+from mpsearch.core.costs import CostTable
+from mpsearch.pricing.tables import cost_table_from_space
+from mpsearch.space.discover import discover
 
 
 @pytest.fixture()

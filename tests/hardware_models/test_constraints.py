@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsearch.budget import Budget
-from mpsearch.costs import cost_table_from_space
+from mpsearch.core.budget import Budget
+from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.hardware_models.bops import bops_column
 from mpsearch.hardware_models.lut import LUTLatencyModel
 from mpsearch.hardware_models.memory import bytes_packed_column
 from mpsearch.hardware_models.roofline import latency_column
-from mpsearch.pareto import pareto
+from mpsearch.solvers.pareto import pareto
 from mpsearch.solvers import solve
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 
 
 @pytest.fixture(scope="module")

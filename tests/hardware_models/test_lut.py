@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.hardware_models.lut import LUTLatencyModel
-from mpsearch.hw_calibrate import write_table
+from mpsearch.workflows.hw_calibrate import write_table
 
 SHAPES = [(16, 144), (64, 576), (384, 1536)]
 BATCHES = [1, 16, 256]

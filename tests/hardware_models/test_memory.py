@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.costs import cost_table_from_space
+from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.hardware_models.memory import (
     bytes_packed_column,
     plan_bytes,
     weight_bytes,
 )
-from mpsearch.kernels.config import QuantizerConfig
+from mpsearch.core.config import QuantizerConfig
 from mpsearch.kernels.packing import pack
 from mpsearch.kernels.quantize import quantize, weight_matrix
-from mpsearch.profile import memory_inventory
-from mpsearch.space import discover
+from mpsearch.pricing.profile import memory_inventory
+from mpsearch.space.discover import discover
 
 CONFIGS = [
     QuantizerConfig(scheme="symmetric"),
@@ -79,10 +79,10 @@ def test_bytes_packed_column_counts_row_padding(resnet20, resnet20_shapes):
 
 
 def test_against_apply_buffers_when_available(resnet20):
-    if importlib.util.find_spec("mpsearch.kernels.apply") is None:
-        pytest.skip("mpsearch.kernels.apply not written yet")
-    from mpsearch.kernels import apply as apply_mod
-    from mpsearch.plan import BitPlan
+    if importlib.util.find_spec("mpsearch.deploy.apply") is None:
+        pytest.skip("mpsearch.deploy.apply not written yet")
+    from mpsearch.deploy import apply as apply_mod
+    from mpsearch.core.plan import BitPlan
 
     if not hasattr(apply_mod, "quantized_buffer_bytes"):
         pytest.skip("apply has no quantized_buffer_bytes")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsearch.errors import UnknownNameError
+from mpsearch.core.errors import UnknownNameError
 from mpsearch.hardware_models.devices import DEVICES, cpu_local, get_device
 from mpsearch.hardware_models.roofline import layer_latency_ms, model_latency_ms
 

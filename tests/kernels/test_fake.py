@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mpsearch.errors import BitsOutOfRangeError, DataError, MPSearchError, PlanMismatchError
+from mpsearch.core.errors import BitsOutOfRangeError, DataError, MPSearchError, PlanMismatchError
 from mpsearch.kernels.fake import fake_quantize_model, quantizable_kind
 from mpsearch.kernels.quantize import (
     QuantizerConfig,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.errors import BitsOutOfRangeError, DataError, MissingDependencyError
+from mpsearch.core.errors import BitsOutOfRangeError, DataError, MissingDependencyError
 from mpsearch.kernels import numba_cpu
 from mpsearch.kernels.packing import pack
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _gemv_cases import assert_close, make_case, reference
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.kernels.packing import pack
 
 numba = pytest.importorskip("numba")

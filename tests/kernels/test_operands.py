@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.errors import BitsOutOfRangeError, DataError
+from mpsearch.core.errors import BitsOutOfRangeError, DataError
 from mpsearch.kernels._operands import _fast_shape, check_activations, check_operands
 from mpsearch.kernels.packing import pack
 

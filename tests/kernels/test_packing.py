@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpsearch.errors import BitsOutOfRangeError, DataError
+from mpsearch.core.errors import BitsOutOfRangeError, DataError
 from mpsearch.kernels import packing
 from mpsearch.kernels.packing import pack, packed_row_bytes, unpack
 

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpsearch.errors import BitsOutOfRangeError, DataError, MPSearchError, PlanFormatError
+from mpsearch.core.errors import BitsOutOfRangeError, DataError, MPSearchError, PlanFormatError
 from mpsearch.kernels.quantize import (
     QuantizerConfig,
     Scheme,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpsearch.errors import BitsOutOfRangeError, DataError
+from mpsearch.core.errors import BitsOutOfRangeError, DataError
 from mpsearch.kernels import torch_packed
 from mpsearch.kernels.packing import pack
 from mpsearch.kernels.torch_packed import dequantize_packed, packed_matmul

@@ -7,15 +7,10 @@ import pytest
 import torch
 from _nets import tiny_data, tiny_net
 
-from mpsearch.kernels.config import QuantizerConfig
-from mpsearch.sensitivity import (
-    Calibration,
-    FisherDiagonal,
-    SensitivityCache,
-    cached_estimate,
-)
+from mpsearch.core.config import QuantizerConfig
+from mpsearch.sensitivity import Calibration, FisherDiagonal, SensitivityCache, cached_estimate
 from mpsearch.sensitivity.cache import CacheWarning
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 
 
 class Counting(FisherDiagonal):

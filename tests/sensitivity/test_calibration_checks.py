@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.sensitivity import ESTIMATORS, Calibration
 from mpsearch.testing.estimators import (
     contract_data,

@@ -6,16 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mpsearch.errors import ConfigError, DataError
-from mpsearch.sensitivity import (
-    Calibration,
-    DistilledData,
-    OBSSalience,
-    bn_statistics_loss,
-    distill_bn_data,
-    pseudo_label_loss,
-)
-from mpsearch.space import discover
+from mpsearch.core.errors import ConfigError, DataError
+from mpsearch.sensitivity import Calibration, DistilledData, OBSSalience, bn_statistics_loss, distill_bn_data, pseudo_label_loss
+from mpsearch.space.discover import discover
 from mpsearch.zoo import load_pretrained
 
 pytestmark = pytest.mark.torch_threads(1)

@@ -10,7 +10,7 @@ import torch
 from _estimator_fixtures import minilm_calibration, resnet20_calibration
 from torch import nn
 
-from mpsearch.errors import ConfigError
+from mpsearch.core.errors import ConfigError
 from mpsearch.sensitivity import Calibration
 from mpsearch.sensitivity.embedding import (
     LayerInputModification,
@@ -19,7 +19,7 @@ from mpsearch.sensitivity.embedding import (
     lim_of,
     zscore_share,
 )
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 from mpsearch.zoo import cifar_resnet
 
 

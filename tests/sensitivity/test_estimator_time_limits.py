@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpsearch.sensitivity import Calibration, get_estimator
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 
 from _nets import tiny_data, tiny_net
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from mpsearch.errors import MPSearchError
-from mpsearch.sensitivity import Calibration, HutchinsonTrace, build_cost_table
-from mpsearch.space import discover
+from mpsearch.core.errors import MPSearchError
+from mpsearch.sensitivity import Calibration, HutchinsonTrace
+from mpsearch.pricing.tables import build_cost_table
+from mpsearch.space.discover import discover
 
 from _nets import exact_hessian_block, tiny_data as small_data, tiny_net as small_net, trained_tiny_net as trained_net
 

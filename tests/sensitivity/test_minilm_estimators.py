@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.kernels.config import QuantizerConfig
+from mpsearch.core.config import QuantizerConfig
 from mpsearch.kernels.quantize import num_groups
-from mpsearch.sensitivity import (
-    build_cost_table,
-    embedding_distillation_loss,
-    minilm_calibration,
-)
-from mpsearch.space import discover
+from mpsearch.sensitivity import embedding_distillation_loss, minilm_calibration
+from mpsearch.pricing.tables import build_cost_table
+from mpsearch.space.discover import discover
 from mpsearch.testing.estimators import registry_factory
 
 pytest.importorskip("transformers")

@@ -9,12 +9,13 @@ import torch
 from _estimator_fixtures import minilm_calibration, resnet20_calibration
 from torch import nn
 
-from mpsearch.errors import ConfigError
-from mpsearch.kernels.config import QuantizerConfig
+from mpsearch.core.errors import ConfigError
+from mpsearch.core.config import QuantizerConfig
 from mpsearch.kernels.fake import fake_quantize_model
-from mpsearch.sensitivity import Calibration, build_cost_table
+from mpsearch.sensitivity import Calibration
+from mpsearch.pricing.tables import build_cost_table
 from mpsearch.sensitivity.perturbation import PerturbationKL, output_divergence
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 
 FAST = QuantizerConfig()  # no clipping search: quick enough for tests
 

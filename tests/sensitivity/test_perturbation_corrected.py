@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpsearch.kernels.config import QuantizerConfig
+from mpsearch.core.config import QuantizerConfig
 from mpsearch.sensitivity import Calibration, get_estimator
 from mpsearch.sensitivity.perturbation import (
     PerturbationKL,
     PerturbationKLCorrected,
     channel_means,
 )
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 
 FAST = QuantizerConfig()  # no clipping search
 

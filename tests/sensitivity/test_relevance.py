@@ -9,12 +9,12 @@ import torch
 from _estimator_fixtures import minilm_calibration, resnet20_calibration
 from torch import nn
 
-from mpsearch.errors import ConfigError
-from mpsearch.kernels.config import QuantizerConfig
+from mpsearch.core.errors import ConfigError
+from mpsearch.core.config import QuantizerConfig
 from mpsearch.sensitivity import Calibration
 from mpsearch.sensitivity._lrp_rules import propagate
 from mpsearch.sensitivity.relevance import LayerRelevance, build_program
-from mpsearch.space import discover
+from mpsearch.space.discover import discover
 from mpsearch.zoo import cifar_resnet
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from mpsearch.budget import Budget
-from mpsearch.costs import CostTable
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
 
 # the same slack the solvers use (mpsearch.solvers.base.RTOL), restated so the
 # reference does not depend on the code under test

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsearch.budget import Budget
-from mpsearch.costs import CostTable
-from mpsearch.errors import BudgetError, BudgetTooLargeError
-from mpsearch.pareto import pareto
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import BudgetError, BudgetTooLargeError
+from mpsearch.solvers.pareto import pareto
 from mpsearch.solvers import SOLVERS, DPSolver, NSGA2Solver, TPESolver, solve
 from mpsearch.solvers.greedy import widest
 from mpsearch.solvers.search import load_front
@@ -139,7 +139,7 @@ def test_pareto_up_to_the_maximum_ends_at_the_widest_plan() -> None:
 
 
 def test_default_sweeps_stay_within_the_table() -> None:
-    from mpsearch.quickstart import FRONT_BUDGETS, default_sweep
+    from mpsearch.workflows.quickstart import FRONT_BUDGETS, default_sweep
 
     costs = table()  # widest choice 4 bits: the default 2:8 grid and the quickstart's 8-bit point must not trip
     grid = default_sweep(costs)

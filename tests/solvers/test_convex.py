@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsearch.budget import Budget
-from mpsearch.costs import CostTable
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
 from mpsearch.solvers import ConvexSolver, solve
 from mpsearch.solvers.convex import fit_scale, water_fill
 

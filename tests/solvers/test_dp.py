@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsearch.budget import Budget
-from mpsearch.errors import ConfigError
-from mpsearch.pareto import ParetoFront, pareto
+from mpsearch.core.budget import Budget
+from mpsearch.core.errors import ConfigError
+from mpsearch.solvers.pareto import ParetoFront, pareto
 from mpsearch.solvers import DPSolver, Status, solve
 
 

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from mpsearch.budget import Budget
-from mpsearch.costs import CostTable
-from mpsearch.errors import BudgetError, InfeasibleBudgetError, MPSearchError, UnknownNameError
-from mpsearch.plan import BitPlan
+from mpsearch.core.budget import Budget
+from mpsearch.core.costs import CostTable
+from mpsearch.core.errors import BudgetError, InfeasibleBudgetError, MPSearchError, UnknownNameError
+from mpsearch.core.plan import BitPlan
 from mpsearch.solvers import ILPSolver, SolveResult, Status, get_solver, solve
 
 SEEDS = range(30)

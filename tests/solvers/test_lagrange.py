@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsearch.budget import Budget
-from mpsearch.errors import ConfigError, CostTableError
+from mpsearch.core.budget import Budget
+from mpsearch.core.errors import ConfigError, CostTableError
 from mpsearch.solvers import LagrangeSolver, Status, lagrange_solve, solve
 
 SEEDS = range(30)
@@ -92,7 +92,7 @@ def test_several_budgets_are_refused(random_table) -> None:
 
 def test_core_and_exchange_polish_reach_the_ilp_on_layer_tables() -> None:
     """Layer-wise tables have few items: the polished plan matches the ILP (0.5 % target)."""
-    from mpsearch.costs import CostTable
+    from mpsearch.core.costs import CostTable
 
     rng = np.random.default_rng(4)
     n, bits = 24, np.array([2, 3, 4, 8])

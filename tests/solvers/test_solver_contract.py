@@ -38,7 +38,7 @@ def test_contract_catches_a_solver_over_budget() -> None:
             self.seed = seed
 
         def solve(self, costs, budget, *, time_limit=None):  # skips the base class checks on purpose
-            from mpsearch.budget import as_budgets
+            from mpsearch.core.budget import as_budgets
             from mpsearch.solvers.greedy import widest
 
             choice = widest(costs.allowed)

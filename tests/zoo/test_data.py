@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.zoo.data import (
     DATA_DIR_ENV,
     IMAGENET_MEAN,

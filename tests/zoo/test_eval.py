@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.errors import DataError
+from mpsearch.core.errors import DataError
 from mpsearch.zoo.eval import accuracy
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from mpsearch.errors import DataError, MPSearchError
+from mpsearch.core.errors import DataError, MPSearchError
 from mpsearch.zoo.minilm import (
     MissingDependencyError,
     embed_sentences,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpsearch.errors import DataError, UnknownNameError
+from mpsearch.core.errors import DataError, UnknownNameError
 from mpsearch.zoo.data import load_cifar10, to_tensor
 from mpsearch.zoo.eval import accuracy
 from mpsearch.zoo.models import (

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from mpsearch.errors import UnknownNameError
+from mpsearch.core.errors import UnknownNameError
 from mpsearch.zoo.models import EMBEDDED_RESNET20
 from mpsearch.zoo.resnet import RESNET_DEPTHS, PadShortcut, cifar_resnet
 

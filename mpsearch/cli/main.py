@@ -1,0 +1,278 @@
+"""The ``mpsearch`` command line.
+
+    mpsearch quickstart                       # the whole pipeline on the embedded ResNet-20
+    mpsearch sensitivity --model resnet20 --out costs.json
+    mpsearch search --costs costs.json --budget 3 --out plan.json
+    mpsearch pareto --costs costs.json --budgets 2.5:4:0.25 --out-dir front/
+    mpsearch evaluate --model resnet20 --plan plan.json --data-dir ../shared/data
+    mpsearch study study.toml                 # estimators x solvers x budgets, resumable
+    mpsearch hw calibrate --out lut.json      # time the packed kernels on this machine
+    mpsearch hw add --costs costs.json --lut lut.json --out costs_hw.json   # + latency_ms, bops, bytes_packed
+
+Errors on user input print one line naming the rule, the value and the fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EPILOG = "Data: --data-dir takes a folder with cifar10_test.npz and the resnet*.th checkpoints " \
+    "(or set MPSEARCH_DATA_DIR); without it the embedded ResNet-20 and 1,000 test images are used."
+
+
+def _data_dir(args: argparse.Namespace):
+    from mpsearch.zoo.data import default_data_dir
+
+    return args.data_dir if args.data_dir is not None else default_data_dir()
+
+
+def parse_bits(text: str) -> tuple[int, ...]:
+    from mpsearch.core.errors import BitsOutOfRangeError
+
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise BitsOutOfRangeError(f"--bits must be a comma list of integers such as 2,3,4,8, but got {text!r}.") from None
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from mpsearch.workflows.quickstart import budget_grid, format_table, run_quickstart
+
+    result = run_quickstart(
+        data_dir=_data_dir(args), out_dir=args.out, model_name=args.model, n_calib=args.calib,
+        seed=args.seed, budgets=budget_grid(args.budgets), bias_correction=args.bias_correction, progress=not args.quiet,
+    )
+    print()
+    print(format_table(result.table))
+    print()
+    print(f"wrote {result.out_dir}/summary.csv, pareto.csv, pareto.png, costs.json and plans/*.json")
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    import torch
+
+    from mpsearch.sensitivity import Calibration, HutchinsonTrace
+
+    from mpsearch.pricing.tables import build_cost_table
+    from mpsearch.space.discover import discover_quietly
+    from mpsearch.zoo.data import load_cifar10, to_tensor
+    from mpsearch.zoo.models import load_pretrained
+
+    data_dir = _data_dir(args)
+    images, labels = load_cifar10(data_dir)
+    x, y = to_tensor(images[: args.calib]), torch.from_numpy(labels[: args.calib])
+    model = load_pretrained(args.model, data_dir)
+    space = discover_quietly(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
+    if notice := space.float_notice():
+        print(f"note: {notice}", file=sys.stderr)
+    checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
+    estimator = HutchinsonTrace(seed=args.seed, tol=args.tol, max_probes=args.max_probes, progress=not args.quiet,
+                                checkpoint=checkpoint, time_limit=args.time_limit)
+    try:
+        sens = estimator.estimate(model, Calibration.classification(x, y, batch_size=args.batch_size), space)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished probes kept in {checkpoint}; rerun the same command to resume", file=sys.stderr)
+        raise
+    costs = build_cost_table(model, space, sens, meta={"model": args.model, "calibration": len(x)})
+    costs.save(args.out)
+    print(f"{len(space)} units, {sens.details['probes']} probes (converged={sens.details['converged']}), "
+          f"{sens.seconds:.1f} s -> {args.out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mpsearch.core.budget import Budget
+    from mpsearch.core.costs import CostTable
+    from mpsearch.solvers import solve
+
+    costs = CostTable.load(args.costs)
+    if costs.meta.get("float_modules"):  # only then: the space module imports torch
+        from mpsearch.space.discover import float_notice_of
+
+        if notice := float_notice_of(costs):
+            print(f"note: {notice}", file=sys.stderr)
+    budgets = [Budget.parse(b) for b in args.budget]
+    result = solve(costs, budgets, solver=args.solver, time_limit=args.time_limit)
+    plan = result.plan  # raises InfeasibleBudgetError with the smallest feasible budget
+    plan.save(args.out)
+    print(f"{result.status.value}: predicted cost {result.objective:.6g}, "
+          f"{costs.average_bits(result.choice):.3f} bits/weight, {costs.storage_bytes(result.choice) / 1024:.1f} KiB, "
+          f"{result.seconds:.2f} s -> {args.out}")
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from mpsearch.core.io import atomic_write_text
+    from mpsearch.core.costs import CostTable
+    from mpsearch.solvers.pareto import pareto
+    from mpsearch.workflows.quickstart import budget_grid, default_sweep
+
+    costs = CostTable.load(args.costs)
+    values = budget_grid(args.budgets) if args.budgets is not None else default_sweep(costs, args.kind)
+    front = pareto(costs, values, solver=args.solver, kind=args.kind, progress=not args.quiet)
+    out = Path(args.out_dir)
+    frame = front.to_frame()
+    atomic_write_text(out / "pareto.csv", frame.to_csv(index=False))
+    for i, result in enumerate(front.front):
+        result.plan.save(out / "plans" / f"plan_{i:02d}_{result.budgets[0].value:g}.json")
+    front.plot(out / "pareto.png", x=args.x)
+    print(frame.to_string(index=False))
+    print(f"wrote {out}/pareto.csv, pareto.png and {len(front.front)} plans")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from mpsearch.deploy.evaluate import evaluate_plan, plan_size
+    from mpsearch.core.plan import BitPlan
+    from mpsearch.zoo.data import load_cifar10, to_tensor
+    from mpsearch.zoo.models import load_pretrained
+
+    data_dir = _data_dir(args)
+    images, labels = load_cifar10(data_dir)
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    model = load_pretrained(args.model, data_dir)
+    if args.plan is None:
+        from mpsearch.zoo.eval import accuracy
+
+        top1 = accuracy(model, to_tensor(images), torch.from_numpy(labels))
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"top-1 {top1:.2f} % on {len(images)} images; fp32, {n_params:,} parameters")
+        return 0
+    plan = BitPlan.load(args.plan)
+    size = plan_size(model, plan)
+    top1 = evaluate_plan(model, plan, to_tensor(images), torch.from_numpy(labels))
+    print(f"top-1 {top1:.2f} % on {len(images)} images; {size.average_bits:.3f} bits/weight "
+          f"(scales included); {size.total_bytes / 1024:.1f} KiB in all "
+          f"({size.quantized_bytes / 1024:.1f} KiB quantized, {size.float_bytes / 1024:.1f} KiB float)")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from mpsearch.workflows.study_config import run_config
+
+    frame, fp32, out_dir = run_config(args.config, progress=not args.quiet)
+    shown = frame[["estimator", "solver", "budget", "status", "avg_bits", "mib", "predicted_cost", "metric"]]
+    print(shown.to_string(index=False))
+    print(f"fp32: {fp32:.2f}; wrote {out_dir}/results.csv, study.png, study.svg, costs/ and plans/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
+    parser = argparse.ArgumentParser(
+        prog="mpsearch", description="Mixed-precision bit-allocation search for neural-network quantization.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"mpsearch {version('mpsearch')}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+        if model:
+            p.add_argument("--model", default="resnet20", help="resnet20 (embedded), resnet32, resnet44, resnet56 (default: %(default)s)")
+            p.add_argument("--data-dir", type=Path, default=None, help="folder with cifar10_test.npz and the checkpoints")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("quickstart", help="run the whole pipeline on the embedded ResNet-20", epilog=EPILOG,
+                       description="Load a pretrained CIFAR ResNet, estimate Hessian sensitivities, solve mixed plans at "
+                       "several average-bit budgets, measure every plan's top-1, and write plans (JSON), a table (CSV) "
+                       "and the Pareto front (PNG).")
+    common(p)
+    p.add_argument("--out", type=Path, default=Path("mpsearch-out"), help="output folder (default: %(default)s)")
+    p.add_argument("--calib", type=int, default=256, help="calibration images, taken first; the rest are evaluated (default: %(default)s)")
+    p.add_argument("--budgets", default="2.5,3,3.5,4", help="average-bit budgets of the mixed plans (default: %(default)s)")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="measure plans without bias correction (by default each plan carries its layers' mean output "
+                        "shifts measured on the calibration images)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("sensitivity", help="estimate per-layer sensitivities and write a cost table (JSON)",
+                       description="Hutchinson Hessian trace per layer on calibration images; cost of a layer at b bits = "
+                       "trace/n * ||Q_b(W) - W||^2.", epilog=EPILOG)
+    common(p)
+    p.add_argument("--out", type=Path, required=True, help="cost table JSON to write")
+    p.add_argument("--calib", type=int, default=256, help="calibration images (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per Hessian-vector product (default: %(default)s)")
+    p.add_argument("--bits", default="2,3,4,8", help="bit choices (default: %(default)s)")
+    p.add_argument("--no-pins", action="store_true", help="also search the first and last layer (pinned to 8 bits by default)")
+    p.add_argument("--tol", type=float, default=0.1, help="relative standard error at which probing stops (default: %(default)s)")
+    p.add_argument("--max-probes", type=int, default=200, help="(default: %(default)s)")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; stop probing then and use what was measured")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("search", help="find the best plan under a budget (writes plan JSON)",
+                       description="Solve the cost table under one or more budgets. A budget reads like 3 or 3bits "
+                       "(average bits per weight, scales included), 48KiB or 120000B (bytes), or KIND=VALUE.")
+    common(p, model=False)
+    p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
+    p.add_argument("--budget", action="append", required=True, help="repeat for several budgets at once")
+    p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; returns the best plan found so far")
+    p.add_argument("--out", type=Path, required=True, help="plan JSON to write")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("pareto", help="sweep budgets and write the Pareto front (CSV, PNG, plans)",
+                       description="Solve once per budget and keep the non-dominated plans.")
+    common(p, model=False)
+    p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
+    p.add_argument("--budgets", default=None, help="START:STOP:STEP or a comma list (default: 2:8:0.25 average bits "
+                   "up to the largest useful budget; for other kinds 16 values from the smallest to the largest)")
+    p.add_argument("--kind", default="avg_bits", help="budget kind swept: avg_bits, bytes, or a resource "
+                   "column such as latency_ms, bops, bytes_packed (see `mpsearch hw add`) (default: %(default)s)")
+    p.add_argument("--x", default="avg_bits", choices=("avg_bits", "mib"), help="x axis of the plot")
+    p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("study", help="run estimators x solvers x budgets from a TOML config",
+                       description="Run a search study described by a TOML file (see mpsearch/workflows/study_config.py for "
+                       "every key) and write results.csv, study.png/svg, the cost tables and the plans into its "
+                       "out_dir. An interrupted study resumes where it stopped.")
+    p.add_argument("config", type=Path, help="study config (TOML)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
+
+    from mpsearch.cli.hw import add_hw_parser
+
+    add_hw_parser(sub)
+
+    p = sub.add_parser("evaluate", help="measure a plan's top-1 accuracy and size (fp32 without --plan)", epilog=EPILOG,
+                       description="Apply a plan (fake-quant reference) to a pretrained model and measure top-1 on CIFAR-10. "
+                       "Without --plan, measure the fp32 model.")
+    common(p)
+    p.add_argument("--plan", type=Path, default=None, help="plan JSON (omit for the fp32 model)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mpsearch.core.errors import MPSearchError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MPSearchError as err:
+        print(f"mpsearch {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mpsearch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

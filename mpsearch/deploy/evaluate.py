@@ -1,0 +1,113 @@
+"""Applying a plan (fake-quant reference) and measuring what it does to a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mpsearch.core.config import group_sizes
+from mpsearch.deploy.bias_shift import add_bias_correction
+from mpsearch.space.discover import check_plan_for_model
+from mpsearch.kernels.fake import fake_quantize_model as _fake_quantize_units
+from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.kernels.quantize import overhead_bits, weight_matrix
+from mpsearch.core.plan import BitPlan
+
+
+def _matrix_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, fan_in) of a quantizable module's weight, as the quantizer sees it."""
+    out_f, fan_in = weight_matrix(module.weight, quantizable_kind(module)).shape
+    return int(out_f), int(fan_in)
+
+
+def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` with every unit's weight replaced by its quantized values under ``plan``,
+    and each unit's input quantized where the plan sets activation bits (forward pre-hooks);
+    the plan's bias corrections are added to the units' biases.
+
+    The plan is validated against the model first (unknown, missing or non-quantizable
+    units raise :class:`~mpsearch.core.errors.PlanMismatchError`).
+    """
+    check_plan_for_model(plan, model)
+    quantized = _fake_quantize_units(model, unit_bit_specs(model, plan), plan.quantizer, inplace=inplace)
+    if plan.activation_bits:
+        from mpsearch.kernels.activations import attach_activation_quant
+
+        attach_activation_quant(quantized, plan.activation_bits, plan.activation_ranges)
+    if plan.bias_correction:
+        add_bias_correction(quantized, plan.bias_correction)
+    return quantized
+
+
+def unit_bit_specs(model: nn.Module, plan: BitPlan) -> dict:
+    """Plan bits as the reference quantizer takes them: an int, or an (out, n_blocks) tensor per group."""
+    modules = dict(model.named_modules())
+    specs = {}
+    for name, value in plan.bits.items():
+        if isinstance(value, tuple):
+            specs[name] = plan.group_tensor(name, _matrix_shape(modules[name])[0])
+        else:
+            specs[name] = value
+    return specs
+
+
+@dataclass(frozen=True)
+class PlanSize:
+    """Storage of a plan's quantized units and of the rest of the model."""
+
+    quantized_weights: int  # number of weights in units below 16 bits
+    code_bits: int  # bits of the integer codes
+    overhead_bits: int  # bits of scales and zero-points
+    float_bytes: int  # every other parameter and buffer, in their own dtype
+
+    @property
+    def quantized_bytes(self) -> float:
+        return (self.code_bits + self.overhead_bits) / 8
+
+    @property
+    def average_bits(self) -> float:
+        """Stored bits per quantized weight, scales and zero-points included."""
+        return (self.code_bits + self.overhead_bits) / max(self.quantized_weights, 1)
+
+    @property
+    def total_bytes(self) -> float:
+        return self.quantized_bytes + self.float_bytes
+
+
+def plan_size(model: nn.Module, plan: BitPlan) -> PlanSize:
+    """Bytes of ``model`` stored under ``plan``: codes, scale overhead, and the parameters left in float."""
+    check_plan_for_model(plan, model)
+    modules = dict(model.named_modules())
+    quantized_ids = set()
+    weights = codes = overhead = 0
+    for name, bits in plan.bits.items():
+        if bits == 16:
+            continue
+        module = modules[name]
+        out_f, fan_in = _matrix_shape(module)
+        quantized_ids.add(id(module.weight))
+        weights += out_f * fan_in
+        if isinstance(bits, tuple):  # per group: blocks of G inputs, the last one maybe partial
+            sizes = group_sizes(fan_in, plan.quantizer)
+            for k, b in enumerate(bits):
+                if b != 16:
+                    codes += int(sizes[k % len(sizes)]) * b
+                    overhead += overhead_bits(1, plan.quantizer.group_size, b, plan.quantizer)
+            continue
+        codes += out_f * fan_in * bits
+        overhead += overhead_bits(out_f, fan_in, bits, plan.quantizer)
+    float_bytes = sum(
+        t.numel() * t.element_size()
+        for t in list(model.parameters()) + list(model.buffers())
+        if id(t) not in quantized_ids
+    )
+    return PlanSize(quantized_weights=weights, code_bits=codes, overhead_bits=overhead, float_bytes=float_bytes)
+
+
+def evaluate_plan(model: nn.Module, plan: BitPlan, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500) -> float:
+    """Top-1 accuracy (percent) of ``model`` under ``plan`` (fake-quant reference)."""
+    from mpsearch.zoo.eval import accuracy
+
+    return accuracy(fake_quantize_model(model, plan), images, labels, batch_size=batch_size)

@@ -1,0 +1,140 @@
+"""Save a packed model to a folder and rebuild it from an fp32 skeleton of the same architecture.
+
+A folder holds two files::
+
+    model.safetensors   the packed model's state dict: packed codes, scales, zero-points,
+                        and every tensor left in float (biases, norms, embeddings...)
+    plan.json           the BitPlan (bits, quantizer, activation ranges)
+
+The safetensors header carries ``format``/``version`` and each packed unit's geometry
+(kind, bits, K, G, out), so a file that does not fit the plan or the skeleton is refused
+with a clear error instead of being loaded into the wrong shapes. Both files are written
+atomically (temporary file, then rename); the model first, the plan last.
+
+>>> # export(apply(model, plan, "numba"), plan, "out/resnet20-mixed")
+>>> # model_q = load("out/resnet20-mixed", load_pretrained("resnet20"), backend="numba")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mpsearch.core.io import atomic_write_bytes
+from mpsearch.core.errors import DataError, PlanMismatchError
+from mpsearch.deploy.apply import build_packed
+from mpsearch.deploy.modules import _PackedUnit
+from mpsearch.core.plan import BitPlan
+
+MODEL_FILE, PLAN_FILE = "model.safetensors", "plan.json"
+FORMAT, VERSION = "mpsearch.packed_model", "1"
+
+
+def _units(model: nn.Module) -> dict[str, dict[str, Any]]:
+    return {name: {"kind": m.kind, "bits": m.bits, "K": m.K, "G": m.G, "out": m.out_features,
+                   "scheme": m.scheme, "scale_dtype": m.scale_dtype}
+            for name, m in model.named_modules() if isinstance(m, _PackedUnit)}
+
+
+def _check_units(found: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    if found != expected:
+        diff = sorted(n for n in set(found) | set(expected) if found.get(n) != expected.get(n))
+        raise PlanMismatchError(
+            f"The packed units of {where} must match the plan and model they are used with, but "
+            f"{len(diff)} differ: {diff[:5]}{' ...' if len(diff) > 5 else ''}. Export and load "
+            f"with the plan the model was packed with, and a skeleton of the same architecture.")
+
+
+def export(model_q: nn.Module, plan: BitPlan, folder: str | os.PathLike[str]) -> Path:
+    """Write ``model_q`` (from :func:`~mpsearch.deploy.apply.apply`) and ``plan`` to ``folder``.
+
+    The packed units of ``model_q`` must be exactly those of ``plan`` below 16 bits, at the
+    plan's widths. Returns the folder.
+
+    >>> # export(apply(model, plan), plan, "out/mixed")  -> out/mixed/{model.safetensors,plan.json}
+    """
+    import safetensors.torch
+
+    units = _units(model_q)
+    q = plan.quantizer
+    bad = sorted(n for n in units if n not in plan.bits
+                 or (units[n]["scheme"], units[n]["G"], units[n]["scale_dtype"])
+                 != (q.scheme.value, q.group_size, q.scale_dtype))
+    for name, value in plan.bits.items():
+        widths = sorted(set(value)) if isinstance(value, tuple) else [value]
+        if (widths != [16]) != (name in units) or (name in units
+                                                    and widths != [units[name]["bits"]]):
+            bad.append(name)
+    if bad:
+        raise PlanMismatchError(
+            f"The packed units of the model to export must be the plan's units below 16 bits, "
+            f"at the plan's widths and quantizer, but {len(bad)} differ: {sorted(bad)[:5]}. "
+            f"Export the model that apply(model, plan) returned, with that plan.")
+    # Clones: safetensors refuses tensors that share memory (tied weights).
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model_q.state_dict().items()}
+    meta = {"format": FORMAT, "version": VERSION, "units": json.dumps(units, sort_keys=True)}
+    folder = Path(folder)
+    atomic_write_bytes(folder / MODEL_FILE, safetensors.torch.save(tensors, metadata=meta))
+    plan.save(folder / PLAN_FILE)
+    return folder
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise DataError(f"A packed model folder must contain {MODEL_FILE}, but {path} was not "
+                        f"found. Pass the folder that export() wrote.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise DataError(f"{path} must be a readable safetensors file, but reading it failed: "
+                        f"{err}. Re-export the model with mpsearch.deploy.export.") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise DataError(f"{path} must be an {FORMAT!r} file of version {VERSION}, but its header "
+                        f"says format={meta.get('format')!r}, version={meta.get('version')!r}. "
+                        f"Re-export the model with this version of mpsearch.")
+    return tensors, meta
+
+
+def load(folder: str | os.PathLike[str], base_model: nn.Module,
+         backend: str = "reference") -> nn.Module:
+    """Rebuild the packed model saved in ``folder`` on a float skeleton ``base_model``.
+
+    ``base_model`` gives the architecture only (its weights are replaced by the stored ones,
+    and it is not modified); any module of the same structure and shapes works. The result's
+    buffers equal the exported model's, so its outputs do too.
+
+    >>> # q = load("out/mixed", load_pretrained("resnet20"), backend="torch")
+    """
+    folder = Path(folder)
+    plan = BitPlan.load(folder / PLAN_FILE)
+    tensors, meta = _read(folder / MODEL_FILE)
+    target = build_packed(base_model, plan, backend, empty=True)
+    try:
+        stored_units = json.loads(meta.get("units", "null"))
+    except json.JSONDecodeError:
+        stored_units = None
+    _check_units(stored_units if isinstance(stored_units, dict) else {}, _units(target),
+                 f"{folder / MODEL_FILE}")
+    state = target.state_dict()
+    missing, unexpected = sorted(set(state) - set(tensors)), sorted(set(tensors) - set(state))
+    wrong = sorted(k for k in set(state) & set(tensors)
+                   if state[k].shape != tensors[k].shape or state[k].dtype != tensors[k].dtype)
+    if missing or unexpected or wrong:
+        raise PlanMismatchError(
+            f"The tensors of {folder / MODEL_FILE} must match the skeleton's state dict, but "
+            f"missing={missing[:5]}, unexpected={unexpected[:5]}, wrong shape or dtype="
+            f"{wrong[:5]}. Pass a base model of the architecture that was exported.")
+    target.load_state_dict(tensors, strict=True)
+    return target
+
+
+__all__ = ["FORMAT", "MODEL_FILE", "PLAN_FILE", "VERSION", "export", "load"]

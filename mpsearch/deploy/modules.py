@@ -1,0 +1,272 @@
+"""Quantized layers that hold packed integer weights: what a deployed mixed-precision model runs.
+
+:class:`QuantLinear` (``nn.Linear``, and transformers' ``Conv1D`` with ``kind="conv1d"``) and
+:class:`QuantConv2d` keep the weight only in packed form, so ``state_dict()`` holds the codes,
+never a float weight. Buffers of one unit, with ``K`` the fan-in as
+:func:`~mpsearch.kernels.quantize.weight_matrix` flattens it and ``G`` the group size::
+
+    packed  uint8           (out, ceil(K * bits / 8))   little-endian bit stream per row
+    scale   scale dtype     (out, n_groups)             float16 by default
+    zero    uint8           (out, n_groups)             affine only; symmetric implies 2^(bits-1)
+    bias    float32 param   (out,)                      only if the original module had one
+
+``bits``, ``K``, ``G`` and ``kind`` are plain attributes (shown by ``repr``), not buffers.
+The ``backend`` picks how forward multiplies: ``"reference"`` dequantizes with the reference
+formula and calls the float op (equal to the fake-quant model), ``"numba"`` runs the fused CPU
+kernels, ``"torch"`` the portable packed matmul.
+
+>>> from torch import nn
+>>> q = QuantLinear.from_float(nn.Linear(8, 3), bits=4, backend="torch")
+>>> sorted(q.state_dict()), q(torch.ones(2, 8)).shape
+(['bias', 'packed', 'scale'], torch.Size([2, 3]))
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mpsearch.core.errors import DataError, PlanMismatchError, UnknownNameError
+from mpsearch.core.config import QuantizerConfig, Scheme, check_bits
+from mpsearch.kernels.packing import pack, packed_row_bytes, unpack
+from mpsearch.kernels.quantize import (
+    SCALE_DTYPES,
+    QuantizedWeight,
+    dequantize,
+    num_groups,
+    quantize,
+    weight_matrix,
+)
+
+BACKENDS = ("reference", "numba", "torch")
+NUMBA_ROWS = 8192  # activation rows per Numba gemm call: amortizes its per-call setup
+_CONV_ELEMENTS = 1 << 23  # im2col floats per chunk of images for the packed backends
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it names a backend, else :class:`UnknownNameError` listing them."""
+    if backend not in BACKENDS:
+        raise UnknownNameError(f"`backend` must be one of {list(BACKENDS)}, but got "
+                               f"backend={backend!r}. Pass backend='reference' to run anywhere.")
+    return backend
+
+
+class _PackedUnit(nn.Module):
+    """Buffers, dequantization and the backend matmul shared by the quantized layers."""
+
+    kind: str
+
+    def __init__(self, out_features: int, K: int, bits: int, config: QuantizerConfig,
+                 bias: bool, backend: str) -> None:
+        super().__init__()
+        self.bits = check_bits(bits, config.scheme)
+        self.out_features, self.K = int(out_features), int(K)
+        self.G = config.group_size
+        self.scheme = Scheme(config.scheme).value
+        self.scale_dtype = config.scale_dtype
+        self.backend = check_backend(backend)
+        n = num_groups(self.K, config)
+        self.register_buffer("packed", torch.zeros(self.out_features,
+                                                   packed_row_bytes(self.K, self.bits),
+                                                   dtype=torch.uint8))
+        self.register_buffer("scale", torch.ones(self.out_features, n,
+                                                 dtype=SCALE_DTYPES[self.scale_dtype]))
+        if self.scheme == Scheme.AFFINE.value:
+            self.register_buffer("zero", torch.zeros(self.out_features, n, dtype=torch.uint8))
+        else:
+            self.zero = None
+        self.bias = nn.Parameter(torch.zeros(self.out_features), requires_grad=False) \
+            if bias else None
+
+    @property
+    def config(self) -> QuantizerConfig:
+        """The quantizer settings the codes were made with."""
+        return QuantizerConfig(scheme=self.scheme, group_size=self.G, scale_dtype=self.scale_dtype)
+
+    def _load_quantized(self, qw: QuantizedWeight, bias: Tensor | None) -> None:
+        with torch.no_grad():
+            self.packed.copy_(pack(qw.codes, self.bits))
+            self.scale.copy_(qw.scale)
+            if self.zero is not None:
+                self.zero.copy_(qw.zero)
+            if bias is not None:
+                self.bias.copy_(bias.detach().to(torch.float32))
+
+    def zero_points(self) -> Tensor:
+        """The (out, n_groups) uint8 zero-points (for symmetric, the implied 2^(bits-1))."""
+        if self.zero is not None:
+            return self.zero
+        return torch.full(self.scale.shape, 1 << (self.bits - 1), dtype=torch.uint8,
+                          device=self.packed.device)
+
+    def codes(self) -> Tensor:
+        """The (out, K) uint8 codes, unpacked: bit-exact with the reference quantizer's."""
+        return unpack(self.packed, self.bits, self.K)
+
+    def dequantized(self) -> Tensor:
+        """The float32 (out, K) weight matrix by the reference formula."""
+        qw = QuantizedWeight(codes=self.codes(), scale=self.scale, zero=self.zero_points(),
+                             bits=self.bits, config=self.config)
+        return dequantize(qw)
+
+    def _matmul(self, x2d: Tensor) -> Tensor:
+        """(B, K) float32 -> (B, out) float32 with a packed backend."""
+        if self.backend == "torch":
+            from mpsearch.kernels.torch_packed import packed_matmul
+
+            return packed_matmul(self.packed, self.scale, self.zero_points(), x2d, self.bits,
+                                 self.K, self.G)
+        from mpsearch.kernels.numba_cpu import gemm
+
+        if x2d.device.type != "cpu":
+            raise DataError(f"The numba backend runs on CPU only, but the input is on "
+                            f"{x2d.device}. Use backend='torch' on other devices.")
+        zero = self.zero_points()
+        x2d = x2d.detach().contiguous()
+        parts = [gemm(self.packed, self.scale, zero, x2d[r:r + NUMBA_ROWS], self.bits, self.K,
+                      self.G) for r in range(0, x2d.shape[0], NUMBA_ROWS)]
+        if not parts:
+            return x2d.new_zeros((0, self.out_features))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind}, out={self.out_features}, K={self.K}, bits={self.bits}, "
+                f"G={self.G}, scheme={self.scheme}, backend={self.backend}, "
+                f"bias={self.bias is not None}")
+
+
+class QuantLinear(_PackedUnit):
+    """A packed ``nn.Linear`` (``kind="linear"``) or transformers ``Conv1D`` (``"conv1d"``).
+
+    Both compute ``y = x W^T + b`` for inputs (..., K); ``Conv1D`` only stores W transposed.
+
+    >>> q = QuantLinear(4, 16, bits=3, config=QuantizerConfig(), bias=False)
+    >>> q.packed.shape, q.scale.dtype
+    (torch.Size([4, 6]), torch.float16)
+    """
+
+    def __init__(self, out_features: int, K: int, bits: int, config: QuantizerConfig, *,
+                 bias: bool = True, backend: str = "reference", kind: str = "linear") -> None:
+        if kind not in ("linear", "conv1d"):
+            raise DataError(f"`kind` of a QuantLinear must be 'linear' or 'conv1d', but got "
+                            f"kind={kind!r}. Use QuantConv2d for 'conv2d'.")
+        super().__init__(out_features, K, bits, config, bias, backend)
+        self.kind = kind
+
+    @classmethod
+    def from_float(cls, module: nn.Module, bits: int, config: QuantizerConfig | None = None,
+                   backend: str = "reference") -> QuantLinear:
+        """Quantize an ``nn.Linear`` or ``Conv1D`` with the reference quantizer and pack it."""
+        config = config or QuantizerConfig()
+        q = cls.empty_like(module, bits, config, backend)
+        q._load_quantized(quantize(weight_matrix(module.weight.detach(), q.kind), bits, config),
+                          module.bias)
+        return q
+
+    @classmethod
+    def empty_like(cls, module: nn.Module, bits: int, config: QuantizerConfig,
+                   backend: str = "reference") -> QuantLinear:
+        """A layer shaped for ``module`` with zeroed buffers (to be filled by a state dict)."""
+        kind = "linear" if isinstance(module, nn.Linear) else "conv1d"
+        shape = module.weight.shape
+        out, K = (shape[1], shape[0]) if kind == "conv1d" else (shape[0], shape[1])
+        return cls(out, K, bits, config, bias=module.bias is not None, backend=backend,
+                   kind=kind).to(module.weight.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.backend == "reference":
+            w = self.dequantized()
+            if self.kind == "conv1d":  # as transformers' Conv1D computes it
+                w = w.t().contiguous()
+                y = x.reshape(-1, self.K) @ w if self.bias is None \
+                    else torch.addmm(self.bias, x.reshape(-1, self.K), w)
+                return y.reshape(*x.shape[:-1], self.out_features)
+            return F.linear(x, w.to(x.dtype), self.bias)
+        y = self._matmul(x.reshape(-1, self.K).to(torch.float32))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class QuantConv2d(_PackedUnit):
+    """A packed ``nn.Conv2d``: im2col (``F.unfold``) then the packed matmul, for ``groups=1``.
+
+    Grouped convolutions and padding modes other than zeros run only on the reference
+    backend (the packed backends raise :class:`~mpsearch.core.errors.PlanMismatchError`).
+    """
+
+    kind = "conv2d"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int],
+                 bits: int, config: QuantizerConfig, *, stride: tuple[int, int] = (1, 1),
+                 padding: tuple[int, int] | str = (0, 0), dilation: tuple[int, int] = (1, 1),
+                 groups: int = 1, padding_mode: str = "zeros", bias: bool = True,
+                 backend: str = "reference") -> None:
+        self.in_channels, self.kernel_size = int(in_channels), tuple(kernel_size)
+        self.stride, self.padding, self.dilation = tuple(stride), padding, tuple(dilation)
+        self.groups, self.padding_mode = int(groups), padding_mode
+        K = self.in_channels // self.groups * math.prod(self.kernel_size)
+        packable = self.groups == 1 and padding_mode == "zeros" and not isinstance(padding, str)
+        if backend != "reference" and not packable:
+            raise PlanMismatchError(
+                f"Packed backends support Conv2d with groups=1, zero padding given as numbers, but "
+                f"got groups={groups}, padding={padding!r}, padding_mode={padding_mode!r}. Use "
+                f"backend='reference' for this model (or keep this unit at 16 bits).")
+        super().__init__(out_channels, K, bits, config, bias, backend)
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, bits: int, config: QuantizerConfig | None = None,
+                   backend: str = "reference") -> QuantConv2d:
+        """Quantize an ``nn.Conv2d`` with the reference quantizer and pack it."""
+        config = config or QuantizerConfig()
+        q = cls.empty_like(module, bits, config, backend)
+        q._load_quantized(quantize(weight_matrix(module.weight.detach(), "conv2d"), bits, config),
+                          module.bias)
+        return q
+
+    @classmethod
+    def empty_like(cls, module: nn.Conv2d, bits: int, config: QuantizerConfig,
+                   backend: str = "reference") -> QuantConv2d:
+        """A layer shaped for ``module`` with zeroed buffers (to be filled by a state dict)."""
+        return cls(module.in_channels, module.out_channels, module.kernel_size, bits, config,
+                   stride=module.stride, padding=module.padding, dilation=module.dilation,
+                   groups=module.groups, padding_mode=module.padding_mode,
+                   bias=module.bias is not None, backend=backend).to(module.weight.device)
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_channels // self.groups, *self.kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.backend == "reference":
+            w = self.dequantized().reshape(self._weight_shape()).to(x.dtype)
+            if self.padding_mode != "zeros":
+                pad = [p for p in reversed(self.padding) for _ in range(2)]
+                return F.conv2d(F.pad(x, pad, mode=self.padding_mode), w, self.bias,
+                                self.stride, 0, self.dilation, self.groups)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation,
+                            self.groups)
+        n, _, h, wd = x.shape
+        kh, kw = self.kernel_size
+        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        ow = (wd + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        step = max(1, _CONV_ELEMENTS // max(1, self.K * oh * ow))
+        outs = []
+        for i in range(0, n, step):
+            cols = F.unfold(x[i:i + step].to(torch.float32), self.kernel_size,
+                            dilation=self.dilation, padding=self.padding, stride=self.stride)
+            y = self._matmul(cols.transpose(1, 2).reshape(-1, self.K))  # (b*L, out)
+            if self.bias is not None:
+                y = y + self.bias
+            outs.append(y.reshape(-1, oh * ow, self.out_features).transpose(1, 2))
+        y = torch.cat(outs) if outs else x.new_zeros((0, self.out_features, oh * ow))
+        return y.reshape(n, self.out_features, oh, ow).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_features}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, " + super().extra_repr())
+
+
+__all__ = ["BACKENDS", "QuantConv2d", "QuantLinear", "check_backend"]

@@ -1,0 +1,324 @@
+"""Search spaces: which modules get bits, which bits they may get, and how they are bound.
+
+A :class:`QuantUnit` is one quantizable module (``nn.Conv2d``, ``nn.Linear`` or
+transformers' ``Conv1D``) named by its fully qualified module name. A
+:class:`SearchSpace` is the ordered set of units with their bit choices, the
+pins (units fixed to one width, such as the first convolution and the
+classifier at 8 bits), the ties (units that must share a width) and the
+quantizer used to measure and apply every plan.
+
+Modules that hold a weight matrix but are not such a layer (``nn.Embedding``,
+``nn.Conv1d``/``Conv3d``, transposed convolutions...) cannot be quantized: they are
+recorded in :attr:`SearchSpace.float_modules` with the reason, stay in floating
+point, and :func:`discover` says so once with a :class:`FloatModulesWarning`.
+Norm layers (1-D scale vectors) and biases are not searched by design and are not listed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from torch import nn
+
+from mpsearch.core.errors import BitsOutOfRangeError, FloatModulesWarning, PlanMismatchError, SearchSpaceError
+from mpsearch.core.plan import BitPlan
+from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.core.config import RECOMMENDED, QuantizerConfig, Scheme
+
+DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
+FLOAT_BITS = 16  # "left in floating point" in a plan
+
+
+def check_bits(bits: Iterable[int], *, what: str = "bits", scheme: Scheme | None = None) -> tuple[int, ...]:
+    """Validate a collection of bit widths and return it sorted and deduplicated."""
+    values = tuple(int(b) if isinstance(b, np.integer) else b for b in bits)
+    bad = [b for b in values if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8]
+    if not values or bad:
+        raise BitsOutOfRangeError(
+            f"`{what}` must be integers within 1..8, but got {what}={values!r}. "
+            "Pass bit choices such as (2, 3, 4, 8)."
+        )
+    if scheme == Scheme.SYMMETRIC and 1 in values:
+        raise BitsOutOfRangeError(
+            f"symmetric quantization needs at least 2 bits, but got {what}={values!r}. "
+            "Drop 1 from the choices or use scheme='affine'."
+        )
+    return tuple(sorted(set(values)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantUnit:
+    """One quantizable module and the bit widths it may take."""
+
+    name: str
+    kind: str  # "conv2d" | "linear" | "conv1d"
+    weight_shape: tuple[int, ...]
+    out_features: int
+    fan_in: int
+    bits: tuple[int, ...]
+
+    @property
+    def n_weights(self) -> int:
+        return self.out_features * self.fan_in
+
+    @property
+    def pinned(self) -> bool:
+        return len(self.bits) == 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloatModule:
+    """A module with a weight matrix that mpsearch cannot quantize: it stays in floating point."""
+
+    name: str
+    kind: str  # the module's class name, e.g. "Embedding"
+    n_weights: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.name!r} ({self.kind}, {self.n_weights:,} weights: {self.reason})"
+
+
+_REASONS = (  # (module classes, why it stays in floating point)
+    ((nn.Embedding, nn.EmbeddingBag), "embedding tables are not quantized"),
+    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), "transposed convolutions are not supported"),
+    ((nn.Conv1d, nn.Conv3d), "only 2-D convolutions are supported"),
+)
+
+
+def unquantizable(name: str, module: nn.Module) -> FloatModule | None:
+    """The :class:`FloatModule` record of a module with an own weight matrix (2-D or more) that is
+    not a quantizable unit, or None (quantizable, or no such weight: norms, activations...)."""
+    if quantizable_kind(module) is not None:
+        return None
+    matrices = [p for p in module.parameters(recurse=False) if p.is_floating_point() and p.dim() >= 2]
+    if not matrices:
+        return None
+    reason = next((why for classes, why in _REASONS if isinstance(module, classes)),
+                  "only Conv2d, Linear and Conv1D layers are quantized")
+    return FloatModule(name=name or "(root)", kind=type(module).__name__,
+                       n_weights=sum(p.numel() for p in matrices), reason=reason)
+
+
+def _float_notice(model_name: str, modules: Sequence[FloatModule], n_searched: int, limit: int = 5) -> str:
+    n = sum(m.n_weights for m in modules)
+    shown = "; ".join(m.describe() for m in modules[:limit])
+    more = f"; and {len(modules) - limit} more" if len(modules) > limit else ""
+    return (f"{len(modules)} module(s) of {model_name} cannot be quantized and stay in floating point "
+            f"({n:,} weights, {100 * n / (n + n_searched):.0f} % of the weight matrices): {shown}{more}. "
+            "Plans leave them untouched; bit budgets cover only the searched units.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpace:
+    """The units of a model, their bit choices, ties and the quantizer.
+
+    Build it with :func:`discover` rather than by hand.
+    """
+
+    units: tuple[QuantUnit, ...]
+    ties: tuple[tuple[str, ...], ...] = ()
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    float_units: tuple[str, ...] = ()  # quantizable modules left out by include/exclude: kept in float
+    float_modules: tuple[FloatModule, ...] = ()  # modules with weights that cannot be quantized: kept in float
+    model_name: str = "the model"
+
+    def __post_init__(self) -> None:
+        names = [u.name for u in self.units]
+        if len(set(names)) != len(names):
+            raise SearchSpaceError(f"unit names must be unique, but got duplicates in {names}.")
+        known = set(names)
+        for tie in self.ties:
+            missing = [n for n in tie if n not in known]
+            if missing:
+                raise SearchSpaceError(
+                    f"ties must name units of the space, but {missing} are not units. "
+                    f"Known units: {names}."
+                )
+            common = set.intersection(*(set(self.unit(n).bits) for n in tie))
+            if not common:
+                raise SearchSpaceError(
+                    f"tied units must share at least one bit choice, but {list(tie)} have none "
+                    "in common. Widen their choices or drop the tie."
+                )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.units)
+
+    @property
+    def n_weights(self) -> int:
+        return sum(u.n_weights for u in self.units)
+
+    def unit(self, name: str) -> QuantUnit:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise SearchSpaceError(f"`name` must be a unit of the space, but got {name!r}. Known units: {list(self.names)}.")
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def float_notice(self) -> str | None:
+        """The sentence naming the modules that stay in floating point, or None when there are none."""
+        return _float_notice(self.model_name, self.float_modules, self.n_weights) if self.float_modules else None
+
+    def describe(self) -> str:
+        """What will be searched and what stays in floating point, in a few lines: ``print(space.describe())``."""
+        pinned = sum(u.pinned for u in self.units)
+        lines = [f"{len(self.units)} units, {self.n_weights:,} weights searched ({pinned} pinned)"]
+        if self.float_units:
+            lines.append(f"{len(self.float_units)} quantizable unit(s) left out by include/exclude stay in "
+                         f"floating point: {', '.join(map(repr, self.float_units[:5]))}"
+                         + (" ..." if len(self.float_units) > 5 else ""))
+        notice = self.float_notice()
+        if notice:
+            lines.append(notice)
+        return "\n".join(lines)
+
+
+def _match(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def discover_quietly(model: nn.Module, **options) -> SearchSpace:
+    """:func:`discover` without the :class:`FloatModulesWarning`, for callers that print
+    :meth:`SearchSpace.float_notice` themselves (the command line, the quickstart)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FloatModulesWarning)
+        return discover(model, **options)
+
+
+def float_notice_of(costs) -> str | None:
+    """The float-modules sentence from a :class:`~mpsearch.core.costs.CostTable` (``mpsearch search`` has no model)."""
+    try:
+        modules = [FloatModule(**r) for r in costs.meta.get("float_modules") or []]
+    except TypeError:  # a hand-edited table: nothing reliable to say
+        return None
+    name = str(costs.meta.get("model", "the model"))
+    return _float_notice(name, modules, int(costs.n_weights.sum())) if modules else None
+
+
+def discover(
+    model: nn.Module,
+    *,
+    bits: Sequence[int] = DEFAULT_BITS,
+    pins: Mapping[str, int] | None = None,
+    pin_first_last: int | None = 8,
+    ties: Sequence[Sequence[str]] = (),
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    quantizer: QuantizerConfig | None = None,
+) -> SearchSpace:
+    """Find the quantizable units of ``model`` and build a :class:`SearchSpace`.
+
+    ``pins`` and ``ties`` accept exact names or shell-style patterns
+    (``"layer1.*.conv1"``); they are resolved to exact names here. By default the
+    first and the last unit (in module order) are pinned to 8 bits, as HAWQ and
+    ZeroQ do; pass ``pin_first_last=None`` to search them too. The quantizer
+    defaults to per-channel affine with MSE-optimal clipping (``RECOMMENDED``).
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 2))
+    >>> space = discover(net)
+    >>> [(u.name, u.bits) for u in space.units]
+    [('0', (8,)), ('2', (8,))]
+    """
+    quantizer = quantizer or RECOMMENDED
+    choices = check_bits(bits, scheme=quantizer.scheme)
+    found: list[tuple[str, str, nn.Module]] = []
+    skipped: list[str] = []
+    floats: list[FloatModule] = []
+    for name, module in model.named_modules():
+        kind = quantizable_kind(module)
+        if kind is None or not name:
+            record = unquantizable(name, module)
+            if record is not None:
+                floats.append(record)
+            continue
+        if (include is not None and not _match(name, include)) or _match(name, exclude):
+            skipped.append(name)
+            continue
+        found.append((name, kind, module))
+    if not found:
+        raise SearchSpaceError(
+            "a search space needs at least one quantizable unit (Conv2d, Linear or Conv1D), "
+            f"but none matched in {type(model).__name__} (include={include!r}, exclude={list(exclude)!r}). "
+            "Check the patterns."
+        )
+    pinned: dict[str, int] = {}
+    if pin_first_last is not None:
+        check_bits([pin_first_last], what="pin_first_last", scheme=quantizer.scheme)
+        pinned[found[0][0]] = pin_first_last
+        pinned[found[-1][0]] = pin_first_last
+    for pattern, value in (pins or {}).items():
+        check_bits([value], what=f"pins[{pattern!r}]", scheme=quantizer.scheme)
+        hits = [n for n, _, _ in found if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise SearchSpaceError(
+                f"every pin must match a unit, but {pattern!r} matches none. "
+                f"Units: {[n for n, _, _ in found]}."
+            )
+        for hit in hits:
+            pinned[hit] = value
+    units = []
+    for name, kind, module in found:
+        weight = module.weight
+        shape = tuple(int(s) for s in weight.shape)
+        if kind == "conv1d":  # transformers' Conv1D stores (in, out)
+            out_features, fan_in = shape[1], shape[0]
+        else:
+            out_features = shape[0]
+            fan_in = 1
+            for s in shape[1:]:
+                fan_in *= s
+        unit_bits = (pinned[name],) if name in pinned else choices
+        units.append(
+            QuantUnit(name=name, kind=kind, weight_shape=shape, out_features=out_features, fan_in=fan_in, bits=unit_bits)
+        )
+    all_names = [u.name for u in units]
+    resolved_ties = []
+    for tie in ties:
+        members: list[str] = []
+        for pattern in tie:
+            hits = [n for n in all_names if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise SearchSpaceError(
+                    f"every tie entry must match a unit, but {pattern!r} matches none. Units: {all_names}."
+                )
+            members.extend(h for h in hits if h not in members)
+        if len(members) > 1:
+            resolved_ties.append(tuple(members))
+    space = SearchSpace(units=tuple(units), ties=tuple(resolved_ties), quantizer=quantizer, float_units=tuple(skipped),
+                        float_modules=tuple(floats), model_name=type(model).__name__)
+    if floats:  # shown once per call site by Python's default filter; silence with warnings.filterwarnings
+        warnings.warn(space.float_notice(), FloatModulesWarning, stacklevel=2)
+    return space
+
+
+def unit_modules(model: nn.Module, space: SearchSpace) -> list[nn.Module]:
+    modules = dict(model.named_modules())
+    missing = [n for n in space.names if n not in modules]
+    if missing:
+        raise SearchSpaceError(f"the search space must come from this model, but it has no modules {missing}. Re-run discover(model).")
+    return [modules[n] for n in space.names]
+
+
+def check_plan_for_model(plan: BitPlan, model: nn.Module) -> BitPlan:
+    """Check a plan against a model: every named unit exists and is quantizable, none is missing."""
+    kinds = {name: quantizable_kind(m) for name, m in model.named_modules() if name}
+    quantizable = {n for n, k in kinds.items() if k is not None}
+    unknown = sorted(n for n in plan.bits if n not in kinds)
+    not_quantizable = sorted(n for n in plan.bits if n in kinds and kinds[n] is None)
+    missing = sorted(quantizable - set(plan.bits))
+    if unknown or not_quantizable or missing:
+        raise PlanMismatchError(
+            f"a plan must name every quantizable unit of {type(model).__name__} and nothing else, but "
+            f"missing={missing}, unknown={unknown}, not quantizable={not_quantizable}. "
+            "Make the plan for this model, or list a unit with 16 bits to keep it in floating point."
+        )
+    return plan

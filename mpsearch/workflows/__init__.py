@@ -1,0 +1,1 @@
+"""Orchestration on top of the stages: ``Study``, the quickstart, plots and hardware calibration."""

@@ -1,0 +1,56 @@
+"""`mpsearch study CONFIG.toml`: a real (small) study from a config file, and config errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mpsearch.cli.main import main
+from mpsearch.core.errors import ConfigError
+from mpsearch.workflows.study_config import load_config
+
+CONFIG = """
+model = "resnet20"
+out_dir = "out"
+calibration = 128
+eval_limit = 200
+estimators = ["hessian"]
+solvers = ["ilp"]
+budgets = [3.0]
+uniform = [3]
+activation_bits = 8
+[estimator_options.hessian]
+max_probes = 8
+"""
+
+
+def test_study_from_config_writes_table_figure_and_plans(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text(CONFIG)
+    assert main(["study", str(tmp_path / "s.toml"), "--quiet"]) == 0
+    frame = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(frame["estimator"]) == ["uniform", "hessian"]
+    assert (frame["metric"] > 50).all()
+    for name in ("study.png", "study.svg", "costs/hessian.json"):
+        assert (tmp_path / "out" / name).is_file()
+    plan_text = (tmp_path / "out" / frame["plan_file"].iloc[1]).read_text()
+    assert '"activations"' in plan_text  # A8 is in the plan, not only in the run
+    assert "fp32:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [("model = \"resnet20\"\nbudgetz = [3]\n", "unknown \\['budgetz'\\]"),
+     ("budgets = [3]\n", "must name a `model`"),
+     ("model = \"resnet20\"\nbudgets = 3\n", "`budgets` must be a list"),
+     ("model = [\n", "valid TOML")],
+)
+def test_bad_configs(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_missing_config_file_is_one_line_error(tmp_path, capsys):
+    assert main(["study", str(tmp_path / "absent.toml")]) == 2
+    assert "must be a readable file" in capsys.readouterr().err
