@@ -43,8 +43,8 @@ def machine() -> dict:
 
 
 def resnet20(names: list[str]) -> dict:
-    from mpsearch.sensitivity import Calibration, get_estimator
     from mpsearch.pricing.tables import build_cost_table
+    from mpsearch.sensitivity import Calibration, get_estimator
     from mpsearch.space.discover import discover
     from mpsearch.zoo import load_cifar10, load_pretrained, to_tensor
 
@@ -68,8 +68,8 @@ def resnet20(names: list[str]) -> dict:
 
 def minilm_diag(n_sentences: int = 32) -> dict:
     from mpsearch.core.config import QuantizerConfig
-    from mpsearch.sensitivity import HutchinsonDiagonal, minilm_calibration
     from mpsearch.pricing.tables import build_cost_table
+    from mpsearch.sensitivity import HutchinsonDiagonal, minilm_calibration
     from mpsearch.space.discover import discover
     from mpsearch.zoo import load_corpus, load_minilm
 

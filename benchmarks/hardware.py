@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from mpsearch.hardware_models.lut import LUTLatencyModel
-from mpsearch.workflows.hw_calibrate import calibrate, time_call
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.pricing.profile import trace_layers
+from mpsearch.workflows.hw_calibrate import calibrate, time_call
 
 
 def rest_ms(model: torch.nn.Module, inputs: dict, repeats: int = 15) -> tuple[float, float]:
@@ -67,9 +67,9 @@ def plans(names: tuple[str, ...]) -> dict[str, dict[str, int]]:
 
 
 def bench_model(label: str, model: torch.nn.Module, inputs: dict, lut: LUTLatencyModel) -> dict:
-    from mpsearch.deploy.apply import apply
     from mpsearch.core.config import QuantizerConfig
     from mpsearch.core.plan import BitPlan
+    from mpsearch.deploy.apply import apply
 
     shapes = trace_layers(model, **inputs)
     fp32_ms, rest = rest_ms(model, inputs)

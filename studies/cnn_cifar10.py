@@ -9,7 +9,8 @@ the model's batch-norm statistics (ZeroQ). Accuracy is measured on the other tes
     python studies/cnn_cifar10.py --quick --out /tmp/cnn     # embedded data, a smoke run
 
 Each (model, data) pair is a resumable Study in its own folder; every folder's rows are combined
-into OUT/cnn_cifar10.csv and summarized in OUT/cnn_cifar10.md (``--summarize`` rewrites them alone), figures to OUT/<model>_<data>[_bc]/study.png.
+into OUT/cnn_cifar10.csv and summarized in OUT/cnn_cifar10.md (``--summarize`` rewrites them alone),
+figures to OUT/<model>_<data>[_bc]/study.png.
 Every plan carries bias corrections measured on its own calibration data (real or distilled;
 ``mpsearch.deploy.bias_correction``) unless ``--no-bias-correction`` is given; the folder name ends in
 ``_bc`` when it does.
@@ -123,7 +124,8 @@ def summarize(out: Path, fp32: dict[str, float]) -> str:
     atomic_write_text(out / "cnn_cifar10.csv", table.to_csv(index=False))
     parts = []
     for (model, data, bc), group in table.groupby(["model", "data", "bias_correction"], sort=False):
-        head = f"**{model}, {data} calibration, {'with' if bc else 'without'} bias correction** (fp32 {fp32.get(model, float('nan')):.2f} %)"
+        ref = fp32.get(model, float('nan'))
+        head = f"**{model}, {data} calibration, {'with' if bc else 'without'} bias correction** (fp32 {ref:.2f} %)"
         uniform = group[group["estimator"] == "uniform"]
         lines = [head, ""]
         if len(uniform):

@@ -33,17 +33,16 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from mpsearch.core.io import atomic_write_text
-from mpsearch.pricing.tables import cost_table_from_space
-from mpsearch.deploy.evaluate import evaluate_plan
 from mpsearch.core.config import RECOMMENDED, QuantizerConfig
+from mpsearch.core.io import atomic_write_text
+from mpsearch.deploy.evaluate import evaluate_plan
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.kernels.quantize import fake_quantize, matrix_to_weight, weight_matrix
+from mpsearch.pricing.tables import build_cost_table, cost_table_from_space
 from mpsearch.sensitivity import ESTIMATORS, Calibration
-from mpsearch.pricing.tables import build_cost_table
-from mpsearch.space.quant_errors import quantization_errors
 from mpsearch.solvers import solve
 from mpsearch.space.discover import discover
+from mpsearch.space.quant_errors import quantization_errors
 from mpsearch.zoo import accuracy, load_cifar10, load_pretrained, to_tensor
 
 for _module in ("relevance", "embedding", "perturbation"):  # registered on import, wherever __init__ stands
@@ -105,7 +104,7 @@ def distilled_calibration(model, n: int, quick: bool, seed: int) -> tuple[Calibr
         data = distill_bn_data(model, n=n, steps=60 if quick else 300, seed=seed, progress=False)
         # batches of 32 like the real data: one batch of n would make every Hessian probe n images wide
         return data.calibration(batch_size=min(n, 32)), f"distilled (BN loss x{data.reduction:.0f} lower)"
-    except Exception as exc:  # noqa: BLE001 - a study records why a variant is missing and goes on
+    except Exception as exc:
         return None, f"distillation failed: {type(exc).__name__}: {exc}"
 
 
@@ -146,7 +145,7 @@ def study_model(name, args, images, labels) -> list[dict]:
                 sens = make_estimator(est_name, args.quick, args.seed).estimate(model, calib, space)
                 seconds = time.perf_counter() - start
                 costs = cost_table(model, space, sens, errors)
-            except Exception as exc:  # noqa: BLE001 - record why an estimator cannot run here, keep going
+            except Exception as exc:
                 rows.append(row | {"note": f"skipped: {type(exc).__name__}: {str(exc)[:120]}"})
                 continue
             row |= {"seconds": round(seconds, 2), "note": data_note}
@@ -192,7 +191,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.partial.is_file():  # resume: rows finished by an interrupted run are kept, not recomputed
         for row in pd.read_csv(args.partial).to_dict("records"):
             if row.get("estimator") != "fp32" and isinstance(row.get("seconds"), float) and not math.isnan(row["seconds"]):
-                args.finished[(row["model"], row["estimator"], row["data"])] = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+                kept = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+                args.finished[(row["model"], row["estimator"], row["data"])] = kept
     for name in args.models.split(","):
         rows += study_model(name.strip(), args, images, labels)
     order = ["model", "estimator", "data", "spearman_2bit", "spearman_3bit", "seconds", "top1_3bit", "plan_status", "note"]

@@ -54,11 +54,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mpsearch.core.io import atomic_savefig, atomic_write_text
 from mpsearch.core.budget import Budget
+from mpsearch.core.config import QuantizerConfig, Scheme
 from mpsearch.core.costs import CostTable, GroupIndex
 from mpsearch.core.errors import ConfigError
-from mpsearch.core.config import QuantizerConfig, Scheme
+from mpsearch.core.io import atomic_savefig, atomic_write_text
 from mpsearch.kernels.quantize import dequantize, overhead_bits, quantize, weight_matrix
 from mpsearch.sensitivity import Calibration, Estimator, Sensitivity, get_estimator
 from mpsearch.sensitivity.losses import embedding_gn_calibration
@@ -184,9 +184,9 @@ class ErrorWeighted(Estimator):
 
     def _values(self, model, data: Calibration, space: SearchSpace) -> list[torch.Tensor]:
         from mpsearch.sensitivity._tensors import weights_requiring_grad
-        from mpsearch.space.discover import unit_modules
         from mpsearch.sensitivity.salience import fisher_diagonal
         from mpsearch.sensitivity.salience_obs import input_hessians
+        from mpsearch.space.discover import unit_modules
 
         modules = unit_modules(model, space)
         if self.per_weight == "fisher":
@@ -251,11 +251,13 @@ def run_group_size(args, G: int, model, calib: Calibration, metric, memo: dict) 
     runs = []  # (method, space bits, estimator name, solver names, code budgets, uniform widths)
     layer = pairs(args.layer)
     for i, est in enumerate(dict.fromkeys(e for e, _ in layer)):
-        runs.append(("layer", BITS, est, [s for e, s in layer if e == est], code_budgets, [int(b) for b in args.uniform.split(",")] if i == 0 else []))
+        uniform = [int(b) for b in args.uniform.split(",")] if i == 0 else []
+        runs.append(("layer", BITS, est, [s for e, s in layer if e == est], code_budgets, uniform))
     group = pairs(args.group)
     for window in dict.fromkeys(group_window(b) for b in code_budgets):
         for est in dict.fromkeys(e for e, _ in group):
-            runs.append(("group", window, est, [s for e, s in group if e == est], [b for b in code_budgets if group_window(b) == window], []))
+            budgets = [b for b in code_budgets if group_window(b) == window]
+            runs.append(("group", window, est, [s for e, s in group if e == est], budgets, []))
     frames = []
     for method, bits, est, solvers, budgets, uniform in runs:
         space = space_for(model, G, bits, args.clip_search, args.units)

@@ -14,8 +14,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1] / "mpsearch"
 
 # Which stage may import which (the transitive closure is allowed too). The order follows the

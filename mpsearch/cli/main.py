@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 EPILOG = "Data: --data-dir takes a folder with cifar10_test.npz and the resnet*.th checkpoints " \
     "(or set MPSEARCH_DATA_DIR); without it the embedded ResNet-20 and 1,000 test images are used."
@@ -56,9 +56,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     import torch
 
-    from mpsearch.sensitivity import Calibration, HutchinsonTrace
-
     from mpsearch.pricing.tables import build_cost_table
+    from mpsearch.sensitivity import Calibration, HutchinsonTrace
     from mpsearch.space.discover import discover_quietly
     from mpsearch.zoo.data import load_cifar10, to_tensor
     from mpsearch.zoo.models import load_pretrained
@@ -107,8 +106,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from mpsearch.core.io import atomic_write_text
     from mpsearch.core.costs import CostTable
+    from mpsearch.core.io import atomic_write_text
     from mpsearch.solvers.pareto import pareto
     from mpsearch.workflows.quickstart import budget_grid, default_sweep
 
@@ -129,8 +128,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from mpsearch.deploy.evaluate import evaluate_plan, plan_size
     from mpsearch.core.plan import BitPlan
+    from mpsearch.deploy.evaluate import evaluate_plan, plan_size
     from mpsearch.zoo.data import load_cifar10, to_tensor
     from mpsearch.zoo.models import load_pretrained
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -58,15 +59,15 @@ class Budget:
         object.__setattr__(self, "value", value)
 
     @classmethod
-    def avg_bits(cls, value: float) -> "Budget":
+    def avg_bits(cls, value: float) -> Budget:
         return cls(kind="avg_bits", value=value)
 
     @classmethod
-    def bytes(cls, value: float) -> "Budget":
+    def bytes(cls, value: float) -> Budget:
         return cls(kind="bytes", value=value)
 
     @classmethod
-    def parse(cls, text: str) -> "Budget":
+    def parse(cls, text: str) -> Budget:
         """Parse CLI text: ``3`` or ``3bits`` (average bits), ``120000B``, ``1.5MiB``, ``200KiB``,
         or ``KIND=VALUE`` for any resource (``bops=1e9``)."""
         raw = str(text).strip()
@@ -89,7 +90,7 @@ class Budget:
                 f"a budget must read like '3', '3bits', '1.5MiB', '120000B' or 'bops=1e9', but got {text!r}."
             ) from None
 
-    def matrix(self, costs: "CostTable") -> np.ndarray:
+    def matrix(self, costs: CostTable) -> np.ndarray:
         """The resource this budget limits, per item and bit choice (items x choices)."""
         if self.kind == "avg_bits":
             return costs.storage_bits / float(costs.n_weights.sum())
@@ -110,7 +111,7 @@ class Budget:
         return f"{self.kind} <= {self.value:g}"
 
 
-def as_budgets(budget: "Budget | Iterable[Budget] | float") -> tuple[Budget, ...]:
+def as_budgets(budget: Budget | Iterable[Budget] | float) -> tuple[Budget, ...]:
     """Normalize one budget, a float (average bits) or several budgets to a tuple."""
     if isinstance(budget, Budget):
         return (budget,)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpsearch.core.io import atomic_write_text
 from mpsearch.core.errors import BitsOutOfRangeError, CostTableError, MPSearchError
+from mpsearch.core.io import atomic_write_text
 
 if TYPE_CHECKING:
     from mpsearch.core.budget import Budget
@@ -134,7 +135,7 @@ def _merge_ties(ties: Sequence[Sequence[int]], n_items: int) -> tuple[tuple[int,
 class CostTable:
     """Items x bit choices: predicted cost, storage and other resources."""
 
-    items: "tuple[str, ...] | GroupIndex"
+    items: tuple[str, ...] | GroupIndex
     bits: tuple[int, ...]
     cost: np.ndarray
     storage_bits: np.ndarray
@@ -207,7 +208,7 @@ class CostTable:
     def n_choices(self) -> int:
         return len(self.bits)
 
-    def with_resources(self, **resources: np.ndarray) -> "CostTable":
+    def with_resources(self, **resources: np.ndarray) -> CostTable:
         """A copy with extra resource columns (e.g. from a hardware model)."""
         merged = dict(self.resources)
         merged.update(resources)
@@ -238,7 +239,7 @@ class CostTable:
     def objective(self, choice: np.ndarray) -> float:
         return float(self.cost[np.arange(self.n_items), choice].sum(dtype=np.float64))
 
-    def usage(self, choice: np.ndarray, budget: "Budget") -> float:
+    def usage(self, choice: np.ndarray, budget: Budget) -> float:
         # built-in kinds read storage_bits directly: no items x choices temporary
         if budget.kind == "avg_bits":
             return self.average_bits(choice)
@@ -253,18 +254,18 @@ class CostTable:
     def storage_bytes(self, choice: np.ndarray) -> float:
         return float(self.storage_bits[np.arange(self.n_items), choice].sum(dtype=np.float64) / 8.0)
 
-    def min_usage(self, budget: "Budget") -> float:
+    def min_usage(self, budget: Budget) -> float:
         """The smallest value of the budget's resource any valid assignment reaches (ties respected)."""
         return self._extreme_usage(budget, largest=False)
 
-    def max_usage(self, budget: "Budget") -> float:
+    def max_usage(self, budget: Budget) -> float:
         """The largest value of the budget's resource any valid assignment reaches (ties respected).
 
         For storage this is every unit at its widest allowed choice: a larger budget changes nothing.
         """
         return self._extreme_usage(budget, largest=True)
 
-    def _extreme_usage(self, budget: "Budget", *, largest: bool) -> float:
+    def _extreme_usage(self, budget: Budget, *, largest: bool) -> float:
         pick = np.max if largest else np.min
         if not self.ties and budget.kind in ("avg_bits", "bytes") and self.allowed.all():
             # straight from storage_bits: no items x choices temporary (10^8 group items)
@@ -291,7 +292,7 @@ class CostTable:
             choice[list(group)] = common[np.argmin(np.abs(common - col))]
         return choice
 
-    def plan(self, choice: np.ndarray, **meta: Any) -> "BitPlan":
+    def plan(self, choice: np.ndarray, **meta: Any) -> BitPlan:
         """The :class:`BitPlan` of an assignment."""
         from mpsearch.core.config import QuantizerConfig
         from mpsearch.core.plan import BitPlan
@@ -312,7 +313,7 @@ class CostTable:
         bits.update({name: 16 for name in self.meta.get("float_units", ())})
         return BitPlan(bits=bits, quantizer=QuantizerConfig.from_dict(dict(self.quantizer)), meta=merged)
 
-    def choice_of(self, plan: "BitPlan") -> np.ndarray:
+    def choice_of(self, plan: BitPlan) -> np.ndarray:
         """The assignment of a plan over this table's items."""
         from mpsearch.core.errors import PlanMismatchError
 
@@ -361,7 +362,7 @@ class CostTable:
         return atomic_write_text(path, json.dumps(self.to_dict(), sort_keys=True, indent=1, allow_nan=False) + "\n")
 
     @classmethod
-    def from_dict(cls, doc: Any) -> "CostTable":
+    def from_dict(cls, doc: Any) -> CostTable:
         if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
             raise CostTableError(f"a cost table document must have format={FORMAT!r}. Write it with CostTable.save.")
         if doc.get("version") != VERSION:
@@ -389,7 +390,7 @@ class CostTable:
             raise CostTableError(f"a cost table document is malformed: {err!r}. Recompute it.") from None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "CostTable":
+    def load(cls, path: str | os.PathLike[str]) -> CostTable:
         try:
             doc = json.loads(Path(path).read_bytes())
         except UnicodeDecodeError:

@@ -76,19 +76,19 @@ class FloatModulesWarning(UserWarning):
 
 
 __all__ = [
-    "MPSearchError",
-    "PlanFormatError",
-    "PlanMismatchError",
     "BitsOutOfRangeError",
-    "InfeasibleBudgetError",
     "BudgetError",
     "BudgetTooLargeError",
-    "CostTableError",
-    "SearchSpaceError",
     "ConfigError",
-    "MissingDependencyError",
+    "CostTableError",
     "DataError",
-    "UnknownNameError",
-    "SolverError",
     "FloatModulesWarning",
+    "InfeasibleBudgetError",
+    "MPSearchError",
+    "MissingDependencyError",
+    "PlanFormatError",
+    "PlanMismatchError",
+    "SearchSpaceError",
+    "SolverError",
+    "UnknownNameError",
 ]

@@ -22,10 +22,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
+from mpsearch.core.config import QuantizerConfig, num_groups
+from mpsearch.core.errors import (
+    BitsOutOfRangeError,
+    MPSearchError,
+    PlanFormatError,
+    PlanMismatchError,
+)
 from mpsearch.core.io import atomic_write_text
 from mpsearch.core.plan_checks import (
     FLOAT_BITS,
@@ -35,14 +43,6 @@ from mpsearch.core.plan_checks import (
     is_finite_number,
     widths,
 )
-from mpsearch.core.errors import (
-    BitsOutOfRangeError,
-    MPSearchError,
-    PlanFormatError,
-    PlanMismatchError,
-)
-from mpsearch.core.config import QuantizerConfig, num_groups
-
 
 
 class _Unit(Protocol):
@@ -73,7 +73,7 @@ class BitPlan:
     True
     """
 
-    bits: Mapping[str, "int | tuple[int, ...]"]
+    bits: Mapping[str, int | tuple[int, ...]]
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     meta: Mapping[str, Any] = field(default_factory=dict)
     activation_bits: Mapping[str, int] = field(default_factory=dict)
@@ -134,13 +134,13 @@ class BitPlan:
         object.__setattr__(self, "activation_bits", dict(sorted(bits.items())))
         object.__setattr__(self, "activation_ranges", dict(sorted(ranges.items())))
 
-    def with_activations(self, bits: Mapping[str, int], ranges: Mapping[str, tuple[float, float]]) -> "BitPlan":
+    def with_activations(self, bits: Mapping[str, int], ranges: Mapping[str, tuple[float, float]]) -> BitPlan:
         """A copy that also quantizes each named unit's input to ``bits`` over its calibrated range."""
         import dataclasses
 
         return dataclasses.replace(self, activation_bits=dict(bits), activation_ranges=dict(ranges))
 
-    def with_bias_correction(self, corrections: Mapping[str, Any]) -> "BitPlan":
+    def with_bias_correction(self, corrections: Mapping[str, Any]) -> BitPlan:
         """A copy that adds ``corrections[unit]`` (one value per output channel) to each unit's bias."""
         import dataclasses
 
@@ -168,7 +168,7 @@ class BitPlan:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
     @classmethod
-    def from_dict(cls, doc: Any) -> "BitPlan":
+    def from_dict(cls, doc: Any) -> BitPlan:
         if not isinstance(doc, Mapping):
             raise PlanFormatError(
                 f"a plan document must be a JSON object, but got {type(doc).__name__}. "
@@ -209,7 +209,7 @@ class BitPlan:
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "BitPlan":
+    def from_json(cls, text: str | bytes) -> BitPlan:
         try:
             doc = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
@@ -221,7 +221,7 @@ class BitPlan:
         return atomic_write_text(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "BitPlan":
+    def load(cls, path: str | os.PathLike[str]) -> BitPlan:
         try:
             text = Path(path).read_bytes()
         except OSError as err:
@@ -229,7 +229,7 @@ class BitPlan:
         return cls.from_json(text)
 
     # ---- validation ----------------------------------------------------
-    def validate(self, space: SpaceLike) -> "BitPlan":
+    def validate(self, space: SpaceLike) -> BitPlan:
         """Check the plan against a search space: same units, bits among each unit's choices."""
         names = set(space.names)
         floats = set(space.float_units)  # left out of the search: must stay in floating point

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from mpsearch.core.errors import BitsOutOfRangeError, PlanFormatError
 from mpsearch.core.config import FLOAT_BITS
+from mpsearch.core.errors import BitsOutOfRangeError, PlanFormatError
 
 
-def check_bits_value(name: str, value: Any, *, nested: bool = False) -> "int | tuple[int, ...]":
+def check_bits_value(name: str, value: Any, *, nested: bool = False) -> int | tuple[int, ...]:
     if isinstance(value, (list, tuple)) and not nested:
         if not value:
             raise BitsOutOfRangeError(f"per-group plan bits must be a non-empty list, but {name!r} has []. Fix the plan entry.")
@@ -22,7 +23,7 @@ def check_bits_value(name: str, value: Any, *, nested: bool = False) -> "int | t
     return value
 
 
-def widths(value: "int | tuple[int, ...]") -> set[int]:
+def widths(value: int | tuple[int, ...]) -> set[int]:
     return set(value) if isinstance(value, tuple) else {value}
 
 

@@ -13,18 +13,18 @@ from typing import Any
 
 from torch import nn
 
-from mpsearch.core.errors import PlanMismatchError
-from mpsearch.deploy.bias_shift import add_bias_correction
-from mpsearch.space.discover import check_plan_for_model
 from mpsearch.core.config import FLOAT_BITS, check_bits
-from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.core.errors import PlanMismatchError
+from mpsearch.core.plan import BitPlan
+from mpsearch.deploy.bias_shift import add_bias_correction
 from mpsearch.deploy.modules import (
     QuantConv2d,
     QuantLinear,
     _PackedUnit,
     check_backend,
 )
-from mpsearch.core.plan import BitPlan
+from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.space.discover import check_plan_for_model
 
 
 def unit_widths(model: nn.Module, plan: BitPlan) -> dict[str, int]:

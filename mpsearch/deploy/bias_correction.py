@@ -35,12 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mpsearch.core.errors import DataError
 from mpsearch.core.config import FLOAT_BITS
-from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.core.errors import DataError
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.bias_shift import add_bias_correction
 from mpsearch.deploy.evaluate import fake_quantize_model
+from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.space.forward import batch_inputs, channel_sums, token_mask
 
 

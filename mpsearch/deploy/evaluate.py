@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from mpsearch.core.config import group_sizes
+from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.bias_shift import add_bias_correction
-from mpsearch.space.discover import check_plan_for_model
 from mpsearch.kernels.fake import fake_quantize_model as _fake_quantize_units
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.kernels.quantize import overhead_bits, weight_matrix
-from mpsearch.core.plan import BitPlan
+from mpsearch.space.discover import check_plan_for_model
 
 
 def _matrix_shape(module: nn.Module) -> tuple[int, int]:

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mpsearch.core.io import atomic_write_bytes
 from mpsearch.core.errors import DataError, PlanMismatchError
+from mpsearch.core.io import atomic_write_bytes
+from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.apply import build_packed
 from mpsearch.deploy.modules import _PackedUnit
-from mpsearch.core.plan import BitPlan
 
 MODEL_FILE, PLAN_FILE = "model.safetensors", "plan.json"
 FORMAT, VERSION = "mpsearch.packed_model", "1"
@@ -93,7 +93,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise DataError(f"{path} must be a readable safetensors file, but reading it failed: "
                         f"{err}. Re-export the model with mpsearch.deploy.export.") from None

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mpsearch.core.errors import DataError, PlanMismatchError, UnknownNameError
 from mpsearch.core.config import QuantizerConfig, Scheme, check_bits
+from mpsearch.core.errors import DataError, PlanMismatchError, UnknownNameError
 from mpsearch.kernels.packing import pack, packed_row_bytes, unpack
 from mpsearch.kernels.quantize import (
     SCALE_DTYPES,

@@ -100,8 +100,9 @@ class LUTLatencyModel:
         k, u = _axis(self.batches.astype(np.float64), batch)
         t0, u0 = np.minimum(t, 1.0), np.minimum(u, 1.0)
         i1, k1 = np.minimum(i + 1, len(lw) - 1), np.minimum(k + 1, len(lb) - 1)
-        at = lambda tt, uu: ((table[i, k] * (1 - uu) + table[i, k1] * uu) * (1 - tt)
-                             + (table[i1, k] * (1 - uu) + table[i1, k1] * uu) * tt)
+        def at(tt, uu):
+            return ((table[i, k] * (1 - uu) + table[i, k1] * uu) * (1 - tt)
+                                     + (table[i1, k] * (1 - uu) + table[i1, k1] * uu) * tt)
         base = at(t0, u0)
         if len(lw) > 1:  # past the largest size: last segment's slope, clamped to [0, 1]
             seg = lw[i1] - lw[i]
@@ -135,7 +136,8 @@ class LUTLatencyModel:
         pos = np.interp(b, known, np.arange(len(known), dtype=np.float64))  # clamps at the ends
         lo = np.minimum(np.floor(pos).astype(np.int64), len(known) - 2)
         frac = pos - lo
-        pick = lambda idx: np.take_along_axis(vals, idx[None], 0)[0]
+        def pick(idx):
+            return np.take_along_axis(vals, idx[None], 0)[0]
         return pick(lo) * (1 - frac) + pick(lo + 1) * frac
 
     def glue_ms(self, shapes: LayerShapes, batch: int = 1) -> np.ndarray:
@@ -153,7 +155,8 @@ class LUTLatencyModel:
     def latency_column(self, costs: CostTable, shapes: LayerShapes, *, batch: int = 1) -> np.ndarray:
         """Resource column ``latency_ms`` (items x choices) for ``batch`` samples."""
         s = shapes.for_costs(costs)
-        col = lambda a: a[:, None]
+        def col(a):
+            return a[:, None]
         gemm = self.predict_ms(col(s.out_features), col(s.fan_in), np.asarray(costs.bits)[None, :],
                                col(np.maximum(s.rows, 1)) * batch)
         return gemm + col(self.glue_ms(s, batch))

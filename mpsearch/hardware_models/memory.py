@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpsearch.core.errors import DataError
-from mpsearch.hardware_models.shapes import LayerShapes
 from mpsearch.core.config import FLOAT_BITS, SCALE_BITS, QuantizerConfig
+from mpsearch.core.errors import DataError
 from mpsearch.core.storage import group_overhead_bits
+from mpsearch.hardware_models.shapes import LayerShapes
 
 if TYPE_CHECKING:
     from mpsearch.core.costs import CostTable

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpsearch.core.config import QuantizerConfig
 from mpsearch.core.errors import DataError
 from mpsearch.hardware_models.devices import Device, get_device
 from mpsearch.hardware_models.memory import weight_bytes
 from mpsearch.hardware_models.shapes import LayerShapes, plan_bits_array
-from mpsearch.core.config import QuantizerConfig
 
 if TYPE_CHECKING:
     from mpsearch.core.costs import CostTable
@@ -72,7 +72,8 @@ def latency_column(costs: CostTable, shapes: LayerShapes, device: Device | str, 
     """Resource column ``latency_ms`` (items x choices) on ``device`` for ``batch`` samples."""
     s = shapes.for_costs(costs)
     bits = np.asarray(costs.bits, np.int64)[None, :]
-    col = lambda a: a[:, None]
+    def col(a):
+        return a[:, None]
     return layer_latency_ms(device, macs=col(s.macs), rows=col(s.rows), out_features=col(s.out_features),
                             fan_in=col(s.fan_in), bits=bits, act_bits=act_bits, batch=batch,
                             quantizer=costs.quantizer)

@@ -297,7 +297,8 @@ def slot(typingctx, lo, hi, bits, j):
 
     def codegen(context, builder, sig, args):
         v = args[1] if where.hi else args[0]
-        const = lambda n: ir.Constant(_VI, [n] * LANES)
+        def const(n):
+            return ir.Constant(_VI, [n] * LANES)
         if where.in_place:
             v = builder.and_(v, const(mask << where.shift))
         else:

@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mpsearch.core.errors import DataError
 from mpsearch.core.config import Scheme, check_bits
+from mpsearch.core.errors import DataError
 from mpsearch.kernels.packing import packed_row_bytes
 
 SCALE_DTYPES = ("float16", "float32", "bfloat16")

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpsearch.core.errors import DataError
 from mpsearch.core.config import Scheme, check_bits
+from mpsearch.core.errors import DataError
 
 ArrayT = TypeVar("ArrayT", Tensor, np.ndarray)
 _TILE_CODES = 1 << 22  # codes per row tile; bounds the int32 temporaries to ~16 MB each
@@ -56,7 +56,8 @@ def _chunk_tables(bits: int, device: torch.device) -> tuple[Tensor, Tensor, Tens
     """For the 8 codes of a chunk: byte of the low part, byte of the high part, bit shift."""
     first = [(j * bits) // 8 for j in range(8)]
     shift = [(j * bits) % 8 for j in range(8)]
-    as_t = lambda v: torch.tensor(v, dtype=torch.int64, device=device)
+    def as_t(v):
+        return torch.tensor(v, dtype=torch.int64, device=device)
     return as_t(first), as_t([p + 1 for p in first]), as_t(shift)
 
 

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpsearch.core.errors import ConfigError, DataError
 from mpsearch.core.config import FLOAT_BITS, QuantizerConfig, Scheme, check_bits, num_groups
+from mpsearch.core.errors import ConfigError, DataError
 from mpsearch.core.storage import overhead_bits
+
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 KINDS = ("linear", "conv2d", "conv1d")
 MIN_CLIP_RATIO = 0.2

@@ -113,7 +113,8 @@ def memory_inventory(model: nn.Module, names: Iterable[str] | None = None) -> Me
             continue
         seen.add(id(t))
         other += t.numel() * t.element_size()
-    as_i = lambda v: np.asarray(v, np.int64)
+    def as_i(v):
+        return np.asarray(v, np.int64)
     return MemoryInventory(names=tuple(n for n, _, _ in units), out_features=as_i(out_f), fan_in=as_i(fan_in),
                            weight_itemsize=as_i(w_size), bias_numel=as_i(b_numel), bias_itemsize=as_i(b_size),
                            other_bytes=int(other))

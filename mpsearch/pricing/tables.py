@@ -83,7 +83,8 @@ def cost_table_from_groups(
     """
     G = space.quantizer.group_size
     if G is None:
-        raise CostTableError("group-wise cost tables need a quantizer with group_size, but it is None. Pass e.g. QuantizerConfig(group_size=128).")
+        raise CostTableError("group-wise cost tables need a quantizer with group_size, but it is None. "
+                             "Pass e.g. QuantizerConfig(group_size=128).")
     bits = tuple(sorted({b for u in space.units for b in u.bits}))
     counts, costs_parts, storage_parts, weight_parts, allowed_parts = [], [], [], [], []
     for unit in space.units:

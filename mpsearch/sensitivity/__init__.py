@@ -10,9 +10,8 @@ result into a CostTable; :class:`SensitivityCache` stores results on disk;
 from __future__ import annotations
 
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity, get_estimator
-
-from mpsearch.sensitivity.calibration import Calibration, pseudo_label_loss
 from mpsearch.sensitivity.cache import CacheWarning, SensitivityCache, cached_estimate
+from mpsearch.sensitivity.calibration import Calibration, pseudo_label_loss
 from mpsearch.sensitivity.distill import DistilledData, bn_statistics_loss, distill_bn_data
 from mpsearch.sensitivity.embedding import LayerInputModification, ZScoreOutliers
 from mpsearch.sensitivity.hessian import HutchinsonTrace
@@ -47,8 +46,8 @@ __all__ = [
     "cached_estimate",
     "distill_bn_data",
     "embedding_distillation_loss",
+    "embedding_gn_calibration",
     "get_estimator",
     "minilm_calibration",
-    "embedding_gn_calibration",
     "pseudo_label_loss",
 ]

@@ -11,15 +11,16 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from mpsearch.core.errors import DataError, MPSearchError
-
 from mpsearch.sensitivity._input_checks import FIX_IMAGES, shape_of
 from mpsearch.sensitivity.calibration import Calibration, cross_entropy
+
 _checking: contextvars.ContextVar[bool] = contextvars.ContextVar("mpsearch_calibration_checked", default=False)
 
 

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mpsearch.space.forward import batch_inputs, pooled, token_mask
 from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.forward import batch_inputs, pooled, token_mask
 
 ATTN_NAME = "mpsearch_constant_attention"
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpsearch.core.errors import DataError
 from mpsearch.core.config import QuantizerConfig, group_sizes
+from mpsearch.core.errors import DataError
 from mpsearch.kernels.quantize import num_groups, weight_matrix
 from mpsearch.space.discover import SearchSpace
 

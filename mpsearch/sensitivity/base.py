@@ -25,9 +25,9 @@ from torch import nn
 
 from mpsearch.core.errors import MPSearchError
 from mpsearch.core.registry import Registry
-from mpsearch.space.discover import SearchSpace
 from mpsearch.sensitivity._data_checks import checked
 from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.discover import SearchSpace
 
 ESTIMATORS: Registry[Estimator] = Registry("estimator")
 

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from mpsearch.core.io import atomic_write_bytes, atomic_write_text
-from mpsearch.space.discover import SearchSpace
 from mpsearch.sensitivity.base import Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.discover import SearchSpace
 
 FORMAT = "mpsearch.sensitivity"
 VERSION = 1
@@ -161,7 +161,7 @@ class SensitivityCache:
                 details=doc["details"], group_scores=groups,
                 unit_costs=None if costs is None else {n: {int(b): float(c) for b, c in v.items()} for n, v in costs.items()},
             )
-        except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed, whatever broke it
+        except Exception as err:
             warnings.warn(
                 f"a sensitivity cache entry must be complete and valid, but {json_path.name} is not "
                 f"({type(err).__name__}: {err}). Recomputing it and overwriting the entry.",

@@ -70,7 +70,8 @@ class Calibration:
         return cls(batches=batches, sizes=tuple(len(b[1]) for b in batches), name=name)
 
     @classmethod
-    def from_inputs(cls, inputs: torch.Tensor, *, loss_fn: LossFn | None = None, batch_size: int = 128, name: str = "inputs") -> Calibration:
+    def from_inputs(cls, inputs: torch.Tensor, *, loss_fn: LossFn | None = None, batch_size: int = 128,
+                    name: str = "inputs") -> Calibration:
         """Batches of unlabeled inputs (e.g. ZeroQ distilled data) for any estimator.
 
         Each batch is a bare tensor. ``loss_fn(model, x)`` defaults to

@@ -37,12 +37,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mpsearch.core.errors import ConfigError
-from mpsearch.space.discover import SearchSpace
 from mpsearch.sensitivity._protocols import is_basic_block
-from mpsearch.space.forward import batch_inputs, token_mask
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
-from mpsearch.space.discover import unit_modules
+from mpsearch.space.discover import SearchSpace, unit_modules
+from mpsearch.space.forward import batch_inputs, token_mask
 
 
 def find_blocks(model: nn.Module, patterns: Sequence[str] | None = None) -> list[str]:

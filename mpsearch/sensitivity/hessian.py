@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,11 +31,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mpsearch.core.errors import MPSearchError
-from mpsearch.space.discover import SearchSpace
 from mpsearch.sensitivity._tensors import grads_or_zeros
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
-from mpsearch.space.discover import unit_modules
+from mpsearch.space.discover import SearchSpace, unit_modules
 
 
 def rademacher(shape: torch.Size, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

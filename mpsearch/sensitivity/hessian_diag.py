@@ -29,12 +29,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mpsearch.core.errors import ConfigError
-from mpsearch.space.discover import SearchSpace
 from mpsearch.sensitivity._tensors import Deadline, unit_reduce, weights_requiring_grad
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
-from mpsearch.space.discover import unit_modules
 from mpsearch.sensitivity.hessian import hessian_vector_products, rademacher
+from mpsearch.space.discover import SearchSpace, unit_modules
 
 
 def hutchinson_diagonal(

@@ -39,12 +39,11 @@ from tqdm.auto import tqdm
 from mpsearch.core.errors import ConfigError
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.kernels.quantize import fake_quantize, matrix_to_weight, weight_matrix
-from mpsearch.space.discover import SearchSpace
-from mpsearch.space.forward import batch_output, channel_sums, is_encoder_batch, token_mask
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.discover import SearchSpace, unit_modules
+from mpsearch.space.forward import batch_output, channel_sums, is_encoder_batch, token_mask
 from mpsearch.space.quant_errors import quantization_errors
-from mpsearch.space.discover import unit_modules
 
 METRICS = ("auto", "kl", "cosine")
 

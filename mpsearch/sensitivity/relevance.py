@@ -48,13 +48,12 @@ from tqdm.auto import tqdm
 from mpsearch.core.errors import ConfigError
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.kernels.quantize import num_groups, weight_matrix
-from mpsearch.space.discover import SearchSpace
-from mpsearch.sensitivity._protocols import is_cifar_resnet
-from mpsearch.space.forward import batch_inputs, batch_labels, is_encoder_batch
 from mpsearch.sensitivity._lrp_rules import RULES, Op, Program, propagate
+from mpsearch.sensitivity._protocols import is_cifar_resnet
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
-from mpsearch.space.discover import unit_modules
+from mpsearch.space.discover import SearchSpace, unit_modules
+from mpsearch.space.forward import batch_inputs, batch_labels, is_encoder_batch
 
 SUPPORTED = "Conv2d, Linear, BatchNorm2d, ReLU, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity"
 

@@ -32,11 +32,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mpsearch.core.errors import ConfigError
-from mpsearch.space.discover import SearchSpace
 from mpsearch.sensitivity._tensors import Deadline, grads_or_zeros, slice_batch, unit_reduce, weights_requiring_grad
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
-from mpsearch.space.discover import unit_modules
+from mpsearch.space.discover import SearchSpace, unit_modules
 
 
 def mean_loss_gradient(

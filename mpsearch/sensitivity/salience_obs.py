@@ -30,11 +30,10 @@ from tqdm.auto import tqdm
 
 from mpsearch.core.errors import ConfigError
 from mpsearch.kernels.quantize import weight_matrix
-from mpsearch.space.discover import SearchSpace
 from mpsearch.sensitivity._tensors import Deadline, unit_reduce
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
-from mpsearch.space.discover import unit_modules
+from mpsearch.space.discover import SearchSpace, unit_modules
 
 
 def layer_input_rows(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from mpsearch.solvers.base import SOLVERS, SolveResult, Solver, Status, get_solver
+from mpsearch.solvers.base import SOLVERS, Solver, SolveResult, Status, get_solver
 from mpsearch.solvers.convex import ConvexSolver
 from mpsearch.solvers.dp import DPSolver
 from mpsearch.solvers.greedy import GreedySolver
 from mpsearch.solvers.ilp import ILPSolver
-from mpsearch.solvers.lagrange import LagrangeSolver, LagrangeSolution, lagrange_solve
+from mpsearch.solvers.lagrange import LagrangeSolution, LagrangeSolver, lagrange_solve
 from mpsearch.solvers.search import NSGA2Solver, TPESolver
 
 __all__ = [
-    "SOLVERS", "SolveResult", "Solver", "Status", "get_solver", "solve",
-    "ILPSolver", "ConvexSolver", "LagrangeSolver", "LagrangeSolution", "lagrange_solve",
-    "DPSolver", "GreedySolver", "TPESolver", "NSGA2Solver",
+    "SOLVERS",
+    "ConvexSolver",
+    "DPSolver",
+    "GreedySolver",
+    "ILPSolver",
+    "LagrangeSolution",
+    "LagrangeSolver",
+    "NSGA2Solver",
+    "SolveResult",
+    "Solver",
+    "Status",
+    "TPESolver",
+    "get_solver",
+    "lagrange_solve",
+    "solve",
 ]
 
 

@@ -10,9 +10,10 @@ asking an infeasible result for its plan raises
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import BudgetTooLargeError, InfeasibleBudgetError, MPSearchError
 from mpsearch.core.registry import Registry
 
-SOLVERS: Registry["Solver"] = Registry("solver")
+SOLVERS: Registry[Solver] = Registry("solver")
 
 # Budgets are compared with this relative slack, so that float rounding in a
 # resource sum never turns a budget that is met exactly into a violation.
@@ -247,7 +248,7 @@ class Solver:
         raise NotImplementedError
 
 
-def get_solver(solver: "str | Solver", **options: Any) -> Solver:
+def get_solver(solver: str | Solver, **options: Any) -> Solver:
     """A solver instance from a registered name or an instance."""
     if isinstance(solver, Solver):
         if options:

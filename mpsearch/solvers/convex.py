@@ -27,7 +27,7 @@ from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.solvers._polish import core_exact, polish
 from mpsearch.solvers._problem import single_budget
-from mpsearch.solvers.base import SOLVERS, SolveResult, Solver, Status
+from mpsearch.solvers.base import SOLVERS, Solver, SolveResult, Status
 from mpsearch.solvers.greedy import lower_until_within, raise_while_fits
 from mpsearch.solvers.lagrange import POLISH_CELLS, lagrange_solve
 

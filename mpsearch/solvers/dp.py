@@ -23,7 +23,7 @@ from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import ConfigError
 from mpsearch.solvers._problem import Problem, single_budget
-from mpsearch.solvers.base import SOLVERS, SolveResult, Solver, Status, check_ceiling
+from mpsearch.solvers.base import SOLVERS, Solver, SolveResult, Status, check_ceiling
 from mpsearch.solvers.lagrange import lagrange_solve
 
 

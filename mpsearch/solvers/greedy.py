@@ -16,7 +16,7 @@ import numpy as np
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
-from mpsearch.solvers.base import RTOL, SOLVERS, SolveResult, Solver, Status, reduce
+from mpsearch.solvers.base import RTOL, SOLVERS, Solver, SolveResult, Status, reduce
 
 
 def _best_move(cost, mats, weights, allowed, i: int, j: int, down: bool) -> tuple[float, int]:

@@ -18,7 +18,7 @@ import numpy as np
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import MPSearchError, SolverError
-from mpsearch.solvers.base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, reduce, within
+from mpsearch.solvers.base import RTOL, SOLVERS, Reduced, Solver, SolveResult, Status, reduce, within
 
 
 def lp_bound(red: Reduced) -> float | None:

@@ -36,7 +36,8 @@ from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import CostTableError
 from mpsearch.solvers._polish import core_exact, polish
 from mpsearch.solvers._problem import single_budget
-from mpsearch.solvers.base import SOLVERS, SolveResult, Solver, Status
+from mpsearch.solvers.base import SOLVERS, Solver, SolveResult, Status
+
 
 def _kernels():
     """The Numba kernels, imported on first use so that importing the solvers stays cheap."""

@@ -8,15 +8,16 @@ pandas DataFrame and a matplotlib figure.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import MPSearchError
-from mpsearch.solvers.base import SolveResult, Solver, check_ceiling, get_solver
+from mpsearch.solvers.base import Solver, SolveResult, check_ceiling, get_solver
 
 
 @dataclass(eq=False)

@@ -28,19 +28,20 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import ConfigError
-from mpsearch.solvers.base import RTOL, SOLVERS, Reduced, SolveResult, Solver, Status, check_ceiling, reduce
+from mpsearch.solvers.base import RTOL, SOLVERS, Reduced, Solver, SolveResult, Status, check_ceiling, reduce
 from mpsearch.solvers.greedy import GreedySolver, descent_path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _new_constraints() -> bool:
     """Optuna >= 5 takes constraints from ``trial.set_constraint``; older ones from ``constraints_func``."""
     import optuna

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from torch import nn
 
+from mpsearch.core.config import RECOMMENDED, QuantizerConfig, Scheme
 from mpsearch.core.errors import BitsOutOfRangeError, FloatModulesWarning, PlanMismatchError, SearchSpaceError
 from mpsearch.core.plan import BitPlan
 from mpsearch.kernels.fake import quantizable_kind
-from mpsearch.core.config import RECOMMENDED, QuantizerConfig, Scheme
 
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
 FLOAT_BITS = 16  # "left in floating point" in a plan

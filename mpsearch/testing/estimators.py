@@ -35,9 +35,9 @@ from torch import nn
 
 from mpsearch.core.config import QuantizerConfig
 from mpsearch.kernels.quantize import num_groups
+from mpsearch.pricing.tables import build_cost_table
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator
 from mpsearch.sensitivity.calibration import Calibration
-from mpsearch.pricing.tables import build_cost_table
 from mpsearch.space.discover import SearchSpace, discover
 
 Factory = Callable[..., Estimator]

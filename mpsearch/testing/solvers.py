@@ -19,14 +19,14 @@ Checks, on small random tables with pins and ties:
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import BudgetTooLargeError, InfeasibleBudgetError
-from mpsearch.solvers.base import SolveResult, Solver, Status
+from mpsearch.solvers.base import Solver, SolveResult, Status
 
 SEEDS = tuple(range(6))
 
@@ -108,7 +108,7 @@ def check_infeasible(make: Callable[[int], Solver]) -> None:
             assert result.status is Status.INFEASIBLE and result.choice is None and not result.ok
             assert abs(result.min_feasible[kind] - floor) <= 1e-12 * floor
             try:
-                result.plan
+                _ = result.plan
             except InfeasibleBudgetError as err:
                 assert "Raise it to" in str(err)
             else:  # pragma: no cover - the breach this checks for
@@ -152,5 +152,13 @@ def check_solver(make: Callable[[int], Solver]) -> None:
     check_seeded(make)
 
 
-__all__ = ["check_solver", "check_valid", "check_budget_respected", "check_infeasible", "check_ceiling", "check_seeded",
-           "contract_table", "brute_force"]
+__all__ = [
+    "brute_force",
+    "check_budget_respected",
+    "check_ceiling",
+    "check_infeasible",
+    "check_seeded",
+    "check_solver",
+    "check_valid",
+    "contract_table",
+]

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mpsearch.core.io import atomic_write_text
 from mpsearch.core.errors import ConfigError
+from mpsearch.core.io import atomic_write_text
 from mpsearch.hardware_models.devices import Device, cpu_local
 from mpsearch.hardware_models.lut import LUTLatencyModel
 

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from mpsearch.core.io import atomic_write_text
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import DataError
+from mpsearch.core.io import atomic_write_text
 from mpsearch.deploy.bias_correction import measure_bias_correction
 from mpsearch.deploy.evaluate import evaluate_plan, plan_size
-from mpsearch.solvers.pareto import ParetoFront, pareto
-from mpsearch.sensitivity import Calibration, HutchinsonTrace
 from mpsearch.pricing.tables import build_cost_table
+from mpsearch.sensitivity import Calibration, HutchinsonTrace
+from mpsearch.solvers.pareto import ParetoFront, pareto
 from mpsearch.space.discover import discover_quietly
 from mpsearch.zoo.data import load_cifar10, to_tensor
 from mpsearch.zoo.eval import accuracy

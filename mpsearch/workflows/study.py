@@ -18,20 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from mpsearch.core.io import atomic_write_text
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import MPSearchError
+from mpsearch.core.io import atomic_write_text
 from mpsearch.deploy.evaluate import fake_quantize_model
+from mpsearch.pricing.tables import build_cost_table
 from mpsearch.sensitivity.base import Estimator, get_estimator
 from mpsearch.sensitivity.calibration import Calibration
-from mpsearch.pricing.tables import build_cost_table
 from mpsearch.solvers.base import Solver, get_solver
 from mpsearch.space.discover import SearchSpace
 
@@ -200,7 +201,8 @@ class Study:
             plan = result.plan if choice is not None else None
         row: dict[str, Any] = {**ident, "status": status, "seconds_estimate": t_est, "seconds_solve": t_solve}
         if plan is None:
-            return {**row, **{k: np.nan for k in ("avg_bits", "bytes", "mib", "predicted_cost", "metric", "seconds_evaluate")}, "plan_file": ""}
+            missing = ("avg_bits", "bytes", "mib", "predicted_cost", "metric", "seconds_evaluate")
+            return {**row, **{k: np.nan for k in missing}, "plan_file": ""}
         if self.activation_bits is not None:
             units = [n for n, b in plan.bits.items() if b != 16 and n in self.activation_ranges]
             plan = plan.with_activations({u: self.activation_bits for u in units}, {u: self.activation_ranges[u] for u in units})

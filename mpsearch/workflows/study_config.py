@@ -64,8 +64,8 @@ def run_config(path: str | os.PathLike[str], *, progress: bool = True):
     """Run the study a config describes; returns the results table (also in ``out_dir``)."""
     import torch
 
-    from mpsearch.kernels.activations import calibrate_ranges
     from mpsearch.core.config import RECOMMENDED, QuantizerConfig
+    from mpsearch.kernels.activations import calibrate_ranges
     from mpsearch.sensitivity.base import get_estimator
     from mpsearch.sensitivity.calibration import Calibration
     from mpsearch.space.discover import DEFAULT_BITS, discover

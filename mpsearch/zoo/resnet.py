@@ -22,7 +22,7 @@ from torch import nn
 
 from mpsearch.core.errors import UnknownNameError
 
-__all__ = ["BasicBlock", "CifarResNet", "PadShortcut", "cifar_resnet", "RESNET_DEPTHS"]
+__all__ = ["RESNET_DEPTHS", "BasicBlock", "CifarResNet", "PadShortcut", "cifar_resnet"]
 
 #: Supported depths and the number of basic blocks per stage for each.
 RESNET_DEPTHS: dict[int, int] = {20: 3, 32: 5, 44: 7, 56: 9}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.core.budget import Budget
 from mpsearch.cli.main import main
+from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 
 

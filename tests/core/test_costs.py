@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from mpsearch.core.budget import Budget
+from mpsearch.core.config import QuantizerConfig
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import BitsOutOfRangeError, CostTableError, PlanMismatchError
-from mpsearch.core.config import QuantizerConfig
 from mpsearch.core.plan import BitPlan
 
 BITS = (2, 4, 8)

@@ -17,7 +17,7 @@ def names(folder: Path) -> list[str]:
 def test_write_creates_parents_and_returns_path(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "out.txt"
     assert atomic_write_text(target, "héllo\n") == target
-    assert target.read_bytes() == "héllo\n".encode("utf-8")
+    assert target.read_bytes() == "héllo\n".encode()
 
 
 def test_write_replaces_content_and_leaves_no_temp_files(tmp_path: Path) -> None:

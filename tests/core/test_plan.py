@@ -11,12 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mpsearch.pricing.tables import cost_table_from_space
-from mpsearch.space.discover import check_plan_for_model
-from mpsearch.core.errors import BitsOutOfRangeError, PlanFormatError, PlanMismatchError
 from mpsearch.core.config import QuantizerConfig
+from mpsearch.core.errors import BitsOutOfRangeError, PlanFormatError, PlanMismatchError
 from mpsearch.core.plan import BitPlan
-from mpsearch.space.discover import QuantUnit, SearchSpace, discover
+from mpsearch.pricing.tables import cost_table_from_space
+from mpsearch.space.discover import QuantUnit, SearchSpace, check_plan_for_model, discover
 
 
 def plan() -> BitPlan:
@@ -364,7 +363,8 @@ def test_check_plan_for_model_lists_all_problems() -> None:
 # ---- property ---------------------------------------------------------------
 names = st.text(alphabet="abc.0_", min_size=1, max_size=6)
 bit_values = st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 16])
-json_scalars = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5)
+json_scalars = (st.none() | st.booleans() | st.integers(-(10**12), 10**12)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5))
 quantizers = st.builds(
     QuantizerConfig,
     scheme=st.sampled_from(["symmetric", "affine"]),

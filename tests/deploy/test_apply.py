@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from mpsearch.core.errors import PlanMismatchError, UnknownNameError
-from mpsearch.deploy.evaluate import fake_quantize_model
-from mpsearch.deploy.apply import apply, quantized_buffer_bytes, set_backend
 from mpsearch.core.config import RECOMMENDED, QuantizerConfig
+from mpsearch.core.errors import PlanMismatchError, UnknownNameError
+from mpsearch.core.plan import BitPlan
+from mpsearch.deploy.apply import apply, quantized_buffer_bytes, set_backend
+from mpsearch.deploy.evaluate import fake_quantize_model
 from mpsearch.deploy.modules import BACKENDS, QuantConv2d, QuantLinear, _PackedUnit
 from mpsearch.kernels.packing import unpack
 from mpsearch.kernels.quantize import quantize, weight_matrix
-from mpsearch.core.plan import BitPlan
 from mpsearch.zoo import load_cifar10, load_pretrained, to_tensor
 
 N_IMAGES = 200

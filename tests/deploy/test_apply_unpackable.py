@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from mpsearch.core.errors import PlanMismatchError
-from mpsearch.deploy.apply import apply
 from mpsearch.core.plan import BitPlan
+from mpsearch.deploy.apply import apply
 
 
 def net() -> nn.Module:

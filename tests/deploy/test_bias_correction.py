@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from mpsearch.deploy.bias_correction import add_bias_correction, measure_bias_correction
-from mpsearch.core.errors import DataError, PlanFormatError, PlanMismatchError
-from mpsearch.deploy.evaluate import fake_quantize_model
-from mpsearch.deploy.apply import apply
 from mpsearch.core.config import RECOMMENDED, QuantizerConfig
-from mpsearch.deploy.export import export, load
+from mpsearch.core.errors import DataError, PlanFormatError, PlanMismatchError
 from mpsearch.core.plan import BitPlan
+from mpsearch.deploy.apply import apply
+from mpsearch.deploy.bias_correction import add_bias_correction, measure_bias_correction
+from mpsearch.deploy.evaluate import fake_quantize_model
+from mpsearch.deploy.export import export, load
 
 
 def conv_net() -> nn.Sequential:
@@ -41,7 +41,8 @@ def test_correction_removes_the_mean_shift_of_the_first_unit() -> None:
     x = torch.randn(32, 3, 6, 6) + 0.3
     corrected = fake_quantize_model(net, PLAN.with_bias_correction(measure_bias_correction(net, PLAN, [x])))
     plain = fake_quantize_model(net, PLAN)
-    shift = lambda m: (m[0](x) - net[0](x)).mean(dim=(0, 2, 3)).abs().max()
+    def shift(m):
+        return (m[0](x) - net[0](x)).mean(dim=(0, 2, 3)).abs().max()
     assert shift(plain) > 1e-3 and shift(corrected) < 1e-5
     assert corrected[0].bias is not None and net[0].bias is None  # the original model is untouched
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from mpsearch.core.config import RECOMMENDED
 from mpsearch.core.errors import (
     DataError,
     PlanFormatError,
     PlanMismatchError,
     UnknownNameError,
 )
-from mpsearch.deploy.apply import apply
-from mpsearch.core.config import RECOMMENDED
-from mpsearch.deploy.export import MODEL_FILE, PLAN_FILE, export, load
 from mpsearch.core.plan import BitPlan
+from mpsearch.deploy.apply import apply
+from mpsearch.deploy.export import MODEL_FILE, PLAN_FILE, export, load
 from mpsearch.zoo import load_cifar10, load_pretrained, to_tensor
 
 
@@ -126,7 +126,7 @@ def test_tensors_of_the_wrong_dtype_are_refused(tmp_path: Path) -> None:
     plan = BitPlan(bits={"0": 4, "2": 3})
     folder = export(apply(small_net(), plan), plan, tmp_path / "q")
     with safe_open(str(folder / MODEL_FILE), framework="pt") as f:
-        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     tensors["0.scale"] = tensors["0.scale"].float()
     safetensors.torch.save_file(tensors, str(folder / MODEL_FILE), metadata=meta)
     with pytest.raises(PlanMismatchError, match=r"wrong shape or dtype=\['0.scale'\]"):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from mpsearch.core.errors import DataError, PlanMismatchError, UnknownNameError
 from mpsearch.core.config import QuantizerConfig
-from mpsearch.kernels.fake import fake_quantize_model
+from mpsearch.core.errors import DataError, PlanMismatchError, UnknownNameError
 from mpsearch.deploy.modules import BACKENDS, QuantConv2d, QuantLinear
+from mpsearch.kernels.fake import fake_quantize_model
 from mpsearch.kernels.packing import unpack
 from mpsearch.kernels.quantize import quantize, weight_matrix
 

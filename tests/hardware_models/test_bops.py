@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.hardware_models.bops import bops_column, model_bops
+from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.space.discover import discover
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mpsearch.workflows import hw_calibrate
 from mpsearch.cli.main import main
 from mpsearch.core.costs import CostTable
 from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.space.discover import discover
+from mpsearch.workflows import hw_calibrate
 
 
 @pytest.fixture()

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from mpsearch.core.budget import Budget
-from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.hardware_models.bops import bops_column
 from mpsearch.hardware_models.lut import LUTLatencyModel
 from mpsearch.hardware_models.memory import bytes_packed_column
 from mpsearch.hardware_models.roofline import latency_column
-from mpsearch.solvers.pareto import pareto
+from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.solvers import solve
+from mpsearch.solvers.pareto import pareto
 from mpsearch.space.discover import discover
 
 

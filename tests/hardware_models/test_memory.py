@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from mpsearch.pricing.tables import cost_table_from_space
+from mpsearch.core.config import QuantizerConfig
 from mpsearch.hardware_models.memory import (
     bytes_packed_column,
     plan_bytes,
     weight_bytes,
 )
-from mpsearch.core.config import QuantizerConfig
 from mpsearch.kernels.packing import pack
 from mpsearch.kernels.quantize import quantize, weight_matrix
 from mpsearch.pricing.profile import memory_inventory
+from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.space.discover import discover
 
 CONFIGS = [
@@ -81,8 +81,8 @@ def test_bytes_packed_column_counts_row_padding(resnet20, resnet20_shapes):
 def test_against_apply_buffers_when_available(resnet20):
     if importlib.util.find_spec("mpsearch.deploy.apply") is None:
         pytest.skip("mpsearch.deploy.apply not written yet")
-    from mpsearch.deploy import apply as apply_mod
     from mpsearch.core.plan import BitPlan
+    from mpsearch.deploy import apply as apply_mod
 
     if not hasattr(apply_mod, "quantized_buffer_bytes"):
         pytest.skip("apply has no quantized_buffer_bytes")

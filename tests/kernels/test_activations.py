@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from mpsearch.core.errors import BitsOutOfRangeError, PlanFormatError, PlanMismatchError
+from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.evaluate import fake_quantize_model
 from mpsearch.kernels.activations import attach_activation_quant, calibrate_ranges, quantize_tensor
-from mpsearch.core.plan import BitPlan
 
 
 def test_grid_by_hand():

@@ -7,14 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from mpsearch.core.costs import CostTable, GroupIndex
-
-from mpsearch.pricing.tables import cost_table_from_groups
-from mpsearch.core.errors import CostTableError, PlanFormatError, PlanMismatchError
-from mpsearch.deploy.evaluate import fake_quantize_model, plan_size
 from mpsearch.core.config import QuantizerConfig
-from mpsearch.kernels.quantize import fake_quantize_groups
+from mpsearch.core.costs import CostTable, GroupIndex
+from mpsearch.core.errors import CostTableError, PlanFormatError, PlanMismatchError
 from mpsearch.core.plan import BitPlan
+from mpsearch.deploy.evaluate import fake_quantize_model, plan_size
+from mpsearch.kernels.quantize import fake_quantize_groups
+from mpsearch.pricing.tables import cost_table_from_groups
 from mpsearch.space.discover import discover
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _nets import tiny_data, tiny_net
 
 from mpsearch.sensitivity import Calibration, get_estimator
 from mpsearch.space.discover import discover
-
-from _nets import tiny_data, tiny_net
 
 LIMITED = {
     "hessian": {"max_probes": 10**6, "min_probes": 2, "tol": 1e-9},

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _nets import exact_hessian_block
+from _nets import tiny_data as small_data
+from _nets import tiny_net as small_net
+from _nets import trained_tiny_net as trained_net
 from torch import nn
 
 from mpsearch.core.errors import MPSearchError
-from mpsearch.sensitivity import Calibration, HutchinsonTrace
 from mpsearch.pricing.tables import build_cost_table
+from mpsearch.sensitivity import Calibration, HutchinsonTrace
 from mpsearch.space.discover import discover
-
-from _nets import exact_hessian_block, tiny_data as small_data, tiny_net as small_net, trained_tiny_net as trained_net
 
 
 def exact_block_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, float]:

@@ -7,14 +7,14 @@ import pytest
 import torch
 from _nets import exact_hessian_block, tiny_data, tiny_net, trained_tiny_net
 
-from mpsearch.core.errors import ConfigError, MPSearchError
 from mpsearch.core.config import QuantizerConfig
+from mpsearch.core.errors import ConfigError, MPSearchError
 from mpsearch.kernels.quantize import quant_error, weight_matrix
-from mpsearch.sensitivity import Calibration, HutchinsonDiagonal, HutchinsonTrace, PowerIterationEigen
 from mpsearch.pricing.tables import build_cost_table
-from mpsearch.space.quant_errors import quantization_group_errors
+from mpsearch.sensitivity import Calibration, HutchinsonDiagonal, HutchinsonTrace, PowerIterationEigen
 from mpsearch.sensitivity._tensors import group_reduce
 from mpsearch.space.discover import discover
+from mpsearch.space.quant_errors import quantization_group_errors
 
 G = 9  # conv fan_in 18 -> 2 blocks; fc1 48 -> 6 blocks (last one 3 wide); fc2 5 -> 1 block
 

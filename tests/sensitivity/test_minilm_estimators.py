@@ -10,8 +10,8 @@ import torch
 
 from mpsearch.core.config import QuantizerConfig
 from mpsearch.kernels.quantize import num_groups
-from mpsearch.sensitivity import embedding_distillation_loss, minilm_calibration
 from mpsearch.pricing.tables import build_cost_table
+from mpsearch.sensitivity import embedding_distillation_loss, minilm_calibration
 from mpsearch.space.discover import discover
 from mpsearch.testing.estimators import registry_factory
 

@@ -9,11 +9,11 @@ import torch
 from _estimator_fixtures import minilm_calibration, resnet20_calibration
 from torch import nn
 
-from mpsearch.core.errors import ConfigError
 from mpsearch.core.config import QuantizerConfig
+from mpsearch.core.errors import ConfigError
 from mpsearch.kernels.fake import fake_quantize_model
-from mpsearch.sensitivity import Calibration
 from mpsearch.pricing.tables import build_cost_table
+from mpsearch.sensitivity import Calibration
 from mpsearch.sensitivity.perturbation import PerturbationKL, output_divergence
 from mpsearch.space.discover import discover
 

@@ -9,8 +9,8 @@ import torch
 from _estimator_fixtures import minilm_calibration, resnet20_calibration
 from torch import nn
 
-from mpsearch.core.errors import ConfigError
 from mpsearch.core.config import QuantizerConfig
+from mpsearch.core.errors import ConfigError
 from mpsearch.sensitivity import Calibration
 from mpsearch.sensitivity._lrp_rules import propagate
 from mpsearch.sensitivity.relevance import LayerRelevance, build_program

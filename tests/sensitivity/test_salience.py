@@ -9,11 +9,11 @@ from _nets import tiny_data, tiny_net
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from mpsearch.core.errors import ConfigError
 from mpsearch.core.config import QuantizerConfig
+from mpsearch.core.errors import ConfigError
 from mpsearch.kernels.quantize import weight_matrix
-from mpsearch.sensitivity import Calibration, FirstOrderSalience, FisherDiagonal, GradientOutliers, OBSSalience
 from mpsearch.pricing.tables import build_cost_table
+from mpsearch.sensitivity import Calibration, FirstOrderSalience, FisherDiagonal, GradientOutliers, OBSSalience
 from mpsearch.sensitivity._tensors import group_reduce
 from mpsearch.sensitivity.salience_obs import layer_input_rows
 from mpsearch.space.discover import discover

@@ -9,9 +9,9 @@ import pytest
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import BudgetError, BudgetTooLargeError
-from mpsearch.solvers.pareto import pareto
 from mpsearch.solvers import SOLVERS, DPSolver, NSGA2Solver, TPESolver, solve
 from mpsearch.solvers.greedy import widest
+from mpsearch.solvers.pareto import pareto
 from mpsearch.solvers.search import load_front
 
 OPTIONS = {"tpe": {"n_trials": 20}, "nsga2": {"n_trials": 20, "population_size": 8}}

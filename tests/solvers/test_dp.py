@@ -7,8 +7,8 @@ import pytest
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.errors import ConfigError
-from mpsearch.solvers.pareto import ParetoFront, pareto
 from mpsearch.solvers import DPSolver, Status, solve
+from mpsearch.solvers.pareto import ParetoFront, pareto
 
 
 @pytest.mark.parametrize("seed", range(30))

@@ -134,9 +134,9 @@ def test_infeasible_budget_reports_smallest_feasible(seed: int, kind: str, rando
     assert result.usage == {}
     assert result.min_feasible[kind] == pytest.approx(smallest, rel=1e-12)
     with pytest.raises(InfeasibleBudgetError, match=rf"is infeasible\. Raise it to {kind} >= {re.escape(f'{smallest:.6g}')}"):
-        result.plan
+        _ = result.plan
     with pytest.raises(InfeasibleBudgetError, match="the budget must be at least the smallest feasible one"):
-        result.bits
+        _ = result.bits
 
 
 @pytest.mark.parametrize("seed", range(1, 30, 3))
@@ -183,7 +183,7 @@ def test_jointly_infeasible_budgets(brute_force) -> None:
         match=r"budgets must be met together, but 3 bits/weight, bops <= 3 are each feasible alone "
         r"\(floors avg_bits >= 2, bops >= 2\) and infeasible together\. Raise one of them",
     ):
-        result.plan
+        _ = result.plan
 
 
 def test_budget_just_below_a_near_tight_plan_is_still_optimal(brute_force) -> None:
@@ -241,7 +241,7 @@ def check_time_limited(costs: CostTable, result: SolveResult, budget: Budget) ->
     else:
         assert result.status is Status.TIME_LIMIT
         with pytest.raises(InfeasibleBudgetError):
-            result.plan
+            _ = result.plan
 
 
 def test_generous_time_limit_is_optimal(random_table, brute_force) -> None:
@@ -284,7 +284,7 @@ def test_no_incumbent_at_time_limit_gives_no_plan(monkeypatch: pytest.MonkeyPatc
     check_time_limited(costs, result, budget)
     assert result.status is Status.TIME_LIMIT and result.choice is None
     with pytest.raises(InfeasibleBudgetError, match=r"'ilp' hit its time limit before the first\. Give it more time"):
-        result.plan
+        _ = result.plan
 
 
 def test_time_limit_result_invariants_with_incumbent() -> None:

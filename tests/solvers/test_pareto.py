@@ -10,8 +10,8 @@ import pytest
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import MPSearchError
-from mpsearch.solvers.pareto import ParetoFront, pareto
 from mpsearch.solvers import Status, solve
+from mpsearch.solvers.pareto import ParetoFront, pareto
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,8 +7,8 @@ import pytest
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.errors import ConfigError
-from mpsearch.solvers.pareto import pareto
 from mpsearch.solvers import NSGA2Solver, Status, TPESolver, solve
+from mpsearch.solvers.pareto import pareto
 from mpsearch.solvers.search import load_front, storage_url
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mpsearch.core.errors import BitsOutOfRangeError, SearchSpaceError
 from mpsearch.core.config import RECOMMENDED, QuantizerConfig
+from mpsearch.core.errors import BitsOutOfRangeError, SearchSpaceError
 from mpsearch.space.discover import DEFAULT_BITS, QuantUnit, SearchSpace, discover
 
 

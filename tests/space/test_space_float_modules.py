@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from mpsearch.core.costs import CostTable
-
-from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.core.errors import FloatModulesWarning, MPSearchError
+from mpsearch.pricing.tables import cost_table_from_space
 from mpsearch.space.discover import discover, discover_quietly, float_notice_of
 
 
