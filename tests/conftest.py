@@ -16,9 +16,12 @@ def shared_data_path() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def shared_data_dir() -> Path:
-    """The real CIFAR-10 test set and checkpoints (``../shared/data``); skips where absent."""
+    """The real CIFAR-10 test set and checkpoints; skips where absent.
+
+    The folder is ``MPSEARCH_DATA_DIR``, else ``shared/data`` beside the checkout.
+    """
     path = shared_data_path()
     if not (path / "cifar10_test.npz").is_file():
         pytest.skip(f"real data not found at {path}; set MPSEARCH_DATA_DIR")

@@ -1,5 +1,5 @@
 """Malformed plans, cost tables and budgets: always an MPSearchError, never another exception,
-never a silently wrong plan (issue 8)."""
+never a silently wrong plan."""
 
 from __future__ import annotations
 

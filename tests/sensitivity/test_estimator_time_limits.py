@@ -1,4 +1,4 @@
-"""Every estimator accepts a time limit and, when it hits it, returns what it has and says so (issue 8)."""
+"""Every estimator accepts a time limit and, when it hits it, returns what it has and says so."""
 
 from __future__ import annotations
 

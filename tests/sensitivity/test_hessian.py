@@ -112,7 +112,7 @@ def test_bad_calibration_data():
 
 
 def test_interrupted_run_resumes_from_its_checkpoint_with_identical_result(tmp_path, monkeypatch):
-    """Ctrl-C keeps every finished probe; the resumed run equals an uninterrupted one exactly (issue 8)."""
+    """Ctrl-C keeps every finished probe; the resumed run equals an uninterrupted one exactly."""
     import mpsearch.sensitivity.hessian as hessian_module
 
     x, y = small_data()

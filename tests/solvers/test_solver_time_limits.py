@@ -1,4 +1,4 @@
-"""A solver stopped by its time limit returns the best valid plan so far and says so (issue 8)."""
+"""A solver stopped by its time limit returns the best valid plan so far and says so."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from mpsearch.zoo.data import (
     to_tensor,
 )
 
-# From /work/shared/data/README.md: sha256 of images.tobytes() and labels.tobytes().
+# From the data folder's README.md: sha256 of images.tobytes() and labels.tobytes().
 FULL_IMAGES_SHA = "f9b1e2130bab680db56eb06d886f7f1ad0f1183907ceff4659d1735c890f5b04"
 FULL_LABELS_SHA = "cbb7365de8ed11f05cc4c3a1e7f78144127c5e851efd83762fb18202461230bb"
 
