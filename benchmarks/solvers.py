@@ -10,8 +10,11 @@ Prints ONE JSON document. Run from the repository root:
 Real cost tables (``benchmarks/data``) were made with
 
     mpsearch sensitivity --quiet --out benchmarks/data/costs_resnet20.json
-    mpsearch sensitivity --quiet --model resnet56 --data-dir /work/shared/data \\
-        --out benchmarks/data/costs_resnet56.json
+    mpsearch sensitivity --quiet --model resnet56 --data-dir DATA --calib 128 --tol 0.2 \\
+        --max-probes 60 --out benchmarks/data/costs_resnet56.json
+
+(DATA: a folder holding the ResNet checkpoints and ``cifar10_test.npz``; settings in
+``benchmarks/data/README.md``.)
 
 Synthetic tables are labelled as such: item i at b bits costs s_i n_i 2^(-2b) with
 lognormal s_i, and stores n_i b bits plus a 32-bit scale/zero-point per group.
