@@ -71,6 +71,19 @@ class SolverError(MPSearchError, RuntimeError):
     """A solver backend failed for a reason other than infeasibility."""
 
 
+class OutputError(MPSearchError, OSError):
+    """An output path cannot be written: a full or read-only disk, no permission, a directory or
+    device where a file belongs, or a folder holding another run's files. ``errno`` and
+    ``filename`` carry the operating system's code and the path when there is one."""
+
+    def __init__(self, message: str, *, errno: int | None = None, filename: str | None = None) -> None:
+        super().__init__(message)
+        self.errno, self.filename = errno, filename
+
+    def __str__(self) -> str:  # OSError would print "[Errno n] None" once errno is set
+        return str(self.args[0]) if self.args else ""
+
+
 class FloatModulesWarning(UserWarning):
     """Some modules of a model cannot be quantized; they stay in floating point (named in the message)."""
 
@@ -86,6 +99,7 @@ __all__ = [
     "InfeasibleBudgetError",
     "MPSearchError",
     "MissingDependencyError",
+    "OutputError",
     "PlanFormatError",
     "PlanMismatchError",
     "SearchSpaceError",
