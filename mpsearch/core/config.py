@@ -6,6 +6,7 @@ hardware models, plan files) can read and write quantizer settings without impor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -16,6 +17,8 @@ import numpy as np
 from mpsearch.core.errors import BitsOutOfRangeError, ConfigError, PlanFormatError
 
 FLOAT_BITS = 16  # a unit (or group) at 16 bits is left in floating point
+METHODS = ("rtn", "gptq")  # how weights are rounded: round to nearest, or GPTQ
+GPTQ_FIELDS = ("method", "damp", "block_size", "act_order")
 SCALE_BITS = {"float16": 16, "float32": 32, "bfloat16": 16}
 
 
@@ -30,13 +33,24 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
 @dataclass(frozen=True, kw_only=True)
 class QuantizerConfig:
     """Quantizer settings shared by a whole plan.
 
+    ``method`` is how weights are rounded: ``"rtn"`` (round to nearest, the reference) or
+    ``"gptq"`` (GPTQ, :mod:`mpsearch.kernels.gptq`: error compensation from calibration inputs,
+    so a GPTQ plan reproduces its model only with calibration data). ``damp`` (a fraction of the
+    Hessian's mean diagonal added to it), ``block_size`` and ``act_order`` are GPTQ's settings.
+
     >>> cfg = QuantizerConfig(scheme="affine", group_size=128)
     >>> QuantizerConfig.from_dict(cfg.to_dict()) == cfg
     True
+    >>> sorted(QuantizerConfig(method="gptq").to_dict())[:4]
+    ['act_order', 'block_size', 'clip_grid', 'clip_search']
     """
 
     scheme: Scheme = Scheme.SYMMETRIC
@@ -44,6 +58,10 @@ class QuantizerConfig:
     clip_search: bool = False
     clip_grid: int = 20
     scale_dtype: str = "float16"
+    method: str = "rtn"
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
 
     def __post_init__(self) -> None:
         scheme = next((s for s in Scheme if s.value == self.scheme), None)
@@ -61,6 +79,15 @@ class QuantizerConfig:
             (self.scale_dtype not in SCALE_BITS,
              f"`scale_dtype` must be one of {sorted(SCALE_BITS)}",
              f"scale_dtype={self.scale_dtype!r}", "Pass scale_dtype='float16'."),
+            (self.method not in METHODS, f"`method` must be one of {list(METHODS)}",
+             f"method={self.method!r}", "Pass method='rtn' or method='gptq'."),
+            (not _is_number(self.damp) or not 0 <= self.damp < math.inf,
+             "`damp` must be a finite number >= 0", f"damp={self.damp!r}", "Pass e.g. damp=0.01."),
+            (not _is_int(self.block_size) or self.block_size < 1,
+             "`block_size` must be an integer >= 1", f"block_size={self.block_size!r}",
+             "Pass e.g. block_size=128."),
+            (not isinstance(self.act_order, (bool, np.bool_)), "`act_order` must be a bool",
+             f"act_order={self.act_order!r}", "Pass act_order=True or False."),
         ):
             if failed:
                 raise ConfigError(f"{rule}, but got {got}. {fix}")
@@ -68,14 +95,27 @@ class QuantizerConfig:
         object.__setattr__(self, "group_size", None if gs is None else int(gs))
         object.__setattr__(self, "clip_search", bool(self.clip_search))
         object.__setattr__(self, "clip_grid", int(grid))
+        object.__setattr__(self, "damp", float(self.damp))
+        object.__setattr__(self, "block_size", int(self.block_size))
+        object.__setattr__(self, "act_order", bool(self.act_order))
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict (the scheme as its plain string value)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)} | {"scheme": self.scheme.value}
+        """A JSON-friendly dict (the scheme as its plain string value).
+
+        A GPTQ config writes all its settings; a round-to-nearest one leaves out the GPTQ
+        fields at their defaults, so it reads exactly as configs written before GPTQ existed.
+        """
+        data = {f.name: getattr(self, f.name) for f in fields(self)} | {"scheme": self.scheme.value}
+        if self.method == "rtn":
+            defaults = QuantizerConfig()
+            data = {k: v for k, v in data.items()
+                    if k not in GPTQ_FIELDS or v != getattr(defaults, k)}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantizerConfig:
-        """Rebuild a config from :meth:`to_dict` output; missing keys take their defaults."""
+        """Rebuild a config from :meth:`to_dict` output; missing keys take their defaults
+        (a config without ``method``, as every plan before GPTQ, is round to nearest)."""
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(known)) if isinstance(data, Mapping) else None
         if unknown is None or unknown:
