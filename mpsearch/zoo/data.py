@@ -10,6 +10,8 @@ otherwise only surface later as a confusing shape error deep inside a model.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,22 @@ def _validate(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         )
 
 
+def _unreadable(path: Path, exc: BaseException) -> DataError:
+    """The DataError for an archive that cannot be read: not a zip file, truncated, corrupt, pickled."""
+    fix = "Reinstall mpsearch." if path == EMBEDDED_CIFAR10 else "Copy the file again or regenerate it."
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        head = b"PK"
+    if not head.startswith(b"PK"):  # numpy would call it a pickle and suggest loading it unsafely
+        return DataError(f"{path} must be an .npz archive (a zip file), but it is not one: it begins with {head!r}. {fix}")
+    kind = type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
+    reason = str(exc).split(". ")[0].rstrip(".")  # numpy's first sentence, without its advice to unpickle
+    return DataError(f"{path} must be a complete .npz archive without pickled objects, but reading it failed "
+                     f"({kind}: {reason}). {fix}")
+
+
 def load_cifar10(
     data_dir: str | os.PathLike[str] | None = None, limit: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -104,13 +122,11 @@ def load_cifar10(
                     f"{sorted(missing)} (has {sorted(archive.files)}). Regenerate the file."
                 )
             images, labels = archive["images"], archive["labels"]
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(
-            f"{path} must be a readable .npz archive without pickled objects, but loading "
-            f"failed: {exc}. Regenerate the file."
-        ) from exc
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        # A truncated or corrupt archive raises any of these, depending on where the damage is.
+        raise _unreadable(path, exc) from exc
     _validate(path, images, labels)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
