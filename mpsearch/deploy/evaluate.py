@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from mpsearch.core.config import group_sizes
+from mpsearch.core.errors import ConfigError
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.bias_shift import add_bias_correction
+from mpsearch.deploy.gptq import gptq_quantize_model
 from mpsearch.kernels.fake import fake_quantize_model as _fake_quantize_units
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.kernels.quantize import overhead_bits, weight_matrix
@@ -22,16 +26,27 @@ def _matrix_shape(module: nn.Module) -> tuple[int, int]:
     return int(out_f), int(fan_in)
 
 
-def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = False) -> nn.Module:
+def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = False,
+                        batches: Iterable[Any] | Any | None = None) -> nn.Module:
     """A copy of ``model`` with every unit's weight replaced by its quantized values under ``plan``,
     and each unit's input quantized where the plan sets activation bits (forward pre-hooks);
     the plan's bias corrections are added to the units' biases.
 
+    A plan with ``quantizer.method == "gptq"`` is quantized by sequential GPTQ
+    (:mod:`mpsearch.deploy.gptq`), which needs the calibration ``batches`` (an iterable of
+    batches or a ``Calibration``); round-to-nearest plans ignore them.
     The plan is validated against the model first (unknown, missing or non-quantizable
     units raise :class:`~mpsearch.core.errors.PlanMismatchError`).
     """
     check_plan_for_model(plan, model)
-    quantized = _fake_quantize_units(model, unit_bit_specs(model, plan), plan.quantizer, inplace=inplace)
+    if plan.quantizer.method == "gptq":
+        if batches is None:
+            raise ConfigError("A plan with quantizer method='gptq' is reproduced from calibration data, "
+                              "but got batches=None. Pass fake_quantize_model(model, plan, batches=...) "
+                              "the calibration batches the plan was made with.")
+        quantized = gptq_quantize_model(model, plan, batches, inplace=inplace)
+    else:
+        quantized = _fake_quantize_units(model, unit_bit_specs(model, plan), plan.quantizer, inplace=inplace)
     if plan.activation_bits:
         from mpsearch.kernels.activations import attach_activation_quant
 
@@ -106,8 +121,10 @@ def plan_size(model: nn.Module, plan: BitPlan) -> PlanSize:
     return PlanSize(quantized_weights=weights, code_bits=codes, overhead_bits=overhead, float_bytes=float_bytes)
 
 
-def evaluate_plan(model: nn.Module, plan: BitPlan, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500) -> float:
-    """Top-1 accuracy (percent) of ``model`` under ``plan`` (fake-quant reference)."""
+def evaluate_plan(model: nn.Module, plan: BitPlan, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500,
+                  batches: Iterable[Any] | Any | None = None) -> float:
+    """Top-1 accuracy (percent) of ``model`` under ``plan`` (fake-quant reference; ``batches``:
+    the calibration data a GPTQ plan needs)."""
     from mpsearch.zoo.eval import accuracy
 
-    return accuracy(fake_quantize_model(model, plan), images, labels, batch_size=batch_size)
+    return accuracy(fake_quantize_model(model, plan, batches=batches), images, labels, batch_size=batch_size)
