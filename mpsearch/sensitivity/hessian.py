@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mpsearch.core.errors import MPSearchError
-from mpsearch.sensitivity._tensors import grads_or_zeros
+from mpsearch.sensitivity._tensors import Deadline, grads_or_zeros
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.discover import SearchSpace, unit_modules
@@ -45,17 +45,17 @@ def rademacher(shape: torch.Size, generator: torch.Generator, dtype: torch.dtype
 def hessian_vector_products(model: nn.Module, data: Calibration, params: list[torch.Tensor]):
     """Return a function (vs, k) -> H_k v for batch k, with H_k the Hessian of batch k's mean loss.
 
-    The gradient graph of every batch is built once and kept, so each probe
-    costs one extra backward pass through one batch. Averaged over whole
-    cycles of batches (weighted by size), E[v^T H_k v] is the trace of the
-    Hessian of the mean calibration loss.
+    The gradient graph of a batch is built when a probe first needs it and
+    kept, so each later probe costs one extra backward pass through one batch,
+    and a time-limited caller never pays for graphs it does not use. Averaged
+    over whole cycles of batches (weighted by size), E[v^T H_k v] is the trace
+    of the Hessian of the mean calibration loss.
     """
-    grads = []
-    for batch in data.batches:
-        loss = data.loss_fn(model, batch)
-        grads.append(grads_or_zeros(loss, params, create_graph=True))
+    grads: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def hvp(vs: list[torch.Tensor], k: int) -> tuple[torch.Tensor, ...]:
+        if k not in grads:
+            grads[k] = tuple(grads_or_zeros(data.loss_fn(model, data.batches[k]), params, create_graph=True))
         # Parameters the loss does not use (an unused pooler) have constant zero
         # gradients: their Hessian rows are zero, and autograd must skip them.
         live = [i for i, g in enumerate(grads[k]) if g.requires_grad]
@@ -75,6 +75,12 @@ def _stratified(sums: np.ndarray, squares: np.ndarray, counts: np.ndarray, share
     n = counts[seen][:, None]
     means = sums[seen] / n
     var = np.maximum(squares[seen] / n - means**2, 0.0) * n / np.maximum(n - 1, 1)
+    total = counts.sum()
+    if total >= 2 and (single := n[:, 0] < 2).any():
+        # A batch probed once has no spread of its own: use the spread of all probes around
+        # their plain mean, which also counts the spread between batches (an overestimate).
+        pooled = sums.sum(axis=0) / total
+        var[single] = np.maximum(squares.sum(axis=0) / total - pooled**2, 0.0) * total / (total - 1)
     weights = share[seen] / share[seen].sum()
     mean = (weights[:, None] * means).sum(axis=0)
     stderr = np.sqrt((weights[:, None] ** 2 * var / n).sum(axis=0))
@@ -123,16 +129,21 @@ class HutchinsonTrace(Estimator):
 
     def traces(
         self, model: nn.Module, data: Calibration, params: list[torch.Tensor], watch: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, int, bool]:
-        """Estimate tr(H_uu) for each parameter tensor: (means, standard errors, probes, converged).
+    ) -> tuple[np.ndarray, np.ndarray, int, bool, bool]:
+        """Estimate tr(H_uu) per parameter tensor: (means, standard errors, probes, converged, time_limited).
 
         Probe k runs through batch k mod B. The estimate is stratified: the
         mean of each batch's probes, weighted by batch size, so the spread
         between batches (fixed, not random) never counts as noise; the
         standard error comes from the spread within each batch. Only the
         tensors flagged in ``watch`` take part in the stopping rule.
+
+        ``time_limit`` is checked before every probe once two have run (a first
+        estimate and its spread), so a run overshoots by at most one probe and
+        the gradient graph of its batch; batches not reached are left out of
+        the weighted mean.
         """
-        start = time.perf_counter()
+        deadline = Deadline(self.time_limit)
         generator = torch.Generator().manual_seed(self.seed)
         hvp = hessian_vector_products(model, data, params)
         n_batches = len(data.batches)
@@ -146,11 +157,14 @@ class HutchinsonTrace(Estimator):
         probes = done = 0
         key = self._checkpoint_key(model, data) if self.checkpoint is not None else ""
         if key:
-            done = self._resume(key, sums, squares, counts, generator)
+            probes = done = self._resume(key, sums, squares, counts, generator)
         mean = stderr = np.zeros(len(params))
         bar = tqdm(total=self.max_probes, initial=done, desc="hutchinson", disable=not self.progress, leave=False, mininterval=0.5)
         try:
             for probes in range(done + 1, self.max_probes + 1):
+                if probes > 2 and deadline.expired():
+                    probes -= 1
+                    break
                 k = (probes - 1) % n_batches
                 state_before = generator.get_state() if key else None
                 vs = [rademacher(p.shape, generator, p.dtype, p.device) for p in params]
@@ -171,8 +185,6 @@ class HutchinsonTrace(Estimator):
                 if probes >= floor and worst < self.tol:
                     converged = True
                     break
-                if self.time_limit is not None and time.perf_counter() - start > self.time_limit:
-                    break
         except KeyboardInterrupt:
             if key and probes > done:  # keep every finished probe; the unfinished one is redrawn on resume
                 finished = int(counts.sum())
@@ -181,9 +193,11 @@ class HutchinsonTrace(Estimator):
             raise
         finally:
             bar.close()
+        if not converged and counts.sum() > 0:
+            mean, stderr = _stratified(sums, squares, counts, share)
         if key and self.checkpoint.exists():
             self.checkpoint.unlink()  # finished: the result belongs in the sensitivity cache now
-        return mean, stderr, probes, converged
+        return mean, stderr, probes, converged, deadline.hit
 
     # ---- checkpoints: an interrupted run resumes with the same random stream ----
     def _checkpoint_key(self, model: nn.Module, data: Calibration) -> str:
@@ -235,7 +249,7 @@ class HutchinsonTrace(Estimator):
             p.requires_grad_(True)
         try:
             watch = np.array([not u.pinned for u in space.units])
-            mean, stderr, probes, converged = self.traces(model, data, params, watch)
+            mean, stderr, probes, converged, time_limited = self.traces(model, data, params, watch)
         finally:
             for p, flag in zip(params, saved):
                 p.requires_grad_(flag)
@@ -250,6 +264,7 @@ class HutchinsonTrace(Estimator):
             "trace_stderr": {n: float(e) for n, e in zip(space.names, stderr)},
             "probes": probes,
             "converged": converged,
+            "time_limited": time_limited,
             "clamped_negative": negative,
             "calibration_samples": data.n_samples,
         }

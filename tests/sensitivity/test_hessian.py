@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +173,22 @@ def test_checkpoint_of_other_data_or_corrupt_is_ignored(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         sens = HutchinsonTrace(checkpoint=path, **settings).estimate(model, Calibration.classification(x, y), space)
     assert sens.details["probes"] == 6
+
+
+def test_time_limit_stops_after_two_probes_and_builds_only_their_graphs():
+    """An expired limit stops before the third probe; batches never probed cost nothing."""
+    x, y = small_data(48)
+    model = small_net()
+    space = discover(model, pin_first_last=None)
+    calls = {"n": 0}
+
+    def counted_loss(m, batch):
+        calls["n"] += 1
+        return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    calib = dataclasses.replace(Calibration.classification(x, y, batch_size=8), loss_fn=counted_loss)  # 6 batches
+    sens = HutchinsonTrace(tol=1e-9, min_probes=2, max_probes=1000, time_limit=1e-6, progress=False).estimate(model, calib, space)
+    assert sens.details["probes"] == 2 and sens.details["time_limited"] is True and sens.details["converged"] is False
+    assert calls["n"] - 1 == 2  # one forward of the data check, then the graphs of batches 0 and 1 only
+    for name in space.names:  # one probe per batch: the pooled spread of both probes, never a zero error
+        assert np.isfinite(sens.details["trace_stderr"][name]) and sens.details["trace_stderr"][name] > 0
