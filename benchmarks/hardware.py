@@ -29,6 +29,7 @@ import torch
 from mpsearch.hardware_models.lut import LUTLatencyModel
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.pricing.profile import trace_layers
+from mpsearch.space.hooks import ModelHooks
 from mpsearch.workflows.hw_calibrate import calibrate, time_call
 
 
@@ -36,14 +37,12 @@ def rest_ms(model: torch.nn.Module, inputs: dict, repeats: int = 15) -> tuple[fl
     """(whole forward ms, ms outside the quantizable units) of a float model, best of the repeats."""
     starts: dict[int, float] = {}
     inside = [0.0]
-    hooks = []
-    for m in model.modules():
-        if quantizable_kind(m) is not None:
-            hooks.append(m.register_forward_pre_hook(lambda mod, a: starts.__setitem__(id(mod), time.perf_counter())))
-            hooks.append(m.register_forward_hook(
-                lambda mod, a, o: inside.__setitem__(0, inside[0] + time.perf_counter() - starts[id(mod)])))
     totals, outs = [], []
-    with torch.no_grad():
+    with ModelHooks(model, train=None) as hooks, torch.no_grad():
+        for m in model.modules():
+            if quantizable_kind(m) is not None:
+                hooks.pre(m, lambda mod, a: starts.__setitem__(id(mod), time.perf_counter()))
+                hooks.forward(m, lambda mod, a, o: inside.__setitem__(0, inside[0] + time.perf_counter() - starts[id(mod)]))
         model(**inputs)
         for _ in range(repeats):
             inside[0] = 0.0
@@ -52,8 +51,6 @@ def rest_ms(model: torch.nn.Module, inputs: dict, repeats: int = 15) -> tuple[fl
             total = time.perf_counter() - t
             totals.append(total)
             outs.append(total - inside[0])
-    for h in hooks:
-        h.remove()
     best = int(np.argmin(totals))
     return float(totals[best] * 1e3), float(outs[best] * 1e3)
 

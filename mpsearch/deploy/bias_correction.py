@@ -42,6 +42,7 @@ from mpsearch.deploy.bias_shift import add_bias_correction
 from mpsearch.deploy.evaluate import fake_quantize_model
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.space.forward import batch_inputs, channel_sums, token_mask
+from mpsearch.space.hooks import ModelHooks
 
 
 def measure_bias_correction(model: nn.Module, plan: BitPlan, batches: Iterable[Any] | Any) -> dict[str, list[float]]:
@@ -73,17 +74,13 @@ def measure_bias_correction(model: nn.Module, plan: BitPlan, batches: Iterable[A
             counts[name] = counts.get(name, 0.0) + n
         return record
 
-    handles = [m.register_forward_hook(hook(n, m)) for n, m in units.items()]
-    quantized.eval()
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                args, kwargs = batch_inputs(batch)
-                current["mask"] = token_mask(batch)
-                quantized(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    with ModelHooks(quantized) as hooks, torch.inference_mode():
+        for n, m in units.items():
+            hooks.forward(m, hook(n, m))
+        for batch in batches:
+            args, kwargs = batch_inputs(batch)
+            current["mask"] = token_mask(batch)
+            quantized(*args, **kwargs)
     return {n: [-float(v) for v in (sums[n] / max(counts[n], 1.0)).tolist()] for n in sorted(sums)}
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mpsearch.core.errors import DataError, PlanMismatchError
+from mpsearch.kernels._hooks import ModelHooks
 
 
 def quantize_tensor(x: torch.Tensor, bits: int, lo: float, hi: float) -> torch.Tensor:
@@ -66,19 +67,13 @@ def calibrate_ranges(
 
         return record
 
-    handles = [modules[u].register_forward_pre_hook(hook(u)) for u in units]
-    was_training = model.training
-    model.eval()
     n = 0
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                model(batch)
-                n += 1
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with ModelHooks(model) as hooks, torch.inference_mode():
+        for u in units:
+            hooks.pre(modules[u], hook(u))
+        for batch in batches:
+            model(batch)
+            n += 1
     if n == 0:
         raise DataError("activation calibration needs at least one batch, but got none. Pass calibration inputs.")
     return {u: (min(lo, 0.0), max(hi, 0.0)) for u, (lo, hi) in seen.items()}

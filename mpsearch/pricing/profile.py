@@ -19,6 +19,7 @@ from mpsearch.core.errors import DataError
 from mpsearch.hardware_models.memory import MemoryInventory
 from mpsearch.hardware_models.shapes import LayerShapes
 from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.space.hooks import ModelHooks
 
 
 def _units(model: nn.Module, names: Iterable[str] | None) -> list[tuple[str, str, nn.Module]]:
@@ -40,7 +41,7 @@ def _geometry(kind: str, module: nn.Module) -> tuple[int, int]:
 
 def trace_layers(model: nn.Module, *inputs: Any, names: Iterable[str] | None = None,
                  **kwargs: Any) -> LayerShapes:
-    """Run ``model(*inputs, **kwargs)`` once and record each unit's work per sample.
+    """Run ``model(*inputs, **kwargs)`` once, in eval mode, and record each unit's work per sample.
 
     The batch size is the first dimension of the first tensor input. Conv MACs per sample are
     ``out_h * out_w * out_ch * (in_ch / groups) * kh * kw`` with ``rows = out_h * out_w``;
@@ -60,7 +61,6 @@ def trace_layers(model: nn.Module, *inputs: Any, names: Iterable[str] | None = N
     units = _units(model, names)
     macs = {n: 0.0 for n, _, _ in units}
     rows = {n: 0 for n, _, _ in units}
-    hooks = []
 
     def hook(name: str, kind: str):
         def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -73,14 +73,10 @@ def trace_layers(model: nn.Module, *inputs: Any, names: Iterable[str] | None = N
             macs[name] += float(n_rows) * out_f * fan_in  # fan_in = in_ch/groups * kh * kw
         return record
 
-    for name, kind, module in units:
-        hooks.append(module.register_forward_hook(hook(name, kind)))
-    try:
-        with torch.no_grad():
-            model(*inputs, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
+    with ModelHooks(model) as hooks, torch.no_grad():
+        for name, kind, module in units:
+            hooks.forward(module, hook(name, kind))
+        model(*inputs, **kwargs)
     geo = [_geometry(k, m) for _, k, m in units]
     return LayerShapes(names=tuple(n for n, _, _ in units), out_features=[g[0] for g in geo],
                        fan_in=[g[1] for g in geo], macs=[macs[n] for n, _, _ in units],

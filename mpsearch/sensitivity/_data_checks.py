@@ -20,6 +20,7 @@ from torch import nn
 from mpsearch.core.errors import DataError, MPSearchError
 from mpsearch.sensitivity._input_checks import FIX_IMAGES, shape_of
 from mpsearch.sensitivity.calibration import Calibration, cross_entropy
+from mpsearch.space.hooks import model_mode
 
 _checking: contextvars.ContextVar[bool] = contextvars.ContextVar("mpsearch_calibration_checked", default=False)
 
@@ -41,10 +42,8 @@ def check_against_model(model: nn.Module, data: Calibration) -> None:
     first = data.batches[0]
     x = first[0] if isinstance(first, (tuple, list)) and first else first
     head = _head(first)
-    was_training = model.training
-    model.eval()  # no batch-norm statistics change during the check
     try:
-        with torch.no_grad():
+        with model_mode(model), torch.no_grad():  # eval: no batch-norm statistics change during the check
             if data.loss_fn is cross_entropy:  # one output row per sample, and every label names an output
                 out = model(head[0])
                 if out.ndim != 2 or len(out) != len(head[0]):
@@ -65,8 +64,6 @@ def check_against_model(model: nn.Module, data: Calibration) -> None:
                             f"(N, C, H, W), but got shape {tuple(x.shape)} ({reason}). {FIX_IMAGES}") from None
         raise DataError(f"calibration batches must fit the model, but {type(model).__name__} fails on the first "
                         f"samples (inputs {shape_of(x)}): {reason}. {FIX_IMAGES}") from None
-    finally:
-        model.train(was_training)
     value = float(loss.detach()) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
     if value is None or not math.isfinite(value):
         raise DataError(f"the calibration loss must be a finite number, but is {loss if value is None else value} on the "

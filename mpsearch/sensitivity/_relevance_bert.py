@@ -28,14 +28,18 @@ shape the same attention output). The pooler (unused by mean pooling) gets 0.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mpsearch.sensitivity._tensors import params_requiring_grad
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.forward import batch_inputs, pooled, token_mask
+from mpsearch.space.hooks import ModelHooks
 
 ATTN_NAME = "mpsearch_constant_attention"
 
@@ -61,6 +65,17 @@ def _register_attention() -> None:
         AttentionInterface.register(ATTN_NAME, _constant_attention)
     if ATTN_NAME not in AttentionMaskInterface._global_mapping:  # additive float masks, as for eager
         AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+
+
+@contextmanager
+def _constant_attention_in(config: Any) -> Iterator[None]:
+    """The model's attention implementation switched to the held-softmax one for the block."""
+    saved = config._attn_implementation
+    config._attn_implementation = ATTN_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
 
 
 def _layernorm_hook(module: nn.LayerNorm, args, out):
@@ -93,25 +108,19 @@ def transformer_relevance(
     """Summed |relevance| of each unit's outputs (and |relevance| of its weights) over the data."""
     start = time.perf_counter()
     _register_attention()
-    config = model.config
-    saved_attn = config._attn_implementation
     outputs: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in zip(names, modules):
-        handles.append(module.register_forward_hook(lambda m, a, o, n=name: outputs.__setitem__(n, o)))
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
-            handles.append(module.register_forward_hook(_layernorm_hook))
-        elif _is_gelu(module):
-            handles.append(module.register_forward_hook(_gelu_hook))
-    flags = [m.weight.requires_grad for m in modules]
     sums = {n: 0.0 for n in names}
     wsums: dict[str, torch.Tensor] = {}
     used = 0
-    try:
-        config._attn_implementation = ATTN_NAME
-        for m in modules:
-            m.weight.requires_grad_(True)
+    with (ModelHooks(model, train=None) as hooks, params_requiring_grad([m.weight for m in modules]),
+          _constant_attention_in(model.config)):
+        for name, module in zip(names, modules):
+            hooks.forward(module, lambda m, a, o, n=name: outputs.__setitem__(n, o))
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                hooks.forward(module, _layernorm_hook)
+            elif _is_gelu(module):
+                hooks.forward(module, _gelu_hook)
         for batch in tqdm(data.batches, desc="lrp", disable=not progress, leave=False):
             if used and time_limit is not None and time.perf_counter() - start > time_limit:
                 break
@@ -134,12 +143,6 @@ def transformer_relevance(
                     r = torch.zeros_like(params[i]) if gw is None else (params[i].detach() * gw).abs()
                     wsums[n] = wsums[n] + r if n in wsums else r
             used += 1
-    finally:
-        config._attn_implementation = saved_attn
-        for m, f in zip(modules, flags):
-            m.weight.requires_grad_(f)
-        for h in handles:
-            h.remove()
     borrowed = {}
     for n in names:
         for part in (".query", ".key"):

@@ -18,6 +18,7 @@ from mpsearch.core.config import QuantizerConfig, group_sizes
 from mpsearch.core.errors import DataError
 from mpsearch.kernels.quantize import num_groups, weight_matrix
 from mpsearch.space.discover import SearchSpace
+from mpsearch.space.hooks import model_mode
 
 
 class Deadline:
@@ -97,22 +98,26 @@ def slice_batch(batch: Any, start: int, stop: int) -> Any:
 
 
 @contextmanager
+def params_requiring_grad(params: Sequence[torch.Tensor], flag: bool = True) -> Iterator[None]:
+    """``requires_grad = flag`` on ``params`` for the block; each parameter's own flag restored after."""
+    saved = [(p, p.requires_grad) for p in params]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(flag)
+        yield
+    finally:
+        for p, was in saved:
+            p.requires_grad_(was)
+
+
+@contextmanager
 def weights_requiring_grad(model: nn.Module, params: Sequence[torch.Tensor]) -> Iterator[None]:
     """Eval mode and ``requires_grad`` on ``params`` for the block; both restored after.
 
     Gradients are taken with :func:`torch.autograd.grad`, so no ``.grad`` is ever written.
     """
-    was_training = model.training
-    saved = [p.requires_grad for p in params]
-    model.eval()
-    for p in params:
-        p.requires_grad_(True)
-    try:
+    with model_mode(model), params_requiring_grad(params):
         yield
-    finally:
-        for p, flag in zip(params, saved):
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def grads_or_zeros(loss: torch.Tensor, params: Sequence[torch.Tensor], *, create_graph: bool = False) -> list[torch.Tensor]:

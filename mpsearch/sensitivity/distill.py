@@ -26,7 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mpsearch.core.errors import ConfigError, DataError
+from mpsearch.sensitivity._tensors import params_requiring_grad
 from mpsearch.sensitivity.calibration import Calibration, LossFn
+from mpsearch.space.hooks import ModelHooks, model_mode
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -63,12 +65,10 @@ def bn_statistics_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         std = (h.var(dim=(0, 2, 3), unbiased=False) + module.eps).sqrt()
         terms.append((mean - module.running_mean).norm() + (std - (module.running_var + module.eps).sqrt()).norm())
 
-    handles = [m.register_forward_pre_hook(hook) for m in norms]
-    try:
+    with ModelHooks(model, train=None) as hooks:
+        for m in norms:
+            hooks.pre(m, hook)
         model(x)
-    finally:
-        for h in handles:
-            h.remove()
     return torch.stack(terms).sum()
 
 
@@ -106,13 +106,8 @@ def distill_bn_data(
     # Cosine decay to zero: the L2 norms are not smooth at a match, so a fixed
     # step keeps Adam circling it; a shrinking step settles in.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    was_training = model.training
-    frozen = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     history: list[float] = []
-    try:
+    with model_mode(model), params_requiring_grad(list(model.parameters()), False):
         for _ in tqdm(range(steps), desc="distill", disable=not progress, leave=False, mininterval=0.5):
             loss = bn_statistics_loss(model, x)
             history.append(float(loss.detach()))
@@ -123,10 +118,6 @@ def distill_bn_data(
             x.grad = None
         with torch.no_grad():
             final = float(bn_statistics_loss(model, x))
-    finally:
-        for p, flag in zip(model.parameters(), frozen):
-            p.requires_grad_(flag)
-        model.train(was_training)
     return DistilledData(
         inputs=x.detach().clone(), loss_before=history[0], loss_after=final, history=tuple(history), seconds=time.perf_counter() - start
     )

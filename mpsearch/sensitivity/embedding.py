@@ -42,6 +42,7 @@ from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.discover import SearchSpace, unit_modules
 from mpsearch.space.forward import batch_inputs, token_mask
+from mpsearch.space.hooks import ModelHooks
 
 
 def find_blocks(model: nn.Module, patterns: Sequence[str] | None = None) -> list[str]:
@@ -179,23 +180,17 @@ class LayerInputModification(_BlockScores):
                 counts[name] += c
             return fn
 
-        handles = [named[b].register_forward_hook(hook(b), with_kwargs=True) for b in blocks]
-        was_training = model.training
-        model.eval()
         used = 0
-        try:
-            with torch.no_grad():
-                for batch in tqdm(data.batches, desc="lim", disable=not self.progress, leave=False):
-                    if used and self.time_limit is not None and time.perf_counter() - start > self.time_limit:
-                        break
-                    state["mask"] = token_mask(batch)
-                    args, kwargs = batch_inputs(batch)
-                    model(*args, **kwargs)
-                    used += 1
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
+        with ModelHooks(model) as hooks, torch.no_grad():
+            for b in blocks:
+                hooks.forward(named[b], hook(b), with_kwargs=True)
+            for batch in tqdm(data.batches, desc="lim", disable=not self.progress, leave=False):
+                if used and self.time_limit is not None and time.perf_counter() - start > self.time_limit:
+                    break
+                state["mask"] = token_mask(batch)
+                args, kwargs = batch_inputs(batch)
+                model(*args, **kwargs)
+                used += 1
         return {b: sums[b] / max(counts[b], 1) for b in blocks}, {"batches_used": used}
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mpsearch.core.errors import MPSearchError
-from mpsearch.sensitivity._tensors import Deadline, grads_or_zeros
+from mpsearch.sensitivity._tensors import Deadline, grads_or_zeros, weights_requiring_grad
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.discover import SearchSpace, unit_modules
@@ -241,19 +241,10 @@ class HutchinsonTrace(Estimator):
     def estimate(self, model: nn.Module, data: Calibration, space: SearchSpace) -> Sensitivity:
         start = time.perf_counter()
         modules = unit_modules(model, space)
-        was_training = model.training
-        model.eval()
         params = [m.weight for m in modules]
-        saved = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(True)
-        try:
+        with weights_requiring_grad(model, params):
             watch = np.array([not u.pinned for u in space.units])
             mean, stderr, probes, converged, time_limited = self.traces(model, data, params, watch)
-        finally:
-            for p, flag in zip(params, saved):
-                p.requires_grad_(flag)
-            model.train(was_training)
         sizes = np.array([u.n_weights for u in space.units], dtype=np.float64)
         # A trained network's curvature is positive, but a noisy estimate of a
         # nearly flat unit can dip below zero; it is clamped to zero and reported.

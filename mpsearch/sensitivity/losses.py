@@ -30,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mpsearch.core.errors import ConfigError, DataError
 from mpsearch.sensitivity.calibration import Calibration
+from mpsearch.space.hooks import model_mode
 
 _MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -81,9 +82,7 @@ def minilm_calibration(
         raise ConfigError("the tokenizer must have a [MASK] token for the perturbation, but it has none. Use a BERT-style tokenizer.")
     generator = torch.Generator().manual_seed(seed)
     batches, sizes = [], []
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         for start in range(0, len(sentences), batch_size):
             enc = dict(tokenizer(list(sentences[start : start + batch_size]), padding=True, truncation=True,
                                  max_length=max_length, return_tensors="pt"))
@@ -100,8 +99,6 @@ def minilm_calibration(
                 ids[row, chosen] = tokenizer.mask_token_id
             batches.append({**enc, "input_ids": ids, "target": target})
             sizes.append(len(ids))
-    finally:
-        model.train(was_training)
     return Calibration(batches=tuple(batches), sizes=tuple(sizes), loss_fn=embedding_distillation_loss, name="minilm-masked")
 
 

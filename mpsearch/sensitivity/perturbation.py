@@ -43,6 +43,7 @@ from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.discover import SearchSpace, unit_modules
 from mpsearch.space.forward import batch_output, channel_sums, is_encoder_batch, token_mask
+from mpsearch.space.hooks import ModelHooks, model_mode
 from mpsearch.space.quant_errors import quantization_errors
 
 METRICS = ("auto", "kl", "cosine")
@@ -101,10 +102,8 @@ class PerturbationKL(Estimator):
         start = time.perf_counter()
         modules = unit_modules(model, space)
         metric = self._metric(data)
-        was_training = model.training
-        model.eval()
         measured: dict[str, dict[int, float]] = {}
-        with torch.no_grad():
+        with model_mode(model), torch.no_grad():
             references = [batch_output(model, b).detach() for b in data.batches]
             total = sum(len(u.bits) for u in space.units)
             bar = tqdm(total=total, desc=self.name, disable=not self.progress, leave=False, mininterval=0.5)
@@ -116,7 +115,6 @@ class PerturbationKL(Estimator):
                     bar.update(len(unit.bits))
             finally:
                 bar.close()
-                model.train(was_training)
         costs, extrapolated = self._complete(model, space, measured)
         scores = {u.name: costs[u.name][min(u.bits)] for u in space.units}
         details = {"metric": metric, "extrapolated": extrapolated, "calibration_samples": data.n_samples}
@@ -171,12 +169,10 @@ class PerturbationKLCorrected(PerturbationKL):
     def _measure(self, model, module, data, references, metric) -> float:
         shift = channel_means(model, module, data) - self._fp_means
         conv = quantizable_kind(module) == "conv2d"  # channels on dim 1, else on the last dim
-        hook = module.register_forward_hook(lambda m, i, o: o - shift.to(o.dtype).view(
-            (1, -1) + (1,) * (o.dim() - 2) if conv else (1,) * (o.dim() - 1) + (-1,)))
-        try:
+        with ModelHooks(model, train=None) as hooks:
+            hooks.forward(module, lambda m, i, o: o - shift.to(o.dtype).view(
+                (1, -1) + (1,) * (o.dim() - 2) if conv else (1,) * (o.dim() - 1) + (-1,)))
             return self.divergence(model, data, references, metric)
-        finally:
-            hook.remove()
 
     def _unit_costs(self, model, module, bits, space, data, references, metric):
         self._fp_means = channel_means(model, module, data)  # before the weight is quantized
@@ -195,13 +191,11 @@ def channel_means(model: nn.Module, module: nn.Module, data: Calibration) -> tor
         total, n = channel_sums(o.detach().double(), kind, acc["mask"])
         acc["sum"], acc["n"] = acc["sum"] + total, acc["n"] + n
 
-    handle = module.register_forward_hook(hook)
-    try:
+    with ModelHooks(model, train=None) as hooks:
+        hooks.forward(module, hook)
         for batch in data.batches:
             acc["mask"] = token_mask(batch)
             batch_output(model, batch)
-    finally:
-        handle.remove()
     return acc["sum"] / max(acc["n"], 1.0)
 
 

@@ -54,6 +54,7 @@ from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.discover import SearchSpace, unit_modules
 from mpsearch.space.forward import batch_inputs, batch_labels, is_encoder_batch
+from mpsearch.space.hooks import model_mode
 
 SUPPORTED = "Conv2d, Linear, BatchNorm2d, ReLU, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity"
 
@@ -231,9 +232,7 @@ class LayerRelevance(Estimator):
         modules = unit_modules(model, space)
         names = list(space.names)
         groups = space.quantizer.group_size is not None
-        was_training = model.training
-        model.eval()
-        try:
+        with model_mode(model):
             if is_encoder_batch(data.batches[0]) and hasattr(model, "config"):
                 from mpsearch.sensitivity._relevance_bert import transformer_relevance
 
@@ -244,8 +243,6 @@ class LayerRelevance(Estimator):
             else:
                 sums, wsums, info = self._program_relevance(model, data, names, start, groups)
                 method_info = f"explicit LRP program, {self.rule} rule"
-        finally:
-            model.train(was_training)
         total = sum(sums.values())
         scores = {n: (sums[n] / total if total > 0 else 0.0) for n in names}
         details = {"relevance": sums, "propagation": method_info, **info}

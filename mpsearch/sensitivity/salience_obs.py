@@ -34,6 +34,7 @@ from mpsearch.sensitivity._tensors import Deadline, unit_reduce
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.discover import SearchSpace, unit_modules
+from mpsearch.space.hooks import ModelHooks
 
 
 def layer_input_rows(module: nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
@@ -68,19 +69,13 @@ def input_hessians(
             rows[i] += x.shape[0]
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(i, u.kind)) for i, (m, u) in enumerate(zip(modules, space.units))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in tqdm(data.batches, desc="obs inputs", disable=not progress, leave=False):
-                data.loss_fn(model, batch)
-                if deadline is not None and deadline.expired():
-                    break
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with ModelHooks(model) as hooks, torch.no_grad():
+        for i, (m, u) in enumerate(zip(modules, space.units)):
+            hooks.pre(m, hook_for(i, u.kind))
+        for batch in tqdm(data.batches, desc="obs inputs", disable=not progress, leave=False):
+            data.loss_fn(model, batch)
+            if deadline is not None and deadline.expired():
+                break
     return hessians, rows
 
 
