@@ -1,10 +1,10 @@
 """The parallel driver of the AVX-512 table-lookup GEMV kernels, and each width's inner loop.
 
 ``_runs2``, ``_runs3`` and ``_runs4`` sum the lookups of a run of index words for two tiles of
-16 rows (the layouts are drawn in :mod:`mpsearch.kernels._numba_lut`, ``_numba_lut3`` and
-``_numba_lut4``); :func:`make_gemv` wraps one of them in the shared driver: tasks of tiles
-claimed from a shared counter, K in blocks whose tables stay in L1 while every tile of the task
-uses them, two tiles per table load, prefetching, and the per-group fold. Numba keys its disk
+16 rows (each width's index words are drawn in :mod:`mpsearch.kernels._numba_lut`, whose width
+table calls :func:`make_gemv`); :func:`make_gemv` wraps one of them in the shared driver: tasks
+of tiles claimed from a shared counter, K in blocks whose tables stay in L1 while every tile of
+the task uses them, two tiles per table load, prefetching, and the per-group fold. Numba keys its disk
 cache on this file only: after editing ``_numba_lut_common.py`` or ``_numba_simd.py``, touch
 this file.
 """
@@ -39,8 +39,6 @@ from mpsearch.kernels._numba_simd import (
     vzero,
 )
 
-POSITIONS = {2: 16, 3: 32, 4: 16}  # K-positions per run of index words
-WORDS = {2: 1, 3: 3, 4: 2}  # index words per run
 TABLE_PART = 512  # K-positions per part of the tables, built by whichever worker claims it
 
 
@@ -104,8 +102,9 @@ def _runs4(flat, pairs, base, base2, step, q0, q1, ahead):
             vmuladd(four, chains_sum(d0, d1, d2, d3), chains_sum(b0, b1, b2, b3)))
 
 
-def make_gemv(bits: int) -> Callable:
-    """The parallel batch-1 driver of the ``bits``-bit LUT kernel (2, 3 or 4).
+def make_gemv(bits: int, run: int, words: int) -> Callable:
+    """The parallel batch-1 driver of the ``bits``-bit LUT kernel (2, 3 or 4), whose index
+    words come ``words`` per ``run`` K-positions (``_numba_lut.WIDTHS``).
 
     ``gemv(idx, scale, zero, x, K, G, out, block_runs, tiles_per_task, workers, ahead) -> y``;
     each row is summed in a fixed order by one thread, for any thread count or task size
@@ -114,10 +113,10 @@ def make_gemv(bits: int) -> Callable:
     ints, so Numba's disk cache finds it again (a closure over a function would be compiled
     anew in every process).
     """
-    if bits not in POSITIONS:
+    if bits not in (2, 3, 4):  # the widths with an inner loop here
         raise ValueError(f"`bits` must be 2, 3 or 4 for a LUT kernel, but got bits={bits!r}.")
-    B, P, QUADS = bits, POSITIONS[bits], bits == 3
-    W16 = WORDS[bits] * 16  # uint32 per run of a tile
+    B, P, QUADS = bits, run, bits == 3
+    W16 = words * 16  # uint32 per run of a tile
 
     @njit_as(f"gemv{bits}", parallel=True, **OPTS)
     def gemv(idx, scale, zero, x, K, G, out, block_runs, tiles_per_task, workers, ahead):

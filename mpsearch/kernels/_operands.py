@@ -106,6 +106,14 @@ def check_operands(packed: Any, scale: Any, zero: Any, bits: Any, K: Any, G: Any
     return PackedShape(out=out, K=K, bits=bits, group=group, n_groups=n_groups)
 
 
+def kernel_scales(scale: np.ndarray) -> np.ndarray:
+    """Scales as the Numba kernels read them: float16 as its uint16 bits (the kernels widen
+    them), anything else as float32."""
+    if scale.dtype == np.float16:
+        return scale.view(np.uint16)
+    return scale.astype(np.float32, copy=False)
+
+
 def check_activations(x: Any, K: int, name: str = "x") -> None:
     """``x`` must be a floating array whose last dimension is K."""
     if type(x) is np.ndarray and x.dtype is _F32 and x.ndim and x.shape[-1] == K:

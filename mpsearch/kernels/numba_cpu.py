@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mpsearch.core.errors import DataError, MissingDependencyError
-from mpsearch.kernels._operands import check_activations, check_operands
+from mpsearch.kernels._operands import check_activations, check_operands, kernel_scales
 
 __all__ = ["GemvWeight", "gemm", "gemv", "is_available"]
 requires = ("numba",)
@@ -76,11 +76,6 @@ def _numpy(a: Any, name: str, dtype: type | None = None) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _scale_array(scale: Any) -> np.ndarray:
-    s = _numpy(scale, "scale")
-    return s.view(np.uint16) if s.dtype == np.float16 else s.astype(np.float32, copy=False)
-
-
 @cache
 def _workers() -> int:
     """Parallel workers per call: Numba's pool size, read once.
@@ -109,7 +104,7 @@ def _run(packed: Any, scale: Any, zero: Any, x: Any, bits: Any, K: Any, G: Any,
     if xa.size == 0 or shape.out == 0:
         return np.empty(xa.shape[:-1] + (shape.out,), np.float32)
     _backend()  # raises MissingDependencyError without numba
-    p, s, z = _numpy(packed, "packed"), _scale_array(scale), _numpy(zero, "zero")
+    p, s, z = _numpy(packed, "packed"), kernel_scales(_numpy(scale, "scale")), _numpy(zero, "zero")
     # Block mode: one group covers each 128-code block; lane mode: each eight-code chunk.
     lane_mode = shape.n_groups > 1 and shape.group % 128 != 0
     if lane_mode and shape.group % 8:  # a chunk would straddle groups
@@ -160,14 +155,13 @@ def gemm(packed: Any, scale: Any, zero: Any, X: Any, bits: int, K: int,
 class GemvWeight:
     """A packed weight prepared once for batch-1 products ``y = W x``, on the fastest kernel.
 
-    On an AVX-512 CPU, 2-bit weights (K and G multiples of 16) are rearranged for the
-    table-lookup kernel (:mod:`mpsearch.kernels._numba_lut`: 16 rows in the vector lanes, two
-    codes per ``vpermps`` index); 3- and 4-bit weights for its bit-plane forms (``_numba_lut3``:
-    a 2-bit plus a 1-bit plane, K and G multiples of 32; ``_numba_lut4``: two 2-bit planes):
-    the same bytes (codes, scales, zero-points), stored in the order the kernel reads them (one
-    stream per task of up to 32 tiles of 16 rows, sized for Numba's thread count at
-    preparation). Every other weight keeps its row layout and runs :func:`gemv`. ``kernel``
-    says which: "lut2", "lut3", "lut4" or "rows".
+    On an AVX-512 CPU, 2-, 3- and 4-bit weights whose K and G are multiples of 16 (32 at 3
+    bits) are rearranged for the table-lookup kernels (:mod:`mpsearch.kernels._numba_lut`: 16
+    rows in the vector lanes, a 2-bit plane per ``vpermps`` pair index, plus a 1-bit plane at
+    3 bits or a second 2-bit plane at 4): the same bytes (codes, scales, zero-points), stored
+    in the order the kernel reads them (one stream per task of up to 32 tiles of 16 rows, sized
+    for Numba's thread count at preparation). Every other weight keeps its row layout and runs
+    :func:`gemv`. ``kernel`` says which: "lut2", "lut3", "lut4" or "rows".
 
     >>> import numpy as np
     >>> from mpsearch.kernels.packing import pack
@@ -183,17 +177,14 @@ class GemvWeight:
         self._G = G
         self._args = (_numpy(packed, "packed"), _numpy(scale, "scale"), _numpy(zero, "zero"))
         self._lut, self.kernel, self._bound = None, "rows", None
-        lut = _lut_backend(bits) if bits in (2, 3, 4) and self.shape.out else None
-        if lut is not None and lut.is_supported(K, G):
-            p, s, z = self._args
+        lut = _lut_backend()
+        if self.shape.out and lut.is_supported(self.shape.bits, self.shape.K, G):
             workers = _workers()
-            tiles_per_task = _lut_tiles_per_task(self.shape.out, workers)
-            self._lut = getattr(lut, f"prepare_lut{bits}")(p, s, z, K, G,
-                                                          tiles_per_task=tiles_per_task)
-            from mpsearch.kernels._numba_lut_common import bind  # numba only when used
-
-            self._bound = bind(lut.driver, self._lut, workers, lut.AHEAD)
-            self._args, self.kernel = (), f"lut{bits}"
+            self._lut = lut.prepare_lut(*self._args, self.shape.bits, self.shape.K, G,
+                                        tiles_per_task=_lut_tiles_per_task(self.shape.out,
+                                                                           workers))
+            self._bound = lut.bound(self._lut, workers)
+            self._args, self.kernel = (), f"lut{self.shape.bits}"
 
     @property
     def nbytes(self) -> int:
@@ -217,9 +208,9 @@ class GemvWeight:
 
 
 @cache
-def _lut_backend(bits: int) -> ModuleType:
+def _lut_backend() -> ModuleType:
     _backend()  # raises MissingDependencyError without numba
-    return importlib.import_module("mpsearch.kernels._numba_lut" + ("" if bits == 2 else str(bits)))
+    return importlib.import_module("mpsearch.kernels._numba_lut")
 
 
 def _lut_tiles_per_task(out: int, workers: int) -> int:

@@ -56,7 +56,7 @@ def test_widths_compiled_in_different_processes_load_together(tmp_path: Path, ki
     if kind == "lut":
         from mpsearch.kernels import _numba_lut
 
-        if not _numba_lut.is_supported(256, 128):
+        if not _numba_lut.is_supported(first, 256, 128):
             pytest.skip("the LUT kernels need an AVX-512F CPU")
     _run(tmp_path, kind, f"{first}")  # compiles the first width
     _run(tmp_path, kind, f"{first},{second}")  # loads it, compiles the second

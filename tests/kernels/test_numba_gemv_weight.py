@@ -12,8 +12,6 @@ from mpsearch.kernels.packing import pack
 
 pytest.importorskip("numba")
 lut = pytest.importorskip("mpsearch.kernels._numba_lut")
-lut3 = pytest.importorskip("mpsearch.kernels._numba_lut3")
-lut4 = pytest.importorskip("mpsearch.kernels._numba_lut4")
 
 
 def weight(bits: int, out: int, K: int, G: int | None, seed: int = 0):
@@ -36,9 +34,7 @@ def test_matches_reference_and_picks_kernel(bits: int, K: int, G: int | None) ->
     y = w(x)
     assert y.shape == (37,) and y.dtype == np.float32
     assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
-    supported = {2: lut.is_supported(K, G), 3: lut3.is_supported(K, G),
-                 4: lut4.is_supported(K, G)}.get(bits, False)
-    assert w.kernel == (f"lut{bits}" if supported else "rows")
+    assert w.kernel == (f"lut{bits}" if lut.is_supported(bits, K, G) else "rows")
     if w.kernel == "rows":  # the row-layout kernel itself, bit for bit
         np.testing.assert_array_equal(y, numba_cpu.gemv(*arrays, x, bits, K, G))
 

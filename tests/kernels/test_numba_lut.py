@@ -3,8 +3,6 @@ code at every position, thread counts, tuning knobs, edge codes and bad input.""
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 from _gemv_cases import assert_close, make_case, reference
@@ -13,37 +11,54 @@ from mpsearch.core.errors import DataError
 from mpsearch.kernels.packing import pack
 
 numba = pytest.importorskip("numba")
+lut = pytest.importorskip("mpsearch.kernels._numba_lut")
 
-# width -> (module, K and G must be multiples of)
-KERNELS = {2: ("mpsearch.kernels._numba_lut", 16), 3: ("mpsearch.kernels._numba_lut3", 32),
-           4: ("mpsearch.kernels._numba_lut4", 16)}
-BITS = sorted(KERNELS)
-
-
-def kernel(bits: int):
-    return importlib.import_module(KERNELS[bits][0])
-
-
-needs_avx512 = pytest.mark.skipif(not kernel(2).is_supported(32, None),
+BITS = sorted(lut.WIDTHS)
+needs_avx512 = pytest.mark.skipif(not lut.is_supported(2, 32, None),
                                   reason="the LUT kernels need an AVX-512F CPU")
 
 
 def prepared(bits: int, codes, scale, zero, K: int, G: int | None, **layout):
-    return getattr(kernel(bits), f"prepare_lut{bits}")(pack(codes, bits), scale, zero, K, G,
-                                                       **layout)
+    return lut.prepare_lut(pack(codes, bits), scale, zero, bits, K, G, **layout)
 
 
 def gemv(bits: int, w, x, **knobs):
-    return getattr(kernel(bits), f"gemv_lut{bits}")(w, x, **knobs)
+    assert w.bits == bits  # the weight picks its driver
+    return lut.gemv_lut(w, x, **knobs)
+
+
+def test_width_table() -> None:
+    """Runs of 16 positions (32 at 3 bits, whose 1-bit plane words cover 32), each width's
+    split giving its number of index words per run, a driver of its own per width."""
+    assert BITS == [2, 3, 4]
+    assert {b: (w.run, w.words) for b, w in lut.WIDTHS.items()} == {2: (16, 1), 3: (32, 3),
+                                                                     4: (16, 2)}
+    for bits, width in lut.WIDTHS.items():
+        codes = np.random.default_rng(bits).integers(0, 1 << bits, (3, 64), dtype=np.uint8)
+        assert width.split(pack(codes, bits)).shape == (3, 64 // width.run, width.words)
+        assert lut.DRIVERS[bits].__name__ == f"gemv{bits}"
 
 
 @pytest.mark.parametrize("bits", BITS)
 def test_is_supported_rejects_unaligned_shapes(bits: int) -> None:
-    m, sup = KERNELS[bits][1], kernel(bits).is_supported
+    m = lut.WIDTHS[bits].run
+
+    def sup(K: int, G: int | None) -> bool:
+        return lut.is_supported(bits, K, G)
+
     assert not sup(100, None)  # K not a multiple of 16
     assert not sup(128, 24)  # G not a multiple of 16
     assert not sup(0, None) and not sup(8, None)
     assert sup(48, None) == (m == 16 and sup(32, None))  # 48: a multiple of 16, not of 32
+
+
+@pytest.mark.parametrize("bits", [1, 5, 8])
+def test_other_widths_are_not_lut_widths(bits: int) -> None:
+    assert not lut.is_supported(bits, 256, 128)
+    codes = np.zeros((4, 256), np.uint8)
+    with pytest.raises(DataError, match=r"`bits` must be one of \[2, 3, 4\].*numba_cpu.gemv"):
+        lut.prepare_lut(pack(codes, bits), np.ones((4, 2), np.float16),
+                        np.zeros((4, 2), np.uint8), bits, 256, 128)
 
 
 @needs_avx512
@@ -146,7 +161,7 @@ def test_layout_is_the_read_order(bits: int) -> None:
     codes, scale, zero, _, _ = make_case(bits, 80, K, 64, seed=1)  # 5 tiles: tasks of 3 and 2
     plain = prepared(bits, codes, scale, zero, K, 64, block_runs=1000, tiles_per_task=1)
     w = prepared(bits, codes, scale, zero, K, 64, block_runs=br, tiles_per_task=T)
-    runs = K // KERNELS[bits][1]  # K-positions per run = the multiple K must be of
+    runs = K // lut.WIDTHS[bits].run
     tiles = plain.idx.reshape(5, runs, -1)  # one tile per task and block: plain tile order
     expected = []
     for t0 in (0, 3):
@@ -198,7 +213,10 @@ def test_padding_rows_do_not_leak(bits: int) -> None:
 @pytest.mark.parametrize("bits", BITS)
 def test_rejects_bad_inputs(bits: int) -> None:
     codes, scale, zero, x, _ = make_case(bits, 4, 64, 32)
-    prepare = getattr(kernel(bits), f"prepare_lut{bits}")
+
+    def prepare(packed, scale, zero, K, G):
+        return lut.prepare_lut(packed, scale, zero, bits, K, G)
+
     with pytest.raises(DataError, match="multiples of"):
         prepare(pack(codes[:, :60], bits), scale, zero, 60, None)
     with pytest.raises(DataError, match="multiples of"):
