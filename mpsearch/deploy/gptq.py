@@ -30,6 +30,7 @@ from mpsearch.kernels.gptq import GPTQResult, HessianAccumulator, gptq_quantize
 from mpsearch.kernels.quantize import QuantizedWeight, matrix_to_weight, weight_matrix
 from mpsearch.space.discover import check_plan_for_model
 from mpsearch.space.forward import batch_inputs, token_mask
+from mpsearch.space.hooks import ModelHooks
 
 _PATCH_ELEMENTS = 1 << 24  # unfolded conv inputs are built in chunks of about this many floats
 
@@ -73,13 +74,11 @@ def _forward_order(model: nn.Module, names: list[str], batch: Any) -> tuple[list
                 order.append(name)
         return record
 
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
-    try:
+    with ModelHooks(model, train=None) as hooks:
+        for n in names:
+            hooks.pre(modules[n], hook(n))
         args, kwargs = batch_inputs(batch)
         model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
     return order + [n for n in names if n not in order], calls
 
 
@@ -101,8 +100,9 @@ def _calibrate(model: nn.Module, members: list[nn.Module], batches: list[Any],
         if stop:
             raise _Stop
 
-    handles = [m.register_forward_pre_hook(record) for m in members]
-    try:
+    with ModelHooks(model, train=None) as hooks:
+        for m in members:
+            hooks.pre(m, record)
         for batch in batches:
             args, kwargs = batch_inputs(batch)
             current["mask"] = token_mask(batch)
@@ -110,9 +110,6 @@ def _calibrate(model: nn.Module, members: list[nn.Module], batches: list[Any],
                 model(*args, **kwargs)
             except _Stop:
                 pass
-    finally:
-        for h in handles:
-            h.remove()
     return accs
 
 
