@@ -37,6 +37,33 @@ def model_shapes(name: str, *, seq_len: int = 128) -> Any:
                            f"but got {name!r}. Pass one of those.")
 
 
+def check_same_units(costs: Any, shapes: Any, model: str, path: Any) -> None:
+    """Refuse a cost table whose units are not the model's (a ResNet-20 table priced as ResNet-56
+    would silently keep the units the two share and price them with the wrong model)."""
+    from mpsearch.core.costs import GroupIndex
+    from mpsearch.core.errors import CostTableError
+
+    units = costs.items.units if isinstance(costs.items, GroupIndex) else tuple(costs.items)
+    left_out = set(costs.meta.get("float_units") or ())  # left out of the search: not in the table
+    extra = [n for n in units if n not in shapes.names]
+    missing = [n for n in shapes.names if n not in units and n not in left_out]
+    if not extra and not missing:
+        return
+
+    def shown(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    parts = ([f"{len(missing)} of the model's units are not in the table ({shown(missing)})"] if missing else []) + \
+        ([f"{len(extra)} of the table's units are not in the model ({shown(extra)})"] if extra else [])
+    recorded = costs.meta.get("model")
+    fix = (f"Pass --model {recorded} (the table was computed for it)" if isinstance(recorded, str) and recorded != model
+           else "Pass the --model the table was computed for")
+    raise CostTableError(
+        f"`--model` must be the model the cost table was computed for, but {path} has {len(units)} units and "
+        f"{model} has {len(shapes.names)}: {'; '.join(parts)}. {fix}."
+    )
+
+
 def cmd_hw_calibrate(args: argparse.Namespace) -> int:
     import time
 
@@ -58,6 +85,7 @@ def cmd_hw_add(args: argparse.Namespace) -> int:
 
     costs = CostTable.load(args.costs)
     shapes = model_shapes(args.model, seq_len=args.seq_len)
+    check_same_units(costs, shapes, args.model, args.costs)
     columns = {"bytes_packed": bytes_packed_column(costs, shapes),
                "bops": bops_column(costs, shapes, act_bits=args.act_bits, batch=args.batch)}
     if args.lut is not None and args.device is not None:

@@ -311,7 +311,21 @@ class CostTable:
         merged.update(meta)
         # quantizable modules the search space left out stay in floating point
         bits.update({name: 16 for name in self.meta.get("float_units", ())})
-        return BitPlan(bits=bits, quantizer=QuantizerConfig.from_dict(dict(self.quantizer)), meta=merged)
+        pins = {**self.pins(), **{name: 16 for name in self.meta.get("float_units", ())}}
+        return BitPlan(bits=bits, quantizer=QuantizerConfig.from_dict(dict(self.quantizer)), meta=merged, pins=pins)
+
+    def pins(self) -> dict[str, int]:
+        """The units fixed to one width (one allowed choice), by unit name: what a plan must keep."""
+        single = self.allowed.sum(axis=1) == 1
+        width = np.asarray(self.bits, np.int64)[self.allowed.argmax(axis=1)]
+        if not isinstance(self.items, GroupIndex):
+            return {name: int(width[i]) for i, name in enumerate(self.items) if single[i]}
+        out = {}
+        for unit in self.items.units:
+            part = self.items.unit_slice(unit)
+            if single[part].all() and (width[part] == width[part][0]).all():
+                out[unit] = int(width[part][0])
+        return out
 
     def choice_of(self, plan: BitPlan) -> np.ndarray:
         """The assignment of a plan over this table's items."""

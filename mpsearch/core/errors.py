@@ -84,8 +84,16 @@ class OutputError(MPSearchError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class MPSearchWarning(UserWarning):
+    """A warning about a run that will work but may be slow, large or less accurate than asked."""
+
+
 class FloatModulesWarning(UserWarning):
     """Some modules of a model cannot be quantized; they stay in floating point (named in the message)."""
+
+
+class NoisyEstimateWarning(MPSearchWarning):
+    """A sampled sensitivity estimate stopped before it was precise enough to rank units reliably."""
 
 
 __all__ = [
@@ -98,7 +106,9 @@ __all__ = [
     "FloatModulesWarning",
     "InfeasibleBudgetError",
     "MPSearchError",
+    "MPSearchWarning",
     "MissingDependencyError",
+    "NoisyEstimateWarning",
     "OutputError",
     "PlanFormatError",
     "PlanMismatchError",

@@ -7,9 +7,12 @@ A plan is saved as versioned JSON with an envelope::
      "bits": {"conv1": 8, "layer1.0.conv1": 3, ...},
      "meta": {"budget": "3 bits/weight", "solver": "ilp", ...}}
 
-Optional sections: ``activations`` (per-tensor input bits and calibrated ranges) and
+Optional sections: ``activations`` (per-tensor input bits and calibrated ranges),
 ``bias_correction`` (per unit, one value per output channel added to its bias; measured on
-calibration data by :mod:`mpsearch.deploy.bias_correction`).
+calibration data by :mod:`mpsearch.deploy.bias_correction`) and ``pins`` (the widths the search
+space fixed, such as the first convolution at 8 bits; 16 for a unit left out of the search, which
+stays in floating point). A plan whose bits break its pins is refused when it is built or loaded,
+so a hand edit cannot quietly run a pinned layer at 2 bits.
 
 Bits are integers 1..8; 16 means "left in floating point". With group-wise
 allocation a unit's entry is a list with one width per group (groups of G
@@ -40,6 +43,7 @@ from mpsearch.core.plan_checks import (
     check_bias_correction,
     check_bits_value,
     check_json_value,
+    check_pins,
     is_finite_number,
     widths,
 )
@@ -79,6 +83,7 @@ class BitPlan:
     activation_bits: Mapping[str, int] = field(default_factory=dict)
     activation_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     bias_correction: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    pins: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bits, Mapping) or not self.bits:
@@ -107,7 +112,13 @@ class BitPlan:
         if stray:
             raise PlanFormatError(f"bias corrections belong to quantized units, but {stray} are not quantized. Remove them.")
         object.__setattr__(self, "bias_correction", corrections)
+        object.__setattr__(self, "pins", check_pins(self.pins, self.bits))
         object.__setattr__(self, "meta", json.loads(json.dumps(dict(self.meta), sort_keys=True)))
+
+    @property
+    def unsearched(self) -> tuple[str, ...]:
+        """Units left out of the search (pinned at 16 bits): not counted in average bits or budgets."""
+        return tuple(n for n, b in self.pins.items() if b == FLOAT_BITS)
 
     def _check_activations(self) -> None:
         if not isinstance(self.activation_bits, Mapping) or not isinstance(self.activation_ranges, Mapping):
@@ -162,6 +173,8 @@ class BitPlan:
             }
         if self.bias_correction:
             doc["bias_correction"] = {k: list(v) for k, v in self.bias_correction.items()}
+        if self.pins:
+            doc["pins"] = dict(self.pins)
         return doc
 
     def to_json(self) -> str:
@@ -185,7 +198,7 @@ class BitPlan:
                 f"plan version must be one of {list(SUPPORTED_VERSIONS)}, but got version={version!r}. "
                 "Upgrade mpsearch or re-export the plan."
             )
-        extra = sorted(set(doc) - {"format", "version", "quantizer", "bits", "meta", "activations", "bias_correction"})
+        extra = sorted(set(doc) - {"format", "version", "quantizer", "bits", "meta", "activations", "bias_correction", "pins"})
         if extra:
             raise PlanFormatError(f"a version-1 plan has no keys {extra}. Remove them.")
         if "bits" not in doc:
@@ -205,7 +218,7 @@ class BitPlan:
         return cls(
             bits=doc["bits"], quantizer=quantizer, meta=doc.get("meta", {}),
             activation_bits=acts.get("bits", {}), activation_ranges=acts.get("ranges", {}),
-            bias_correction=doc.get("bias_correction", {}),
+            bias_correction=doc.get("bias_correction", {}), pins=doc.get("pins", {}),
         )
 
     @classmethod

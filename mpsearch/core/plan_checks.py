@@ -68,3 +68,28 @@ def check_bias_correction(value: Any) -> dict[str, tuple[float, ...]]:
             )
         out[name] = tuple(float(v) for v in row)
     return dict(sorted(out.items()))
+
+
+def check_pins(value: Any, bits: Mapping[str, int | tuple[int, ...]]) -> dict[str, int]:
+    """``{unit: pinned width}`` (16: left out of the search), each unit of the plan at its pin."""
+    if not isinstance(value, Mapping):
+        raise PlanFormatError(f"plan `pins` must map unit names to bit widths, but got {type(value).__name__}.")
+    pins: dict[str, int] = {}
+    for name, pin in value.items():
+        if not isinstance(name, str) or name not in bits:
+            raise PlanFormatError(f"plan `pins` must name units of the plan, but got {name!r}. Remove the entry.")
+        pins[name] = check_bits_value(f"pins[{name!r}]", pin, nested=True)  # type: ignore[assignment]
+        if widths(bits[name]) == {pins[name]}:
+            continue
+        got = bits[name] if isinstance(bits[name], int) else sorted(widths(bits[name]))
+        if pins[name] == FLOAT_BITS:
+            raise BitsOutOfRangeError(
+                f"a unit left out of the search stays in floating point (16 bits), but the plan gives {name!r} "
+                f"{got} bits. Give it 16, or include it in the search space and solve again."
+            )
+        raise BitsOutOfRangeError(
+            f"a unit pinned by the search space keeps its pinned width, but the plan gives {name!r} {got} bits "
+            f"and it is pinned at {pins[name]}. Set it back to {pins[name]}, or search without the pin "
+            "(`mpsearch sensitivity --no-pins`, discover(pin_first_last=None)) and solve again."
+        )
+    return dict(sorted(pins.items()))

@@ -24,7 +24,7 @@ from mpsearch.deploy.modules import (
     check_backend,
 )
 from mpsearch.kernels.fake import quantizable_kind
-from mpsearch.space.discover import check_plan_for_model
+from mpsearch.space.units import check_plan_for_model, module_names
 
 
 def unit_widths(model: nn.Module, plan: BitPlan) -> dict[str, int]:
@@ -81,9 +81,12 @@ def check_packable(model: nn.Module, widths: dict[str, int], backend: str) -> No
             "(they then stay in floating point).")
 
 
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+def _replace(root: nn.Module, name: str, new: nn.Module, names: dict[int, list[str]]) -> None:
+    """Put ``new`` in place of the module at ``name`` under every name that module object has
+    (``self.alias = self.shared``), so no call still reaches the float layer."""
+    for every in names[id(root.get_submodule(name))]:
+        parent_name, _, child = every.rpartition(".")
+        setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
 def packed_unit(module: nn.Module, bits: int, plan: BitPlan, backend: str, *,
@@ -134,8 +137,9 @@ def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool
     modules = dict(target.named_modules())
     new_units = {name: packed_unit(modules[name], bits, plan, backend, empty=empty)
                  for name, bits in widths.items() if bits != FLOAT_BITS}
+    names = module_names(target)
     for name, unit in new_units.items():  # all built first: a failure leaves `model` untouched
-        _replace(target, name, unit)
+        _replace(target, name, unit, names)
     _attach_activations(target, plan)
     if plan.bias_correction:
         add_bias_correction(target, plan.bias_correction)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mpsearch.core.config import group_sizes
+from mpsearch.core.config import FLOAT_BITS, group_sizes
 from mpsearch.core.errors import ConfigError
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.bias_shift import add_bias_correction
@@ -70,21 +70,33 @@ def unit_bit_specs(model: nn.Module, plan: BitPlan) -> dict:
 
 @dataclass(frozen=True)
 class PlanSize:
-    """Storage of a plan's quantized units and of the rest of the model."""
+    """Storage of a plan's units and of the rest of the model.
 
-    quantized_weights: int  # number of weights in units below 16 bits
-    code_bits: int  # bits of the integer codes
-    overhead_bits: int  # bits of scales and zero-points
+    The searched weights are those of every unit the plan names, except units left out of the
+    search (pinned at 16 bits). Average bits count each searched weight at its width, a unit
+    left at 16 bits at 16 with no scale, plus scales and zero-points, over all searched weights,
+    so raising any unit's width never lowers the average. For a plan solved from a cost table it
+    equals :meth:`~mpsearch.core.costs.CostTable.average_bits` of the plan's choice.
+    """
+
+    quantized_weights: int  # weights of searched units below 16 bits (a 16-bit group of such a unit included)
+    code_bits: int  # bits of their integer codes (16 per weight of a 16-bit group)
+    overhead_bits: int  # bits of their scales and zero-points
     float_bytes: int  # every other parameter and buffer, in their own dtype
+    float_weights: int = 0  # weights of searched units left at 16 bits (kept in float)
 
     @property
     def quantized_bytes(self) -> float:
         return (self.code_bits + self.overhead_bits) / 8
 
     @property
+    def searched_weights(self) -> int:
+        return self.quantized_weights + self.float_weights
+
+    @property
     def average_bits(self) -> float:
-        """Stored bits per quantized weight, scales and zero-points included."""
-        return (self.code_bits + self.overhead_bits) / max(self.quantized_weights, 1)
+        """Stored bits per searched weight: codes, scales and zero-points, 16 for a float one."""
+        return (self.code_bits + self.overhead_bits + FLOAT_BITS * self.float_weights) / max(self.searched_weights, 1)
 
     @property
     def total_bytes(self) -> float:
@@ -96,21 +108,25 @@ def plan_size(model: nn.Module, plan: BitPlan) -> PlanSize:
     check_plan_for_model(plan, model)
     modules = dict(model.named_modules())
     quantized_ids = set()
-    weights = codes = overhead = 0
+    weights = floats = codes = overhead = 0
     for name, bits in plan.bits.items():
-        if bits == 16:
-            continue
         module = modules[name]
         out_f, fan_in = _matrix_shape(module)
+        if name in plan.unsearched:
+            continue
+        if bits == FLOAT_BITS:
+            floats += out_f * fan_in
+            continue
         quantized_ids.add(id(module.weight))
-        weights += out_f * fan_in
         if isinstance(bits, tuple):  # per group: blocks of G inputs, the last one maybe partial
             sizes = group_sizes(fan_in, plan.quantizer)
-            for k, b in enumerate(bits):
-                if b != 16:
-                    codes += int(sizes[k % len(sizes)]) * b
-                    overhead += overhead_bits(1, plan.quantizer.group_size, b, plan.quantizer)
+            for k, b in enumerate(bits):  # a group at 16 bits is stored in the unit as 16-bit floats
+                n = int(sizes[k % len(sizes)])
+                weights += n
+                codes += n * b
+                overhead += overhead_bits(1, plan.quantizer.group_size, b, plan.quantizer)
             continue
+        weights += out_f * fan_in
         codes += out_f * fan_in * bits
         overhead += overhead_bits(out_f, fan_in, bits, plan.quantizer)
     float_bytes = sum(
@@ -118,7 +134,8 @@ def plan_size(model: nn.Module, plan: BitPlan) -> PlanSize:
         for t in list(model.parameters()) + list(model.buffers())
         if id(t) not in quantized_ids
     )
-    return PlanSize(quantized_weights=weights, code_bits=codes, overhead_bits=overhead, float_bytes=float_bytes)
+    return PlanSize(quantized_weights=weights, code_bits=codes, overhead_bits=overhead, float_bytes=float_bytes,
+                    float_weights=floats)
 
 
 def evaluate_plan(model: nn.Module, plan: BitPlan, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 500,

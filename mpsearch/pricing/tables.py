@@ -18,6 +18,7 @@ from torch import nn
 from mpsearch.core.config import group_sizes, num_groups
 from mpsearch.core.costs import CostTable, GroupIndex
 from mpsearch.core.errors import CostTableError, MPSearchError
+from mpsearch.core.quality import estimate_quality, warn_if_noisy
 from mpsearch.core.storage import overhead_bits
 from mpsearch.sensitivity.base import Sensitivity
 from mpsearch.space.discover import SearchSpace
@@ -137,12 +138,21 @@ def build_cost_table(
     ``group_score * ||Q_b(W_g) - W_g||^2``), else one item per unit; ``"layer"`` or
     ``"group"`` force one (``"group"`` raises without group scores).
 
+    A sampled estimate's error figures go into ``meta["estimate_quality"]`` (and from there into
+    every plan solved from the table); an estimate too noisy to trust raises a
+    :class:`~mpsearch.core.errors.NoisyEstimateWarning` (:mod:`mpsearch.core.quality`).
+
     >>> # sens = get_estimator("hessian_diag", seed=0).estimate(model, calib, space)
     >>> # costs = build_cost_table(model, space, sens)        # group items if space is grouped
     """
     if granularity not in ("auto", "layer", "group"):
         raise MPSearchError(f"`granularity` must be 'auto', 'layer' or 'group', but got {granularity!r}. Pass 'auto'.")
     start = time.perf_counter()
+    quality = estimate_quality(sensitivity.method, sensitivity.details, sensitivity.settings,
+                               [u.name for u in space.units if not u.pinned])
+    if quality is not None:  # recorded in the table, and so in every plan solved from it
+        meta = {**dict(meta or {}), "estimate_quality": quality}
+        warn_if_noisy(quality)
     grouped = space.quantizer.group_size is not None and sensitivity.group_scores is not None and sensitivity.unit_costs is None
     if granularity == "group" and not grouped:
         raise MPSearchError(

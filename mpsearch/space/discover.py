@@ -1,15 +1,17 @@
 """Search spaces: which modules get bits, which bits they may get, and how they are bound.
 
 A :class:`QuantUnit` is one quantizable module (``nn.Conv2d``, ``nn.Linear`` or
-transformers' ``Conv1D``) named by its fully qualified module name. A
+transformers' ``Conv1D``) named by its fully qualified module name; a module object reachable
+under several names is one unit, its other names recorded as ``aliases``. A
 :class:`SearchSpace` is the ordered set of units with their bit choices, the
 pins (units fixed to one width, such as the first convolution and the
 classifier at 8 bits), the ties (units that must share a width) and the
 quantizer used to measure and apply every plan.
 
 Modules that hold a weight matrix but are not such a layer (``nn.Embedding``,
-``nn.Conv1d``/``Conv3d``, transposed convolutions...) cannot be quantized: they are
-recorded in :attr:`SearchSpace.float_modules` with the reason, stay in floating
+``nn.Conv1d``/``Conv3d``, transposed convolutions...), and layers whose parent reads their
+weight itself (``nn.MultiheadAttention.out_proj``; see :mod:`mpsearch.space.units`) cannot be
+quantized: they are recorded in :attr:`SearchSpace.float_modules` with the reason, stay in floating
 point, and :func:`discover` says so once with a :class:`FloatModulesWarning`.
 Norm layers (1-D scale vectors) and biases are not searched by design and are not listed.
 """
@@ -25,9 +27,8 @@ import numpy as np
 from torch import nn
 
 from mpsearch.core.config import RECOMMENDED, QuantizerConfig, Scheme
-from mpsearch.core.errors import BitsOutOfRangeError, FloatModulesWarning, PlanMismatchError, SearchSpaceError
-from mpsearch.core.plan import BitPlan
-from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.core.errors import BitsOutOfRangeError, FloatModulesWarning, SearchSpaceError
+from mpsearch.space.units import FloatModule, check_plan_for_model, scan_model, unquantizable
 
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
 FLOAT_BITS = 16  # "left in floating point" in a plan
@@ -52,7 +53,11 @@ def check_bits(bits: Iterable[int], *, what: str = "bits", scheme: Scheme | None
 
 @dataclass(frozen=True, kw_only=True)
 class QuantUnit:
-    """One quantizable module and the bit widths it may take."""
+    """One quantizable module and the bit widths it may take.
+
+    ``aliases`` are the other names the same module object is reachable under
+    (``self.alias = self.shared``): one unit, quantized once, replaced under every name.
+    """
 
     name: str
     kind: str  # "conv2d" | "linear" | "conv1d"
@@ -60,6 +65,7 @@ class QuantUnit:
     out_features: int
     fan_in: int
     bits: tuple[int, ...]
+    aliases: tuple[str, ...] = ()
 
     @property
     def n_weights(self) -> int:
@@ -68,40 +74,6 @@ class QuantUnit:
     @property
     def pinned(self) -> bool:
         return len(self.bits) == 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class FloatModule:
-    """A module with a weight matrix that mpsearch cannot quantize: it stays in floating point."""
-
-    name: str
-    kind: str  # the module's class name, e.g. "Embedding"
-    n_weights: int
-    reason: str
-
-    def describe(self) -> str:
-        return f"{self.name!r} ({self.kind}, {self.n_weights:,} weights: {self.reason})"
-
-
-_REASONS = (  # (module classes, why it stays in floating point)
-    ((nn.Embedding, nn.EmbeddingBag), "embedding tables are not quantized"),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), "transposed convolutions are not supported"),
-    ((nn.Conv1d, nn.Conv3d), "only 2-D convolutions are supported"),
-)
-
-
-def unquantizable(name: str, module: nn.Module) -> FloatModule | None:
-    """The :class:`FloatModule` record of a module with an own weight matrix (2-D or more) that is
-    not a quantizable unit, or None (quantizable, or no such weight: norms, activations...)."""
-    if quantizable_kind(module) is not None:
-        return None
-    matrices = [p for p in module.parameters(recurse=False) if p.is_floating_point() and p.dim() >= 2]
-    if not matrices:
-        return None
-    reason = next((why for classes, why in _REASONS if isinstance(module, classes)),
-                  "only Conv2d, Linear and Conv1D layers are quantized")
-    return FloatModule(name=name or "(root)", kind=type(module).__name__,
-                       n_weights=sum(p.numel() for p in matrices), reason=reason)
 
 
 def _float_notice(model_name: str, modules: Sequence[FloatModule], n_searched: int, limit: int = 5) -> str:
@@ -230,20 +202,15 @@ def discover(
     """
     quantizer = quantizer or RECOMMENDED
     choices = check_bits(bits, scheme=quantizer.scheme)
-    found: list[tuple[str, str, nn.Module]] = []
+    candidates, floats = scan_model(model)
+    found = []
     skipped: list[str] = []
-    floats: list[FloatModule] = []
-    for name, module in model.named_modules():
-        kind = quantizable_kind(module)
-        if kind is None or not name:
-            record = unquantizable(name, module)
-            if record is not None:
-                floats.append(record)
+    for unit in candidates:
+        every = (unit.name, *unit.aliases)
+        if (include is not None and not any(_match(n, include) for n in every)) or any(_match(n, exclude) for n in every):
+            skipped.append(unit.name)
             continue
-        if (include is not None and not _match(name, include)) or _match(name, exclude):
-            skipped.append(name)
-            continue
-        found.append((name, kind, module))
+        found.append(unit)
     if not found:
         raise SearchSpaceError(
             "a search space needs at least one quantizable unit (Conv2d, Linear or Conv1D), "
@@ -253,21 +220,21 @@ def discover(
     pinned: dict[str, int] = {}
     if pin_first_last is not None:
         check_bits([pin_first_last], what="pin_first_last", scheme=quantizer.scheme)
-        pinned[found[0][0]] = pin_first_last
-        pinned[found[-1][0]] = pin_first_last
+        pinned[found[0].name] = pin_first_last
+        pinned[found[-1].name] = pin_first_last
     for pattern, value in (pins or {}).items():
         check_bits([value], what=f"pins[{pattern!r}]", scheme=quantizer.scheme)
-        hits = [n for n, _, _ in found if fnmatch.fnmatchcase(n, pattern)]
+        hits = [u.name for u in found if any(fnmatch.fnmatchcase(n, pattern) for n in (u.name, *u.aliases))]
         if not hits:
             raise SearchSpaceError(
                 f"every pin must match a unit, but {pattern!r} matches none. "
-                f"Units: {[n for n, _, _ in found]}."
+                f"Units: {[u.name for u in found]}."
             )
         for hit in hits:
             pinned[hit] = value
     units = []
-    for name, kind, module in found:
-        weight = module.weight
+    for found_unit in found:
+        name, kind, weight = found_unit.name, found_unit.kind, found_unit.module.weight
         shape = tuple(int(s) for s in weight.shape)
         if kind == "conv1d":  # transformers' Conv1D stores (in, out)
             out_features, fan_in = shape[1], shape[0]
@@ -278,7 +245,8 @@ def discover(
                 fan_in *= s
         unit_bits = (pinned[name],) if name in pinned else choices
         units.append(
-            QuantUnit(name=name, kind=kind, weight_shape=shape, out_features=out_features, fan_in=fan_in, bits=unit_bits)
+            QuantUnit(name=name, kind=kind, weight_shape=shape, out_features=out_features, fan_in=fan_in, bits=unit_bits,
+                      aliases=found_unit.aliases)
         )
     all_names = [u.name for u in units]
     resolved_ties = []
@@ -308,17 +276,5 @@ def unit_modules(model: nn.Module, space: SearchSpace) -> list[nn.Module]:
     return [modules[n] for n in space.names]
 
 
-def check_plan_for_model(plan: BitPlan, model: nn.Module) -> BitPlan:
-    """Check a plan against a model: every named unit exists and is quantizable, none is missing."""
-    kinds = {name: quantizable_kind(m) for name, m in model.named_modules() if name}
-    quantizable = {n for n, k in kinds.items() if k is not None}
-    unknown = sorted(n for n in plan.bits if n not in kinds)
-    not_quantizable = sorted(n for n in plan.bits if n in kinds and kinds[n] is None)
-    missing = sorted(quantizable - set(plan.bits))
-    if unknown or not_quantizable or missing:
-        raise PlanMismatchError(
-            f"a plan must name every quantizable unit of {type(model).__name__} and nothing else, but "
-            f"missing={missing}, unknown={unknown}, not quantizable={not_quantizable}. "
-            "Make the plan for this model, or list a unit with 16 bits to keep it in floating point."
-        )
-    return plan
+__all__ = ["DEFAULT_BITS", "FloatModule", "QuantUnit", "SearchSpace", "check_bits", "check_plan_for_model",
+           "discover", "discover_quietly", "float_notice_of", "unit_modules", "unquantizable"]
