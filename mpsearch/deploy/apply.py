@@ -22,7 +22,9 @@ from mpsearch.deploy.modules import (
     QuantLinear,
     _PackedUnit,
     check_backend,
+    conv_unpackable,
 )
+from mpsearch.kernels.backends import get_backend
 from mpsearch.kernels.fake import quantizable_kind
 from mpsearch.space.units import check_plan_for_model, module_names
 
@@ -53,23 +55,17 @@ def _unpackable(module: nn.Module) -> str | None:
     """Why the packed backends cannot run ``module`` (a grouped or non-zero-padded Conv2d), or None."""
     if not isinstance(module, nn.Conv2d):
         return None
-    why = []
-    if module.groups != 1:
-        why.append(f"groups={module.groups}")
-    if module.padding_mode != "zeros":
-        why.append(f"padding_mode={module.padding_mode!r}")
-    if isinstance(module.padding, str):
-        why.append(f"padding={module.padding!r}")
-    return ", ".join(why) or None
+    return conv_unpackable(module.groups, module.padding, module.padding_mode)
 
 
 def check_packable(model: nn.Module, widths: dict[str, int], backend: str) -> None:
     """Raise :class:`PlanMismatchError` listing every planned unit a packed backend cannot run.
 
-    The fake-quant reference runs them all; ``numba`` and ``torch`` need ``groups=1`` convolutions
-    zero-padded by numbers. Nothing is changed before this check.
+    The fake-quant reference runs them all; backends that multiply packed weights (``numba``,
+    ``torch``) need ``groups=1`` convolutions zero-padded by numbers. Nothing is changed before
+    this check.
     """
-    if backend == "reference":
+    if not get_backend(backend).multiplies:
         return
     modules = dict(model.named_modules())
     bad = [(n, why) for n, b in widths.items() if b != FLOAT_BITS and (why := _unpackable(modules[n]))]
@@ -148,14 +144,13 @@ def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool
 
 def set_backend(model: nn.Module, backend: str) -> nn.Module:
     """Switch every packed layer of ``model`` to ``backend`` in place (buffers unchanged)."""
-    check_backend(backend)
     units = [m for m in model.modules() if isinstance(m, _PackedUnit)]
-    if backend != "reference":
+    if get_backend(backend).multiplies:
         for m in units:
-            if isinstance(m, QuantConv2d) and (m.groups != 1 or m.padding_mode != "zeros"
-                                               or isinstance(m.padding, str)):
+            if isinstance(m, QuantConv2d) and (why := conv_unpackable(m.groups, m.padding,
+                                                                      m.padding_mode)):
                 raise PlanMismatchError(f"Packed backends need groups=1 zero-padded convs, but "
-                                        f"{m!r} is not. Keep backend='reference'.")
+                                        f"{m!r} has {why}. Keep backend='reference'.")
     for m in units:
         m.backend = backend
     return model

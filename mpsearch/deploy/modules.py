@@ -11,9 +11,11 @@ never a float weight. Buffers of one unit, with ``K`` the fan-in as
     bias    float32 param   (out,)                      only if the original module had one
 
 ``bits``, ``K``, ``G`` and ``kind`` are plain attributes (shown by ``repr``), not buffers.
-The ``backend`` picks how forward multiplies: ``"reference"`` dequantizes with the reference
-formula and calls the float op (equal to the fake-quant model), ``"numba"`` runs the fused CPU
-kernels, ``"torch"`` the portable packed matmul.
+The ``backend``, a name in :data:`~mpsearch.kernels.backends.BACKENDS`, picks how forward
+multiplies: ``"reference"`` dequantizes with the reference formula and calls the float op
+(equal to the fake-quant model), ``"numba"`` runs the fused CPU kernels, ``"torch"`` the
+portable packed matmul; a backend of your own runs the ops it declares
+(:mod:`mpsearch.kernels.backends`).
 
 >>> from torch import nn
 >>> q = QuantLinear.from_float(nn.Linear(8, 3), bits=4, backend="torch")
@@ -24,34 +26,44 @@ kernels, ``"torch"`` the portable packed matmul.
 from __future__ import annotations
 
 import math
+from typing import Self
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mpsearch.core.config import QuantizerConfig, Scheme, check_bits
-from mpsearch.core.errors import DataError, PlanMismatchError, UnknownNameError
+from mpsearch.core.errors import DataError, PlanMismatchError
+from mpsearch.kernels.backends import BACKENDS, get_backend, reference_dequantize
 from mpsearch.kernels.packing import pack, packed_row_bytes, unpack
 from mpsearch.kernels.quantize import (
     SCALE_DTYPES,
     QuantizedWeight,
-    dequantize,
     num_groups,
     quantize,
     weight_matrix,
 )
 
-BACKENDS = ("reference", "numba", "torch")
-NUMBA_ROWS = 8192  # activation rows per Numba gemm call: amortizes its per-call setup
 _CONV_ELEMENTS = 1 << 23  # im2col floats per chunk of images for the packed backends
 
 
 def check_backend(backend: str) -> str:
     """``backend`` if it names a backend, else :class:`UnknownNameError` listing them."""
-    if backend not in BACKENDS:
-        raise UnknownNameError(f"`backend` must be one of {list(BACKENDS)}, but got "
-                               f"backend={backend!r}. Pass backend='reference' to run anywhere.")
+    get_backend(backend)
     return backend
+
+
+def conv_unpackable(groups: int, padding: tuple[int, int] | str, padding_mode: str) -> str | None:
+    """Why a backend that multiplies packed weights cannot run a Conv2d of these settings, or
+    None: its im2col path needs ``groups=1`` and zero padding given as numbers."""
+    why = []
+    if groups != 1:
+        why.append(f"groups={groups}")
+    if padding_mode != "zeros":
+        why.append(f"padding_mode={padding_mode!r}")
+    if isinstance(padding, str):
+        why.append(f"padding={padding!r}")
+    return ", ".join(why) or None
 
 
 class _PackedUnit(nn.Module):
@@ -108,29 +120,39 @@ class _PackedUnit(nn.Module):
 
     def dequantized(self) -> Tensor:
         """The float32 (out, K) weight matrix by the reference formula."""
-        qw = QuantizedWeight(codes=self.codes(), scale=self.scale, zero=self.zero_points(),
-                             bits=self.bits, config=self.config)
-        return dequantize(qw)
+        return reference_dequantize(self.packed, self.scale, self.zero_points(), self.bits,
+                                    self.K, self.G)
+
+    def _float_weight(self) -> Tensor | None:
+        """The (out, K) weight that forward runs the float op with, or None when the backend
+        multiplies the packed weight itself (:meth:`_matmul`)."""
+        backend = get_backend(self.backend)
+        if backend.multiplies:
+            return None
+        return backend.op("dequantize")(self.packed, self.scale, self.zero_points(), self.bits,
+                                        self.K, self.G)
 
     def _matmul(self, x2d: Tensor) -> Tensor:
-        """(B, K) float32 -> (B, out) float32 with a packed backend."""
-        if self.backend == "torch":
-            from mpsearch.kernels.torch_packed import packed_matmul
+        """(B, K) float32 -> (B, out) float32 with the backend's packed product."""
+        return get_backend(self.backend).matmul(self.packed, self.scale, self.zero_points(), x2d,
+                                                self.bits, self.K, self.G)
 
-            return packed_matmul(self.packed, self.scale, self.zero_points(), x2d, self.bits,
-                                 self.K, self.G)
-        from mpsearch.kernels.numba_cpu import gemm
+    @classmethod
+    def empty_like(cls, module: nn.Module, bits: int, config: QuantizerConfig,
+                   backend: str = "reference") -> Self:
+        """A layer shaped for ``module`` with zeroed buffers (to be filled by a state dict)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a float module; use "
+                                  f"QuantLinear or QuantConv2d.")
 
-        if x2d.device.type != "cpu":
-            raise DataError(f"The numba backend runs on CPU only, but the input is on "
-                            f"{x2d.device}. Use backend='torch' on other devices.")
-        zero = self.zero_points()
-        x2d = x2d.detach().contiguous()
-        parts = [gemm(self.packed, self.scale, zero, x2d[r:r + NUMBA_ROWS], self.bits, self.K,
-                      self.G) for r in range(0, x2d.shape[0], NUMBA_ROWS)]
-        if not parts:
-            return x2d.new_zeros((0, self.out_features))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    @classmethod
+    def from_float(cls, module: nn.Module, bits: int, config: QuantizerConfig | None = None,
+                   backend: str = "reference") -> Self:
+        """Quantize a float ``module`` with the reference quantizer and pack it."""
+        config = config or QuantizerConfig()
+        q = cls.empty_like(module, bits, config, backend)
+        q._load_quantized(quantize(weight_matrix(module.weight.detach(), q.kind), bits, config),
+                          module.bias)
+        return q
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind}, out={self.out_features}, K={self.K}, bits={self.bits}, "
@@ -157,16 +179,6 @@ class QuantLinear(_PackedUnit):
         self.kind = kind
 
     @classmethod
-    def from_float(cls, module: nn.Module, bits: int, config: QuantizerConfig | None = None,
-                   backend: str = "reference") -> QuantLinear:
-        """Quantize an ``nn.Linear`` or ``Conv1D`` with the reference quantizer and pack it."""
-        config = config or QuantizerConfig()
-        q = cls.empty_like(module, bits, config, backend)
-        q._load_quantized(quantize(weight_matrix(module.weight.detach(), q.kind), bits, config),
-                          module.bias)
-        return q
-
-    @classmethod
     def empty_like(cls, module: nn.Module, bits: int, config: QuantizerConfig,
                    backend: str = "reference") -> QuantLinear:
         """A layer shaped for ``module`` with zeroed buffers (to be filled by a state dict)."""
@@ -177,8 +189,8 @@ class QuantLinear(_PackedUnit):
                    kind=kind).to(module.weight.device)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.backend == "reference":
-            w = self.dequantized()
+        w = self._float_weight()
+        if w is not None:
             if self.kind == "conv1d":  # as transformers' Conv1D computes it
                 w = w.t().contiguous()
                 y = x.reshape(-1, self.K) @ w if self.bias is None \
@@ -209,23 +221,13 @@ class QuantConv2d(_PackedUnit):
         self.stride, self.padding, self.dilation = tuple(stride), padding, tuple(dilation)
         self.groups, self.padding_mode = int(groups), padding_mode
         K = self.in_channels // self.groups * math.prod(self.kernel_size)
-        packable = self.groups == 1 and padding_mode == "zeros" and not isinstance(padding, str)
-        if backend != "reference" and not packable:
+        why = conv_unpackable(self.groups, padding, padding_mode)
+        if why and get_backend(backend).multiplies:
             raise PlanMismatchError(
-                f"Packed backends support Conv2d with groups=1, zero padding given as numbers, but "
-                f"got groups={groups}, padding={padding!r}, padding_mode={padding_mode!r}. Use "
+                f"The {backend!r} backend multiplies packed weights, which needs Conv2d with "
+                f"groups=1 and zero padding given as numbers, but got {why}. Use "
                 f"backend='reference' for this model (or keep this unit at 16 bits).")
         super().__init__(out_channels, K, bits, config, bias, backend)
-
-    @classmethod
-    def from_float(cls, module: nn.Conv2d, bits: int, config: QuantizerConfig | None = None,
-                   backend: str = "reference") -> QuantConv2d:
-        """Quantize an ``nn.Conv2d`` with the reference quantizer and pack it."""
-        config = config or QuantizerConfig()
-        q = cls.empty_like(module, bits, config, backend)
-        q._load_quantized(quantize(weight_matrix(module.weight.detach(), "conv2d"), bits, config),
-                          module.bias)
-        return q
 
     @classmethod
     def empty_like(cls, module: nn.Conv2d, bits: int, config: QuantizerConfig,
@@ -240,8 +242,9 @@ class QuantConv2d(_PackedUnit):
         return (self.out_features, self.in_channels // self.groups, *self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.backend == "reference":
-            w = self.dequantized().reshape(self._weight_shape()).to(x.dtype)
+        w = self._float_weight()
+        if w is not None:
+            w = w.reshape(self._weight_shape()).to(x.dtype)
             if self.padding_mode != "zeros":
                 pad = [p for p in reversed(self.padding) for _ in range(2)]
                 return F.conv2d(F.pad(x, pad, mode=self.padding_mode), w, self.bias,
@@ -269,4 +272,4 @@ class QuantConv2d(_PackedUnit):
                 f"stride={self.stride}, padding={self.padding}, " + super().extra_repr())
 
 
-__all__ = ["BACKENDS", "QuantConv2d", "QuantLinear", "check_backend"]
+__all__ = ["BACKENDS", "QuantConv2d", "QuantLinear", "check_backend", "conv_unpackable"]

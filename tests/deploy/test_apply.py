@@ -69,7 +69,7 @@ def check_packed_resnet20(resnet: nn.Module, images: torch.Tensor,
         assert torch.equal(unpack(unit.packed, unit.bits, unit.K), want.codes)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS.names())
 def test_packed_resnet20_predicts_as_fake_quant(resnet: nn.Module, images: torch.Tensor,
                                                 reference_logits: torch.Tensor,
                                                 backend: str) -> None:
@@ -164,7 +164,7 @@ def test_packed_minilm_embeds_as_fake_quant() -> None:
                    quantizer=QuantizerConfig(scheme="affine", group_size=128))
     want = embed_sentences(fake_quantize_model(model, plan), tokenizer, sentences)
     neighbours = (want @ want.T).fill_diagonal_(-2).argmax(1)
-    for backend in BACKENDS:
+    for backend in BACKENDS.names():
         model_q = apply(model, plan, backend)
         got = embed_sentences(model_q, tokenizer, sentences)
         assert float((got - want).abs().max()) < 1e-4
