@@ -45,23 +45,29 @@ def is_available() -> bool:
 
 
 @cache
-def _backend() -> ModuleType:
+def _numba_module(name: str) -> ModuleType:
+    """``mpsearch.kernels.<name>``, a module that imports numba; without numba,
+    :class:`MissingDependencyError`."""
     if not is_available():
         raise MissingDependencyError(
             "The Numba CPU kernels need the `numba` package, which is not installed. Install it "
             "with `pip install numba`, or use mpsearch.kernels.torch_packed.packed_matmul.")
-    return importlib.import_module("mpsearch.kernels._numba_kernels")
-
-
-@cache
-def _gemm_backend() -> ModuleType:
-    _backend()  # raises MissingDependencyError without numba
-    return importlib.import_module("mpsearch.kernels._numba_gemm")
+    return importlib.import_module(f"mpsearch.kernels.{name}")
 
 
 @cache
 def _kernel(kind: str, bits: int) -> Any:
-    return _backend().make_gemv(bits) if kind == "gemv" else _gemm_backend().make_gemm(bits)
+    if kind == "gemv":
+        return _numba_module("_numba_kernels").make_gemv(bits)
+    return _numba_module("_numba_gemm").make_gemm(bits)
+
+
+def _check_ndim(x: Any, ndim: int, what: str, other: str) -> None:
+    """``x`` must have ``ndim`` dimensions (``what`` names it; ``other`` is the call to use
+    instead)."""
+    if len(getattr(x, "shape", ())) != ndim:
+        raise DataError(f"{what} must be {ndim}-D {'(K,)' if ndim == 1 else '(B, K)'}, but got "
+                        f"shape {tuple(getattr(x, 'shape', ()))}. Use {other}.")
 
 
 def _numpy(a: Any, name: str, dtype: type | None = None) -> np.ndarray:
@@ -103,19 +109,19 @@ def _run(packed: Any, scale: Any, zero: Any, x: Any, bits: Any, K: Any, G: Any,
         xa = xa.reshape(-1, shape.K)
     if xa.size == 0 or shape.out == 0:
         return np.empty(xa.shape[:-1] + (shape.out,), np.float32)
-    _backend()  # raises MissingDependencyError without numba
+    _numba_module("_numba_kernels")  # raises MissingDependencyError without numba
     p, s, z = _numpy(packed, "packed"), kernel_scales(_numpy(scale, "scale")), _numpy(zero, "zero")
     # Block mode: one group covers each 128-code block; lane mode: each eight-code chunk.
     lane_mode = shape.n_groups > 1 and shape.group % 128 != 0
     if lane_mode and shape.group % 8:  # a chunk would straddle groups
         x2d = xa.reshape(-1, shape.K)
         y = np.empty((x2d.shape[0], shape.out), np.float32)
-        _gemm_backend().gemm_any_group(p, s, z, x2d, shape.bits, shape.group, y)
+        _numba_module("_numba_gemm").gemm_any_group(p, s, z, x2d, shape.bits, shape.group, y)
         return y if kind == "gemm" else y[0]
     workers = _workers()
     rows_per_task = -(-shape.out // (workers * _TASKS_PER_THREAD))
     if kind == "gemm":  # whole tiles of rows
-        tile = _gemm_backend().ROW_TILE
+        tile = _numba_module("_numba_gemm").ROW_TILE
         rows_per_task = -(-rows_per_task // tile) * tile
     return _kernel(kind, shape.bits)(p, s, z, xa, shape.group, lane_mode, rows_per_task, workers)
 
@@ -133,9 +139,7 @@ def gemv(packed: Any, scale: Any, zero: Any, x: Any, bits: int, K: int,
     ``G`` the group size along K (None: one group per row). numpy or CPU torch inputs; the
     result has the kind of ``x``.
     """
-    if len(getattr(x, "shape", ())) != 1:
-        raise DataError(f"`x` for gemv must be 1-D (K,), but got shape "
-                        f"{tuple(getattr(x, 'shape', ()))}. Use gemm for a batch.")
+    _check_ndim(x, 1, "`x` for gemv", "gemm for a batch")
     return _like_x(_run(packed, scale, zero, x, bits, K, G, "gemv"), x)
 
 
@@ -146,9 +150,7 @@ def gemm(packed: Any, scale: Any, zero: Any, X: Any, bits: int, K: int,
     Arguments as for :func:`gemv`. Each block of codes is decoded once and used for every
     batch row, so it pays off for small batches (B up to ~64); the result has the kind of X.
     """
-    if len(getattr(X, "shape", ())) != 2:
-        raise DataError(f"`X` for gemm must be 2-D (B, K), but got shape "
-                        f"{tuple(getattr(X, 'shape', ()))}. Use gemv for one vector.")
+    _check_ndim(X, 2, "`X` for gemm", "gemv for one vector")
     return _like_x(_run(packed, scale, zero, X, bits, K, G, "gemm"), X)
 
 
@@ -177,7 +179,7 @@ class GemvWeight:
         self._G = G
         self._args = (_numpy(packed, "packed"), _numpy(scale, "scale"), _numpy(zero, "zero"))
         self._lut, self.kernel, self._bound = None, "rows", None
-        lut = _lut_backend()
+        lut = _numba_module("_numba_lut")
         if self.shape.out and lut.is_supported(self.shape.bits, self.shape.K, G):
             workers = _workers()
             self._lut = lut.prepare_lut(*self._args, self.shape.bits, self.shape.K, G,
@@ -197,20 +199,12 @@ class GemvWeight:
         if (self._bound is not None and type(x) is np.ndarray and x.dtype is _F32
                 and x.shape == (self.shape.K,) and x.strides == (4,)):
             return self._bound(x)  # the common case straight to the kernel (see bind)
-        if len(getattr(x, "shape", ())) != 1:
-            raise DataError(f"`x` must be 1-D (K,), but got shape "
-                            f"{tuple(getattr(x, 'shape', ()))}. Use gemm for a batch.")
+        _check_ndim(x, 1, "`x`", "gemm for a batch")
         if self._lut is None:
             return gemv(*self._args, x, self.shape.bits, self.shape.K, self._G)
         check_activations(x, self.shape.K)
         y = self._bound(_numpy(x, "x", np.float32))  # 1-D, last dim K: shape (K,)
         return _like_x(y, x)
-
-
-@cache
-def _lut_backend() -> ModuleType:
-    _backend()  # raises MissingDependencyError without numba
-    return importlib.import_module("mpsearch.kernels._numba_lut")
 
 
 def _lut_tiles_per_task(out: int, workers: int) -> int:

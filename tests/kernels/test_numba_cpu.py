@@ -138,13 +138,13 @@ def test_errors() -> None:
 
 def test_missing_numba_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(numba_cpu, "is_available", lambda: False)
-    numba_cpu._backend.cache_clear()
+    numba_cpu._numba_module.cache_clear()
     try:
         packed, scale, zero, x, _ = make_case(4, 5, 300, 128, (2,))
         with pytest.raises(MissingDependencyError, match="pip install numba.*torch_packed"):
             numba_cpu.gemm(packed, scale, zero, x, 4, 300, 128)
     finally:
-        numba_cpu._backend.cache_clear()
+        numba_cpu._numba_module.cache_clear()
 
 
 _GUARD_SCRIPT = """
