@@ -1,47 +1,49 @@
-"""The exact solver: an integer linear program in PuLP.
+"""The exact solver: an integer linear program whose optimality is checked, not assumed.
 
-One binary x[i, c] per item and allowed bit choice, exactly one choice per
-item, one linear constraint per budget, minimize the summed predicted cost.
-Tied items share one set of variables. CBC (bundled with PuLP) is the default
-backend; HiGHS is used when ``backend="highs"`` or ``"auto"`` finds it.
+One binary per item and allowed bit choice, exactly one choice per item, one linear row per
+budget, minimize the summed predicted cost; tied items share one set of variables. The steps:
 
-With a time limit, the best plan found so far comes back with status
-``time_limit`` and a gap against the LP-relaxation bound.
+1. other solvers propose plans (:mod:`~mpsearch.solvers._certify`); the best is the reference;
+2. exact reductions drop choices no optimal plan needs, and each item's cost above its least
+   is measured in tenths of the reference's cost (:mod:`~mpsearch.solvers._reduce`), so the
+   backend's absolute tolerances mean the same whatever the scale of the sensitivities;
+3. HiGHS (highspy) solves it with zero gap and 1e-9 tolerances; CBC (PuLP) is the fallback
+   when highspy is missing or fails (:mod:`~mpsearch.solvers._backends`);
+4. the plan is re-checked against every budget in float64 (re-solved with a tightened row if
+   the backend's tolerance let it overshoot) and improved by an exchange search; the best plan
+   of all is returned.
+
+Status ``optimal`` means certified: the returned plan's objective, recomputed from the table,
+is within 1e-9 (relative) of the lower bound the backend proved (less its tolerance), and no
+plan found by any check beats that bound; the proven bound is ``info["proven_bound"]``.
+A backend claim that a found plan contradicts is not repeated: the best plan comes back as
+``feasible`` (or ``time_limit``) with a float64 Lagrangian bound. Without another solver's
+plan, a second pass normalizes by the first pass's plan.
 """
 
 from __future__ import annotations
 
-import warnings
+import importlib.util
+import math
+import time
 
 import numpy as np
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import MPSearchError, SolverError
-from mpsearch.solvers.base import RTOL, SOLVERS, Reduced, Solver, SolveResult, Status, reduce, within
+from mpsearch.solvers._backends import TOL, Outcome, solve_cbc, solve_highs
+from mpsearch.solvers._certify import exchange, heuristic_plans, lagrangian_bound
+from mpsearch.solvers._reduce import excess, meets, program, reductions
+from mpsearch.solvers.base import SOLVERS, Reduced, Solver, SolveResult, Status, reduce, within
 
-
-def lp_bound(red: Reduced) -> float | None:
-    """The LP-relaxation optimum: a lower bound on every integer plan's cost."""
-    from scipy.optimize import linprog
-
-    rows, cols = np.nonzero(red.allowed)
-    n_var = len(rows)
-    n_items = red.cost.shape[0]
-    eq = np.zeros((n_items, n_var))
-    eq[rows, np.arange(n_var)] = 1.0
-    ub = np.array([m[rows, cols] for m in red.matrices]) if red.matrices else None
-    limits = np.array([v * (1 + RTOL) for v in red.limits]) if red.matrices else None
-    res = linprog(
-        red.cost[rows, cols], A_ub=ub, b_ub=limits, A_eq=eq, b_eq=np.ones(n_items),
-        bounds=(0, 1), method="highs",
-    )
-    return float(res.fun) if res.status == 0 else None
+OPT_RTOL = 1e-9  # a plan within this relative distance of the proven bound is reported optimal
+RHS_MARGINS = (0.0, 4 * TOL, 1e-7, 1e-5)  # budget rows tightened by these when a plan overshoots
 
 
 @SOLVERS.register("ilp")
 class ILPSolver(Solver):
-    """Exact integer program (PuLP; CBC by default, HiGHS when installed).
+    """Exact integer program (HiGHS by default, CBC as the fallback), its optimality certified.
 
     >>> from mpsearch.solvers import ILPSolver
     >>> ILPSolver(backend="cbc").exact
@@ -50,7 +52,7 @@ class ILPSolver(Solver):
 
     name = "ilp"
     exact = True
-    requires = ("pulp",)
+    requires = ("highspy", "pulp")  # either backend is enough
 
     def __init__(self, *, backend: str = "auto", gap: float = 0.0, threads: int = 1, seed: int = 0) -> None:
         if backend not in ("auto", "cbc", "highs"):
@@ -60,88 +62,135 @@ class ILPSolver(Solver):
         self.backend = backend
         self.gap = gap
         self.threads = threads
-        self.seed = seed  # the ILP is deterministic; kept for the common solver signature
+        self.seed = seed
 
-    def _backend(self, time_limit: float | None, preprocess: bool = False):
-        import pulp
+    @classmethod
+    def is_available(cls) -> bool:
+        return any(importlib.util.find_spec(mod) is not None for mod in cls.requires)
 
-        kwargs = dict(msg=False, timeLimit=time_limit, gapRel=self.gap if self.gap > 0 else None)
-        if self.backend in ("auto", "highs"):
-            highs = pulp.HiGHS(**kwargs) if hasattr(pulp, "HiGHS") else None
-            if highs is not None and highs.available():
-                return highs, "highs"
-            if self.backend == "highs":
-                raise MPSearchError("backend 'highs' needs the highspy package. pip install highspy, or use backend='cbc'.")
-        with warnings.catch_warnings():  # PuLP 3.3 warns that 4.0 unbundles CBC; we pin pulp < 4
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # CBC 2.10's integer preprocessing can fix variables wrongly when a
-            # plan's usage sits within ~1e-6 of the budget and then report a worse
-            # plan as optimal; these problems are small, so it is switched off.
-            options = [] if preprocess else ["preprocess off"]
-            return pulp.PULP_CBC_CMD(threads=self.threads, options=options, **kwargs), "cbc"
+    def _backends(self) -> list[str]:
+        has_highs = importlib.util.find_spec("highspy") is not None
+        if self.backend == "highs" and not has_highs:
+            raise MPSearchError("backend 'highs' needs the highspy package. pip install highspy, or use backend='cbc'.")
+        if self.backend == "cbc" or not has_highs:
+            return ["cbc"]
+        return ["highs"] if self.backend == "highs" else ["highs", "cbc"]
+
+    def _run(self, prog, rhs: float, deadline: float | None, start: np.ndarray | None, info: dict) -> Outcome:
+        """One solve of the program, falling back from HiGHS to CBC (``auto``) when HiGHS fails."""
+        outcome = Outcome("error", "none")
+        for name in self._backends():
+            left = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+            if name == "highs":
+                try:
+                    outcome = solve_highs(prog, rhs=rhs, time_limit=left, gap=self.gap, threads=self.threads,
+                                          seed=self.seed, start=start)
+                except Exception as err:  # any HiGHS failure hands over to CBC
+                    outcome = Outcome("error", "highs", info={"message": f"{type(err).__name__}: {err}"})
+            else:
+                outcome = solve_cbc(prog, rhs=rhs, time_limit=left, gap=self.gap, threads=self.threads)
+            if outcome.status != "error":
+                return outcome
+            info.setdefault("backend_errors", []).append({"backend": name, **outcome.info})
+        return outcome
 
     def _solve(self, costs: CostTable, budgets: tuple[Budget, ...], *, time_limit: float | None) -> SolveResult:
+        deadline = None if time_limit is None else time.perf_counter() + time_limit
         red = reduce(costs, budgets)
-        # CBC accepts a constraint violated by up to its feasibility tolerance
-        # (~1e-6). Budget rows are normalized to a right-hand side of 1 and, if
-        # the plan still overshoots in exact arithmetic, re-solved with the
-        # right-hand side tightened by a few tolerances.
-        for margin in (0.0, 2e-6, 1e-5, 1e-4):
-            result = self._solve_once(costs, budgets, red, time_limit, 1.0 + RTOL - margin)
-            if result.choice is None or within(costs, result.choice, budgets):
-                return result
-        raise SolverError("the ILP backend kept returning plans over budget; try backend='cbc' or report a bug.")
+        plans = heuristic_plans(costs, budgets, red)
+        info: dict = {"backend": self._backends()[0], "checked_by": [name for name, _ in plans]}
 
-    def _solve_once(self, costs, budgets, red: Reduced, time_limit: float | None, rhs: float) -> SolveResult:
-        import pulp
+        def result(status: Status, choice: np.ndarray | None = None, bound: float | None = None) -> SolveResult:
+            full = None if choice is None else red.expand(choice, costs.n_items)
+            return SolveResult(status=status, costs=costs, budgets=budgets, choice=full, bound=bound, info=info)
 
-        prob = pulp.LpProblem("mpsearch_bit_allocation", pulp.LpMinimize)
-        rows, cols = np.nonzero(red.allowed)
-        make = getattr(prob, "add_variable", None)  # PuLP >= 3.3; LpVariable before
-        if make is None:
-            x = [pulp.LpVariable(f"x_{r}_{c}", cat=pulp.LpBinary) for r, c in zip(rows, cols)]
-        else:
-            x = [make(f"x_{r}_{c}", 0, 1, pulp.LpBinary) for r, c in zip(rows, cols)]
-        # Normalize the objective so CBC's absolute tolerances behave the same
-        # whatever the scale of the sensitivities.
-        scale = float(np.abs(red.cost[red.allowed]).max()) or 1.0
-        prob += pulp.lpSum(float(red.cost[r, c]) / scale * v for r, c, v in zip(rows, cols, x))
-        by_item: dict[int, list] = {}
-        for r, v in zip(rows, x):
-            by_item.setdefault(int(r), []).append(v)
-        for r, vs in by_item.items():
-            prob += pulp.lpSum(vs) == 1, f"one_choice_{r}"
-        for k, (mat, limit) in enumerate(zip(red.matrices, red.limits)):
-            prob += pulp.lpSum(float(mat[r, c]) / limit * v for r, c, v in zip(rows, cols, x)) <= rhs, f"budget_{k}"
-        backend, backend_name = self._backend(time_limit)
-        try:
-            prob.solve(backend)
-        except pulp.PulpSolverError:
-            # CBC without preprocessing aborts on some infeasible models; with its
-            # defaults it reports them properly (any plan it returns is re-checked).
-            backend, backend_name = self._backend(time_limit, preprocess=True)
-            try:
-                prob.solve(backend)
-            except pulp.PulpSolverError as err:
-                raise SolverError(f"the ILP backend {backend_name} failed: {err}. Try backend='highs' or a longer time limit.") from None
-        status = pulp.LpStatus[prob.status]
-        info = {"backend": backend_name, "variables": len(x), "pulp_status": status}
-        if status == "Infeasible" or prob.sol_status == pulp.LpSolutionInfeasible:
-            return SolveResult(status=Status.INFEASIBLE, costs=costs, budgets=budgets, info=info)
-        if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
-            # stopped before the first integer plan: the values are not a plan
-            return SolveResult(status=Status.TIME_LIMIT, costs=costs, budgets=budgets, bound=lp_bound(red), info=info)
-        values = np.array([v.value() if v.value() is not None else 0.0 for v in x])
-        choice_r = np.full(red.cost.shape[0], -1, np.int64)
-        picked = values > 0.5
-        choice_r[rows[picked]] = cols[picked]
-        if (choice_r < 0).any() or np.bincount(rows[picked], minlength=len(choice_r)).max() > 1:
-            return SolveResult(status=Status.TIME_LIMIT, costs=costs, budgets=budgets, bound=lp_bound(red), info=info)
-        choice = red.expand(choice_r, costs.n_items)
-        if prob.sol_status == pulp.LpSolutionIntegerFeasible or status != "Optimal":
-            return SolveResult(
-                status=Status.TIME_LIMIT, costs=costs, budgets=budgets, choice=choice, bound=lp_bound(red), info=info
-            )
-        if self.gap > 0:  # optimal only within the requested relative gap
-            return SolveResult(status=Status.FEASIBLE, costs=costs, budgets=budgets, choice=choice, bound=lp_bound(red), info=info)
-        return SolveResult(status=Status.OPTIMAL, costs=costs, budgets=budgets, choice=choice, bound=costs.objective(choice), info=info)
+        reference = _best(costs, budgets, red, plans)
+        for attempt in range(2):  # a second pass normalizes by the first pass's plan when no other solver had one
+            keep, ref = reductions(red, None if reference is None else reference[1])
+            if keep is None:  # the reductions alone prove that no plan meets the budgets together
+                info["certificate"] = "no choice of some item fits the budgets"
+                return result(Status.INFEASIBLE)
+            info["choices_left"] = int(keep.sum())
+            if ref is not None and excess(red, keep, ref) == 0.0:
+                info["certificate"] = "every item at its least-cost choice left"
+                info["plan_from"] = reference[0]
+                return result(Status.OPTIMAL, ref, costs.objective(red.expand(ref, costs.n_items)))
+            prog = program(red, keep, _scale(costs, red, keep, ref))
+            info["variables"] = len(prog.rows)
+            outcome, choice = self._milp(prog, red, ref, deadline, info)
+            # the bound of the untightened program, less the backend's pruning tolerance, bounds the optimum
+            claim = None if outcome.bound is None else prog.cost(outcome.bound - 2 * TOL)
+            if outcome.status == "error" and not plans:
+                raise SolverError(f"the ILP backends failed ({info.get('backend_errors')}) and no other solver found a "
+                                  "plan. Try backend='cbc', a longer time limit, or solver='greedy'.")
+            found = ([(outcome.backend, choice)] if choice is not None else []) + plans
+            found += [("exchange", exchange(red, c)) for _, c in found[:2]]
+            best = _best(costs, budgets, red, found)
+            if best is None:
+                if outcome.status == "infeasible":
+                    return result(Status.INFEASIBLE)
+                return result(Status.TIME_LIMIT, None, lagrangian_bound(prog))
+            info["plan_from"] = best[0]
+            objective = costs.objective(red.expand(best[1], costs.n_items))
+            tol = OPT_RTOL * objective  # costs are non-negative
+            if outcome.status == "infeasible" or (claim is not None and objective < claim - tol):
+                info["refuted"] = f"the {outcome.backend} claim ({outcome.status}) is beaten by the plan of {best[0]}"
+                claim = None
+            if claim is not None and objective - claim <= tol:
+                # optimal means "within OPT_RTOL": the bound reported is the objective (gap 0), the proven one is kept
+                info.update(certificate=f"{outcome.backend} bound within {OPT_RTOL:g} of the plan", proven_bound=claim)
+                return result(Status.OPTIMAL, best[1], objective)
+            improved = reference is None or objective < costs.objective(red.expand(reference[1], costs.n_items))
+            if attempt or outcome.status == "time_limit" or not improved:
+                break
+            reference = best
+        bound = lagrangian_bound(prog)
+        if claim is not None:
+            bound = claim if bound is None else max(bound, claim)
+        bound = None if bound is None else min(bound, objective)
+        return result(Status.TIME_LIMIT if outcome.status == "time_limit" else Status.FEASIBLE, best[1], bound)
+
+    def _milp(self, prog, red: Reduced, ref: np.ndarray | None, deadline: float | None,
+              info: dict) -> tuple[Outcome, np.ndarray | None]:
+        """The backend's outcome on the program, re-solved with tightened rows while its plan overshoots a budget.
+
+        The outcome's bound is that of the untightened program; the plan is None unless it meets the budgets.
+        """
+        if len(prog.rows) == 0:  # the reductions fixed every item: one plan left
+            fits = meets(red, prog.fixed)
+            return Outcome("optimal" if fits else "infeasible", "reductions", prog.fixed if fits else None,
+                           2 * TOL if fits else None), prog.fixed if fits else None
+        first = outcome = self._run(prog, 1.0, deadline, ref, info)
+        for margin in RHS_MARGINS[1:]:
+            if outcome.choice is None or meets(red, outcome.choice):
+                break
+            outcome = self._run(prog, 1.0 - margin, deadline, ref, info)
+        info.update(backend=outcome.backend, **outcome.info)
+        choice = outcome.choice if outcome.choice is not None and meets(red, outcome.choice) else None
+        status = first.status if outcome.status == "optimal" else outcome.status
+        return Outcome(status, outcome.backend, choice, first.bound, outcome.info), choice
+
+
+def _best(costs: CostTable, budgets: tuple[Budget, ...], red: Reduced,
+          plans: list[tuple[str, np.ndarray]]) -> tuple[str, np.ndarray] | None:
+    """The cheapest plan that meets the budgets (the first of equals), by the table's own objective."""
+    best, value = None, math.inf
+    for name, choice in plans:
+        full = red.expand(choice, costs.n_items)
+        if not within(costs, full, budgets):
+            continue
+        v = costs.objective(full)
+        if v < value:
+            best, value = (name, choice), v
+    return best
+
+
+def _scale(costs: CostTable, red: Reduced, keep: np.ndarray, ref: np.ndarray | None) -> float:
+    """The objective unit: a tenth of the reference plan's cost, so that the backend's absolute pruning
+    tolerance (1e-9 of the unit) is 1e-10 of the objective. Costs are non-negative (CostTable checks),
+    so a reference with a positive excess costs more than 0. Without a reference: the largest excess."""
+    if ref is not None:
+        return 0.1 * costs.objective(red.expand(ref, costs.n_items))
+    cost = np.where(keep, red.cost, np.nan)
+    spread = np.nanmax(cost, axis=1) - np.nanmin(cost, axis=1)
+    return float(spread.max()) or 1.0
