@@ -70,7 +70,9 @@ def test_transformers_conv1d() -> None:
     torch.manual_seed(2)
     net = nn.Sequential(Conv1D(6, 10)).eval()  # weight stored (in, out)
     x = inputs(2, 3, 7, 10)
+    before = net[0].weight.detach().clone()
     q, results = run_gptq(net, BitPlan(bits={"0": 3}, quantizer=GPTQ), [x])
+    assert torch.equal(net[0].weight, before)  # the (in, out) weight is quantized through a transposed view
     delta = x @ (q[0].weight - net[0].weight).detach()
     assert results["0"].error == pytest.approx(2 * float(delta.double().square().sum()) / 21, rel=1e-4)
     assert torch.equal(dequantize(results["0"].qweight), weight_matrix(q[0].weight, "conv1d"))

@@ -100,6 +100,15 @@ def test_error_is_the_summed_output_error() -> None:
     assert result.error == pytest.approx(direct, rel=1e-4)
 
 
+@pytest.mark.parametrize("view", ["one row", "transposed"])
+def test_the_input_matrix_is_left_unchanged(view: str) -> None:
+    W, _, H = layer(14)
+    w2d = W[:1] if view == "one row" else W.t().contiguous().t()  # both alias contiguous (K, out) memory
+    before = w2d.clone()
+    result = gptq_quantize(w2d, H, 2)
+    assert torch.equal(w2d, before) and not torch.equal(result.weight, before)
+
+
 def test_hessian_accumulates_over_batches() -> None:
     X = torch.randn(50, 6, generator=torch.Generator().manual_seed(0))
     acc = HessianAccumulator(6)
