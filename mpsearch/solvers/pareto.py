@@ -98,6 +98,16 @@ class ParetoFront:
             raise MPSearchError(f"measurements must give one value per result ({len(self.results)}), but got {len(values)}.")
         self.measured[name] = list(values)
 
+    def save(self, out_dir: str | os.PathLike[str], *, overwrite: bool = False, x: str = "avg_bits") -> list:
+        """Write ``pareto.csv``, ``pareto.png``, ``plans/*.json`` and a manifest into ``out_dir``; the paths written.
+
+        A folder holding an earlier front is refused unless ``overwrite``, which removes exactly
+        the files that front's manifest lists (see :mod:`mpsearch.solvers.front_dir`).
+        """
+        from mpsearch.solvers.front_dir import write_front
+
+        return write_front(self, out_dir, overwrite=overwrite, x=x)
+
     def plot(
         self,
         path: str | os.PathLike[str] | None = None,
