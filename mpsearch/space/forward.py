@@ -1,12 +1,13 @@
 """Running a model on one calibration batch, whatever the batch holds.
 
-The estimators of this package see two kinds of batches: ``(inputs, labels)``
-tuples for classifiers (CIFAR ResNets, plain ``nn.Sequential``) and tokenizer
+The estimators of this package see three kinds of batches: ``(inputs, labels)``
+tuples for classifiers (CIFAR ResNets, plain ``nn.Sequential``), tokenizer
 outputs (a mapping with ``input_ids`` and ``attention_mask``) for sentence
-encoders such as MiniLM. :func:`batch_output` turns either into one tensor:
-logits for a classifier, or the mean-pooled (not yet normalised) sentence
-embedding for an encoder, pooled over real tokens as
-:func:`mpsearch.zoo.embed_sentences` does.
+encoders such as MiniLM, and int64 (B, T) token windows for causal language
+models. :func:`batch_output` turns each into one tensor: logits for a
+classifier, the mean-pooled (not yet normalised) sentence embedding for an
+encoder, pooled over real tokens as :func:`mpsearch.zoo.embed_sentences` does,
+and the (B, T, vocab) next-token logits for a causal LM (its output's ``logits``).
 """
 
 from __future__ import annotations
@@ -59,18 +60,26 @@ def pooled(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def batch_output(model: nn.Module, batch: Any) -> torch.Tensor:
-    """Logits (classifier) or mean-pooled sentence embedding (encoder) of one batch."""
+    """Logits (classifier, causal LM) or mean-pooled sentence embedding (encoder) of one batch."""
     args, kwargs = batch_inputs(batch)
     out = model(*args, **kwargs)
+    logits = getattr(out, "logits", None)  # transformers outputs of LM and classification heads
+    if isinstance(logits, torch.Tensor):
+        return logits
     hidden = getattr(out, "last_hidden_state", None)
     if hidden is not None:
         return pooled(hidden, token_mask(batch))
     if not isinstance(out, torch.Tensor):
         raise DataError(
-            f"the model must return a tensor or an output with `last_hidden_state`, but returned "
+            f"the model must return a tensor or an output with `logits` or `last_hidden_state`, but returned "
             f"{type(out).__name__}. Wrap the model so it returns logits."
         )
     return out
+
+
+def is_token_batch(batch: Any) -> bool:
+    """True for causal-LM token windows: an int64 (B, T) tensor of token ids."""
+    return isinstance(batch, torch.Tensor) and batch.dtype == torch.int64 and batch.ndim == 2
 
 
 def is_encoder_batch(batch: Any) -> bool:
