@@ -9,7 +9,9 @@
     mpsearch hw calibrate --out lut.json      # time the packed kernels on this machine
     mpsearch hw add --costs costs.json --lut lut.json --out costs_hw.json   # + latency_ms, bops, bytes_packed
 
-Errors on user input print one line naming the rule, the value and the fix, and exit with status 2.
+Errors on user input print one line naming the rule, the value and the fix, and exit with status 2
+(bad flags included). Ctrl-C exits with 130 and SIGTERM with 143, after the same cleanup: an
+interrupted `sensitivity` keeps its finished probes for the next run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from mpsearch.cli.args import Parser, Terminated, budget_values, fraction, int_at_least, seconds, sigterm_as_interrupt
 
 EPILOG = "Data: --data-dir takes a folder with cifar10_test.npz and the resnet*.th checkpoints " \
     "(or set MPSEARCH_DATA_DIR); without it the embedded ResNet-20 and 1,000 test images are used."
@@ -35,15 +39,17 @@ def parse_bits(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(b) for b in text.split(",") if b.strip())
     except ValueError:
-        raise BitsOutOfRangeError(f"--bits must be a comma list of integers such as 2,3,4,8, but got {text!r}.") from None
+        raise BitsOutOfRangeError(f"--bits must be a comma list of integers, but got {text!r}. Pass e.g. --bits 2,3,4,8.") from None
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from mpsearch.workflows.quickstart import budget_grid, format_table, run_quickstart
+    from mpsearch.core.io import check_output_dir
+    from mpsearch.workflows.quickstart import format_table, run_quickstart
 
+    check_output_dir(args.out)  # before minutes of work
     result = run_quickstart(
         data_dir=_data_dir(args), out_dir=args.out, model_name=args.model, n_calib=args.calib,
-        seed=args.seed, budgets=budget_grid(args.budgets), bias_correction=args.bias_correction, progress=not args.quiet,
+        seed=args.seed, budgets=args.budgets, bias_correction=args.bias_correction, progress=not args.quiet,
     )
     print()
     print(format_table(result.table))
@@ -56,12 +62,16 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     import torch
 
+    from mpsearch.core.io import check_output_file
     from mpsearch.pricing.tables import build_cost_table
     from mpsearch.sensitivity import Calibration, HutchinsonTrace
     from mpsearch.space.discover import discover_quietly
     from mpsearch.zoo.data import load_cifar10, to_tensor
     from mpsearch.zoo.models import load_pretrained
 
+    checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
+    check_output_file(args.out)  # before minutes of work
+    check_output_file(checkpoint, what="the checkpoint file")
     data_dir = _data_dir(args)
     images, labels = load_cifar10(data_dir)
     x, y = to_tensor(images[: args.calib]), torch.from_numpy(labels[: args.calib])
@@ -69,13 +79,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     space = discover_quietly(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
     if notice := space.float_notice():
         print(f"note: {notice}", file=sys.stderr)
-    checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
     estimator = HutchinsonTrace(seed=args.seed, tol=args.tol, max_probes=args.max_probes, progress=not args.quiet,
                                 checkpoint=checkpoint, time_limit=args.time_limit)
     try:
         sens = estimator.estimate(model, Calibration.classification(x, y, batch_size=args.batch_size), space)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished probes kept in {checkpoint}; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        stop.mpsearch_detail = (f"finished probes kept in {checkpoint}; rerun the same command to resume"  # type: ignore[attr-defined]
+                                if checkpoint.is_file() else "nothing was saved; rerun the same command to start again")
         raise
     costs = build_cost_table(model, space, sens, meta={"model": args.model, "calibration": len(x)})
     costs.save(args.out)
@@ -87,8 +97,10 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from mpsearch.core.budget import Budget
     from mpsearch.core.costs import CostTable
+    from mpsearch.core.io import check_output_file
     from mpsearch.solvers import solve
 
+    check_output_file(args.out)
     costs = CostTable.load(args.costs)
     if costs.meta.get("float_modules"):  # only then: the space module imports torch
         from mpsearch.space.discover import float_notice_of
@@ -107,21 +119,19 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from mpsearch.core.costs import CostTable
-    from mpsearch.core.io import atomic_write_text
+    from mpsearch.solvers.front_dir import check_front_dir
     from mpsearch.solvers.pareto import pareto
-    from mpsearch.workflows.quickstart import budget_grid, default_sweep
+    from mpsearch.workflows.quickstart import default_sweep
 
+    out = check_front_dir(args.out_dir, overwrite=args.overwrite)  # before the solves
     costs = CostTable.load(args.costs)
-    values = budget_grid(args.budgets) if args.budgets is not None else default_sweep(costs, args.kind)
+    values = args.budgets if args.budgets is not None else default_sweep(costs, args.kind)
     front = pareto(costs, values, solver=args.solver, kind=args.kind, progress=not args.quiet)
-    out = Path(args.out_dir)
-    frame = front.to_frame()
-    atomic_write_text(out / "pareto.csv", frame.to_csv(index=False))
-    for i, result in enumerate(front.front):
-        result.plan.save(out / "plans" / f"plan_{i:02d}_{result.budgets[0].value:g}.json")
-    front.plot(out / "pareto.png", x=args.x)
-    print(frame.to_string(index=False))
-    print(f"wrote {out}/pareto.csv, pareto.png and {len(front.front)} plans")
+    if not front.front:  # every budget infeasible: say so instead of writing an empty front
+        _ = front.results[-1].plan  # raises InfeasibleBudgetError naming the smallest feasible budget
+    front.save(out, overwrite=args.overwrite, x=args.x)
+    print(front.to_frame().to_string(index=False))
+    print(f"wrote {out}/pareto.csv, pareto.png, pareto-manifest.json and {len(front.front)} plans")
     return 0
 
 
@@ -135,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     data_dir = _data_dir(args)
     images, labels = load_cifar10(data_dir)
-    if args.limit:
+    if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
     model = load_pretrained(args.model, data_dir)
     if args.plan is None:
@@ -167,7 +177,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mpsearch", description="Mixed-precision bit-allocation search for neural-network quantization.",
         epilog=EPILOG,
     )
@@ -186,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "and the Pareto front (PNG).")
     common(p)
     p.add_argument("--out", type=Path, default=Path("mpsearch-out"), help="output folder (default: %(default)s)")
-    p.add_argument("--calib", type=int, default=256, help="calibration images, taken first; the rest are evaluated (default: %(default)s)")
-    p.add_argument("--budgets", default="2.5,3,3.5,4", help="average-bit budgets of the mixed plans (default: %(default)s)")
+    p.add_argument("--calib", type=int_at_least(1, "--calib", 256), default=256,
+                   help="calibration images, taken first; the rest are evaluated (default: %(default)s)")
+    p.add_argument("--budgets", type=budget_values, default="2.5,3,3.5,4",
+                   help="average-bit budgets of the mixed plans (default: %(default)s)")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="measure plans without bias correction (by default each plan carries its layers' mean output "
                         "shifts measured on the calibration images)")
@@ -199,13 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "trace/n * ||Q_b(W) - W||^2.", epilog=EPILOG)
     common(p)
     p.add_argument("--out", type=Path, required=True, help="cost table JSON to write")
-    p.add_argument("--calib", type=int, default=256, help="calibration images (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per Hessian-vector product (default: %(default)s)")
+    p.add_argument("--calib", type=int_at_least(1, "--calib", 256), default=256, help="calibration images (default: %(default)s)")
+    p.add_argument("--batch-size", type=int_at_least(1, "--batch-size", 64), default=64,
+                   help="images per Hessian-vector product (default: %(default)s)")
     p.add_argument("--bits", default="2,3,4,8", help="bit choices (default: %(default)s)")
     p.add_argument("--no-pins", action="store_true", help="also search the first and last layer (pinned to 8 bits by default)")
-    p.add_argument("--tol", type=float, default=0.1, help="relative standard error at which probing stops (default: %(default)s)")
-    p.add_argument("--max-probes", type=int, default=200, help="(default: %(default)s)")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds; stop probing then and use what was measured")
+    p.add_argument("--tol", type=fraction, default=0.1, help="relative standard error at which probing stops (default: %(default)s)")
+    p.add_argument("--max-probes", type=int_at_least(2, "--max-probes", 200), default=200,
+                   help="at most this many probes; two at least, for a standard error (default: %(default)s)")
+    p.add_argument("--time-limit", type=seconds, default=None,
+                   help="seconds; checked before every probe once two have run, then the probes so far are used")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sensitivity)
 
@@ -216,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
     p.add_argument("--budget", action="append", required=True, help="repeat for several budgets at once")
     p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
-    p.add_argument("--time-limit", type=float, default=None, help="seconds; returns the best plan found so far")
+    p.add_argument("--time-limit", type=seconds, default=None, help="seconds; returns the best plan found so far")
     p.add_argument("--out", type=Path, required=True, help="plan JSON to write")
     p.set_defaults(func=cmd_search)
 
@@ -224,13 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Solve once per budget and keep the non-dominated plans.")
     common(p, model=False)
     p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
-    p.add_argument("--budgets", default=None, help="START:STOP:STEP or a comma list (default: 2:8:0.25 average bits "
+    p.add_argument("--budgets", type=budget_values, default=None, help="START:STOP:STEP or a comma list (default: 2:8:0.25 average bits "
                    "up to the largest useful budget; for other kinds 16 values from the smallest to the largest)")
     p.add_argument("--kind", default="avg_bits", help="budget kind swept: avg_bits, bytes, or a resource "
                    "column such as latency_ms, bops, bytes_packed (see `mpsearch hw add`) (default: %(default)s)")
     p.add_argument("--x", default="avg_bits", choices=("avg_bits", "mib"), help="x axis of the plot")
     p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True, help="folder for pareto.csv, pareto.png, plans/ and a manifest; "
+                   "one front per folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the front already in --out-dir (only the files its "
+                   "manifest lists are removed)")
     p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("study", help="run estimators x solvers x budgets from a TOML config",
@@ -250,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Without --plan, measure the fp32 model.")
     common(p)
     p.add_argument("--plan", type=Path, default=None, help="plan JSON (omit for the fp32 model)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit", type=int_at_least(1, "--limit", 500), default=None, help="evaluate only the first N images")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -259,18 +277,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpsearch.core.errors import MPSearchError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a bad flag (one line already printed)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except MPSearchError as err:
-        print(f"mpsearch {args.command}: error: {err}", file=sys.stderr)
+        print(f"mpsearch {args.command}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"mpsearch {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        term = isinstance(stop, Terminated)
+        detail = getattr(stop, "mpsearch_detail", "")
+        print(f"mpsearch {args.command}: {'terminated (SIGTERM)' if term else 'interrupted'}{'; ' + detail if detail else ''}",
+              file=sys.stderr)
+        return 143 if term else 130
 
 
 if __name__ == "__main__":
