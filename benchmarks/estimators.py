@@ -46,12 +46,11 @@ def resnet20(names: list[str]) -> dict:
     from mpsearch.pricing.tables import build_cost_table
     from mpsearch.sensitivity import Calibration, get_estimator
     from mpsearch.space.discover import discover
-    from mpsearch.zoo import load_cifar10, load_pretrained, to_tensor
+    from mpsearch.zoo import load_cifar10_split, load_pretrained
 
     model = load_pretrained("resnet20")
-    images, labels = load_cifar10()
-    x, y = to_tensor(images[:256]), torch.as_tensor(labels[:256], dtype=torch.int64)
-    calib = Calibration.classification(x, y, batch_size=64)
+    data = load_cifar10_split(n_calib=256)
+    calib = Calibration.classification(data.x_calib, data.y_calib, batch_size=64)
     space = discover(model)
     out = {}
     for name in names:

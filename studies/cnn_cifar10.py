@@ -32,7 +32,7 @@ from mpsearch.kernels.activations import calibrate_ranges
 from mpsearch.sensitivity import ESTIMATORS, Calibration, get_estimator
 from mpsearch.space.discover import discover
 from mpsearch.workflows.study import Study
-from mpsearch.zoo.data import load_cifar10, to_tensor
+from mpsearch.zoo.data import load_cifar10_split
 from mpsearch.zoo.eval import accuracy
 from mpsearch.zoo.models import load_pretrained
 
@@ -160,12 +160,8 @@ def _widths(plan_path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
-    images, labels = load_cifar10(args.data_dir)
-    x_all, y_all = to_tensor(images), torch.from_numpy(labels)
-    x, y = x_all[: args.calibration], y_all[: args.calibration]
-    x_eval, y_eval = x_all[args.calibration :], y_all[args.calibration :]
-    if args.eval_limit:
-        x_eval, y_eval = x_eval[: args.eval_limit], y_eval[: args.eval_limit]
+    data = load_cifar10_split(args.data_dir, args.calibration, eval_limit=args.eval_limit or None, what="--calibration")
+    x, y, x_eval, y_eval = data.x_calib, data.y_calib, data.x_eval, data.y_eval
     fp32 = {}
     for model_name in args.models.split(","):
         if not args.summarize:

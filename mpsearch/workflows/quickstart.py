@@ -28,7 +28,7 @@ from mpsearch.pricing.tables import build_cost_table
 from mpsearch.sensitivity import Calibration, HutchinsonTrace
 from mpsearch.solvers.pareto import ParetoFront, pareto
 from mpsearch.space.discover import discover_quietly
-from mpsearch.zoo.data import load_cifar10, to_tensor
+from mpsearch.zoo.data import load_cifar10_split
 from mpsearch.zoo.eval import accuracy
 from mpsearch.zoo.models import load_pretrained
 
@@ -74,16 +74,10 @@ def run_quickstart(
     out = Path(out_dir)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    images, labels = load_cifar10(data_dir)
-    if not 0 < n_calib < len(images):
-        raise DataError(
-            f"`n_calib` must leave images to evaluate on (1..{len(images) - 1}), but got n_calib={n_calib}."
-        )
-    x, y = to_tensor(images), torch.from_numpy(labels)
-    x_cal, y_cal, x_eval, y_eval = x[:n_calib], y[:n_calib], x[n_calib:], y[n_calib:]
+    data = load_cifar10_split(data_dir, n_calib)
+    x_cal, y_cal, x_eval, y_eval = data.x_calib, data.y_calib, data.x_eval, data.y_eval
     model = load_pretrained(model_name, data_dir)
-    source = "embedded" if data_dir is None else str(data_dir)
-    log(f"{model_name}: {len(images)} CIFAR-10 test images ({source}); "
+    log(f"{model_name}: {data.n_images} CIFAR-10 test images ({data.source}); "
         f"calibrating on the first {n_calib}, evaluating on the other {len(x_eval)}")
     fp32 = accuracy(model, x_eval, y_eval)
     timings["load_and_fp32"] = time.perf_counter() - t0

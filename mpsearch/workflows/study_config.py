@@ -70,7 +70,7 @@ def run_config(path: str | os.PathLike[str], *, progress: bool = True):
     from mpsearch.sensitivity.calibration import Calibration
     from mpsearch.space.discover import DEFAULT_BITS, discover
     from mpsearch.workflows.study import Study
-    from mpsearch.zoo.data import load_cifar10, to_tensor
+    from mpsearch.zoo.data import load_cifar10_split
     from mpsearch.zoo.eval import accuracy
     from mpsearch.zoo.models import load_pretrained
 
@@ -83,19 +83,13 @@ def run_config(path: str | os.PathLike[str], *, progress: bool = True):
     if not out_dir.is_absolute():
         out_dir = base / out_dir
     torch.manual_seed(int(cfg.get("seed", 0)))
-    images, labels = load_cifar10(data_dir)
-    n_cal = int(cfg.get("calibration", 256))
-    if not 0 < n_cal < len(images):
-        raise ConfigError(f"`calibration` must be within 1..{len(images) - 1}, but got {n_cal}.")
-    x, y = to_tensor(images), torch.from_numpy(labels)
-    x_eval, y_eval = x[n_cal:], y[n_cal:]
-    limit = int(cfg.get("eval_limit", 0))
-    if limit:
-        x_eval, y_eval = x_eval[:limit], y_eval[:limit]
+    data = load_cifar10_split(data_dir, cfg.get("calibration", 256), eval_limit=cfg.get("eval_limit") or None,
+                              what="calibration")
+    x_eval, y_eval = data.x_eval, data.y_eval
     model = load_pretrained(cfg["model"], data_dir)
     quantizer = QuantizerConfig.from_dict(cfg["quantizer"]) if "quantizer" in cfg else RECOMMENDED
     space = discover(model, bits=tuple(cfg.get("bits", DEFAULT_BITS)), quantizer=quantizer)
-    calib = Calibration.classification(x[:n_cal], y[:n_cal], batch_size=int(cfg.get("calibration_batch", 64)))
+    calib = Calibration.classification(data.x_calib, data.y_calib, batch_size=int(cfg.get("calibration_batch", 64)))
     options = cfg.get("estimator_options", {})
     estimators = [get_estimator(name, **{"progress": progress, **options.get(name, {})}) for name in cfg.get("estimators", ["hessian"])]
     act = cfg.get("activation_bits")

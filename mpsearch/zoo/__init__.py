@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from mpsearch.zoo.data import default_data_dir, load_cifar10, to_tensor
+from mpsearch.zoo.data import CifarSplit, default_data_dir, load_cifar10, load_cifar10_split, split_cifar10, to_tensor
 from mpsearch.zoo.eval import accuracy
 from mpsearch.zoo.minilm import (
     MissingDependencyError,
@@ -30,15 +30,18 @@ from mpsearch.zoo.resnet import CifarResNet, cifar_resnet
 __all__ = [
     "MODEL_NAMES",
     "CifarResNet",
+    "CifarSplit",
     "MissingDependencyError",
     "accuracy",
     "cifar_resnet",
     "default_data_dir",
     "embed_sentences",
     "load_cifar10",
+    "load_cifar10_split",
     "load_corpus",
     "load_minilm",
     "load_pretrained",
     "minilm_dir",
+    "split_cifar10",
     "to_tensor",
 ]

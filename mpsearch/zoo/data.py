@@ -9,6 +9,8 @@ otherwise only surface later as a confusing shape error deep inside a model.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import zipfile
 import zlib
@@ -25,8 +27,11 @@ __all__ = [
     "EMBEDDED_CIFAR10",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "CifarSplit",
     "default_data_dir",
     "load_cifar10",
+    "load_cifar10_split",
+    "split_cifar10",
     "to_tensor",
 ]
 
@@ -151,3 +156,109 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CifarSplit:
+    """CIFAR-10 test images split for calibration (the first ``n_calib``) and held-out evaluation.
+
+    The calibration images feed sensitivity estimates, bias correction and activation ranges;
+    accuracy is measured on the images after them (``images[n_calib:eval_stop]``), which the
+    calibration never saw. ``x_*``/``y_*`` are the model-ready tensors, each converted once,
+    when first read. ``source`` is ``"embedded"``, the data folder, or a description.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    n_calib: int
+    eval_stop: int
+    source: str
+
+    @property
+    def n_images(self) -> int:
+        """Images in the whole source, calibration and held-out (and any beyond ``eval_stop``)."""
+        return len(self.labels)
+
+    @functools.cached_property
+    def x_calib(self) -> torch.Tensor:
+        """Calibration images, normalised float32 (n_calib, 3, 32, 32)."""
+        return to_tensor(self.images[: self.n_calib])
+
+    @functools.cached_property
+    def y_calib(self) -> torch.Tensor:
+        """Calibration labels, int64 (n_calib,)."""
+        return torch.from_numpy(self.labels[: self.n_calib])
+
+    @functools.cached_property
+    def x_eval(self) -> torch.Tensor:
+        """Held-out images, normalised float32."""
+        return to_tensor(self.images[self.n_calib : self.eval_stop])
+
+    @functools.cached_property
+    def y_eval(self) -> torch.Tensor:
+        """Held-out labels, int64."""
+        return torch.from_numpy(self.labels[self.n_calib : self.eval_stop])
+
+
+def _count(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise DataError(f"`{name}` must be an int of at least {low}, but got {name}={value!r}. Pass e.g. {name}={max(low, 1)}.")
+
+
+def split_cifar10(
+    images: np.ndarray, labels: np.ndarray, n_calib: int, *, eval_limit: int | None = None,
+    min_eval: int = 1, source: str = "the given arrays", what: str = "n_calib",
+) -> CifarSplit:
+    """Split arrays from :func:`load_cifar10` into calibration and held-out tensors.
+
+    Args:
+        images, labels: uint8 (N, 32, 32, 3) images and their int64 labels.
+        n_calib: How many of the first images calibrate; at most ``N - min_eval``.
+        eval_limit: Keep only the first ``eval_limit`` held-out images (None keeps all).
+        min_eval: Held-out images that must remain (0 lets the calibration take every image).
+        source: Where the arrays came from, for error messages.
+        what: The caller's name for ``n_calib`` (a CLI flag, a config key), for error messages.
+
+    Example:
+        >>> images, labels = load_cifar10(limit=10)
+        >>> data = split_cifar10(images, labels, 4, eval_limit=5)
+        >>> tuple(data.x_calib.shape), tuple(data.x_eval.shape), data.n_images
+        ((4, 3, 32, 32), (5, 3, 32, 32), 10)
+    """
+    _count("min_eval", min_eval, 0)
+    if eval_limit is not None:
+        _count("eval_limit", eval_limit, 1)
+    n_images = len(labels)
+    if len(images) != n_images:
+        raise DataError(f"`images` and `labels` must have the same length, but got {len(images)} images and "
+                        f"{n_images} labels. Pass the arrays load_cifar10() returns.")
+    top = n_images - min_eval
+    kept = f", and {min_eval} must be left to evaluate on" if min_eval else ""
+    if top < 1:
+        raise DataError(f"calibration needs at least {min_eval + 1} images{kept}, but {source} holds {n_images}. "
+                        "Pass a data folder with more images.")
+    if isinstance(n_calib, bool) or not isinstance(n_calib, int) or not 1 <= n_calib <= top:
+        raise DataError(f"{what} must be within 1..{top:,}: {source} holds {n_images:,} images{kept}, but got "
+                        f"{what}={n_calib!r}. Pass {what}={min(256, top)}, or a data folder with more images.")
+    stop = n_images if eval_limit is None else min(n_images, n_calib + eval_limit)
+    return CifarSplit(images=images, labels=labels, n_calib=n_calib, eval_stop=stop, source=source)
+
+
+def load_cifar10_split(
+    data_dir: str | os.PathLike[str] | None = None, n_calib: int = 256, *, eval_limit: int | None = None,
+    min_eval: int = 1, what: str = "n_calib",
+) -> CifarSplit:
+    """The CIFAR-10 test set of ``data_dir`` (None: the embedded 1000 images), split as :func:`split_cifar10`.
+
+    This is the one way the quickstart, studies, benchmarks and the command line get their
+    calibration and held-out images, so they all calibrate and evaluate on the same ones.
+
+    Example:
+        >>> data = load_cifar10_split(n_calib=256)
+        >>> len(data.x_calib), len(data.x_eval), data.source
+        (256, 744, 'embedded')
+    """
+    images, labels = load_cifar10(data_dir)
+    source = "the embedded test set" if data_dir is None else str(Path(data_dir) / CIFAR10_FILE)
+    split = split_cifar10(images, labels, n_calib, eval_limit=eval_limit, min_eval=min_eval, source=source, what=what)
+    return dataclasses.replace(split, source="embedded" if data_dir is None else str(data_dir))
