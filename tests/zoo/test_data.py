@@ -24,14 +24,6 @@ FULL_IMAGES_SHA = "f9b1e2130bab680db56eb06d886f7f1ad0f1183907ceff4659d1735c890f5
 FULL_LABELS_SHA = "cbb7365de8ed11f05cc4c3a1e7f78144127c5e851efd83762fb18202461230bb"
 
 
-def shared_data_dir() -> Path:
-    """The shared real-data folder next to the repository; skip the test when absent."""
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared data folder {path} is absent")
-    return path
-
-
 def write_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     np.savez(path / "cifar10_test.npz", images=images, labels=labels)
@@ -52,15 +44,15 @@ def test_limit() -> None:
         load_cifar10(limit=-1)
 
 
-def test_embedded_equals_first_1000_of_full_set() -> None:
-    full_images, full_labels = load_cifar10(shared_data_dir())
+def test_embedded_equals_first_1000_of_full_set(shared_data_dir: Path) -> None:
+    full_images, full_labels = load_cifar10(shared_data_dir)
     images, labels = load_cifar10()
     assert images.tobytes() == full_images[:1000].tobytes()
     assert labels.tobytes() == full_labels[:1000].tobytes()
 
 
-def test_full_set_matches_published_hashes() -> None:
-    images, labels = load_cifar10(shared_data_dir())
+def test_full_set_matches_published_hashes(shared_data_dir: Path) -> None:
+    images, labels = load_cifar10(shared_data_dir)
     assert images.shape == (10000, 32, 32, 3)
     assert np.bincount(labels).tolist() == [1000] * 10
     assert hashlib.sha256(images.tobytes()).hexdigest() == FULL_IMAGES_SHA

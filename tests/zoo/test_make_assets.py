@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from mpsearch.zoo.make_assets import ASSETS_DIR, main
 
 
-def shared_data_dir() -> Path:
-    """The shared real-data folder next to the repository; skip the test when absent."""
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared data folder {path} is absent")
-    return path
-
-
-def test_regenerated_assets_are_identical(tmp_path: Path) -> None:
-    assert main(["--data-dir", str(shared_data_dir()), "--out-dir", str(tmp_path)]) == 0
+def test_regenerated_assets_are_identical(tmp_path: Path, shared_data_dir: Path) -> None:
+    assert main(["--data-dir", str(shared_data_dir), "--out-dir", str(tmp_path)]) == 0
     for name in ("resnet20_cifar10.pt", "cifar10_test_first1000.npz", "README.md"):
         assert (tmp_path / name).read_bytes() == (ASSETS_DIR / name).read_bytes(), name

@@ -32,14 +32,6 @@ SENTENCES = [
 ]
 
 
-def shared_data_dir() -> Path:
-    """The shared real-data folder next to the repository; skip the test when absent."""
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared data folder {path} is absent")
-    return path
-
-
 @pytest.fixture(scope="module")
 def minilm() -> tuple[Any, Any]:
     return load_minilm()
@@ -85,8 +77,8 @@ def test_rejects_bare_string(minilm: tuple[Any, Any]) -> None:
         embed_sentences(*minilm, "one sentence")
 
 
-def test_corpus() -> None:
-    sentences = load_corpus(shared_data_dir())
+def test_corpus(shared_data_dir: Path) -> None:
+    sentences = load_corpus(shared_data_dir)
     assert len(sentences) == 553
     assert all(s and s == s.strip() for s in sentences)
 

@@ -24,14 +24,6 @@ from mpsearch.zoo.models import (
 EMBEDDED_ACCURACY = 91.50
 
 
-def shared_data_dir() -> Path:
-    """The shared real-data folder next to the repository; skip the test when absent."""
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared data folder {path} is absent")
-    return path
-
-
 def test_model_names() -> None:
     assert MODEL_NAMES == ("resnet20", "resnet32", "resnet44", "resnet56")
     assert set(CHECKPOINT_FILES) == set(MODEL_NAMES)
@@ -62,8 +54,8 @@ def test_embedded_asset_is_plain_float32_state_dict() -> None:
     assert all(v.dtype == torch.float32 for v in state.values())
 
 
-def test_embedded_weights_equal_published_checkpoint() -> None:
-    published = read_state_dict(shared_data_dir() / CHECKPOINT_FILES["resnet20"])
+def test_embedded_weights_equal_published_checkpoint(shared_data_dir: Path) -> None:
+    published = read_state_dict(shared_data_dir / CHECKPOINT_FILES["resnet20"])
     embedded = read_state_dict(EMBEDDED_RESNET20)
     assert published.keys() == embedded.keys()
     assert all(torch.equal(published[k], embedded[k]) for k in published)
@@ -95,16 +87,15 @@ def test_embedded_accuracy() -> None:
     assert round(acc, 2) == EMBEDDED_ACCURACY
 
 
-def _full_accuracy(name: str) -> float:
-    data_dir = shared_data_dir()
+def _full_accuracy(name: str, data_dir: Path) -> float:
     images, labels = load_cifar10(data_dir)
     return accuracy(load_pretrained(name, data_dir), to_tensor(images), labels)
 
 
-def test_resnet20_full_test_set() -> None:
-    assert _full_accuracy("resnet20") == pytest.approx(91.73, abs=0.005)
+def test_resnet20_full_test_set(shared_data_dir: Path) -> None:
+    assert _full_accuracy("resnet20", shared_data_dir) == pytest.approx(91.73, abs=0.005)
 
 
 @pytest.mark.slow
-def test_resnet56_full_test_set() -> None:
-    assert _full_accuracy("resnet56") == pytest.approx(93.39, abs=0.005)
+def test_resnet56_full_test_set(shared_data_dir: Path) -> None:
+    assert _full_accuracy("resnet56", shared_data_dir) == pytest.approx(93.39, abs=0.005)
