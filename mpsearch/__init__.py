@@ -70,6 +70,9 @@ _EXPORTS = {
     "Study": "mpsearch.workflows.study",
     "GroupIndex": "mpsearch.core.costs",
     "SOLVERS": "mpsearch.solvers",
+    "Backend": "mpsearch.kernels.backends",
+    "register_backend": "mpsearch.kernels.backends",
+    "get_backend": "mpsearch.kernels.backends",
     "fake_quantize_model": "mpsearch.deploy.evaluate",
     "evaluate_plan": "mpsearch.deploy.evaluate",
 }
