@@ -140,8 +140,9 @@ class HutchinsonTrace(Estimator):
 
         ``time_limit`` is checked before every probe once two have run (a first
         estimate and its spread), so a run overshoots by at most one probe and
-        the gradient graph of its batch; batches not reached are left out of
-        the weighted mean.
+        the gradient graph of its batch; when the limit has passed before the
+        second probe, that probe reuses the first one's batch. Batches not
+        reached are left out of the weighted mean.
         """
         deadline = Deadline(self.time_limit)
         generator = torch.Generator().manual_seed(self.seed)
@@ -166,6 +167,8 @@ class HutchinsonTrace(Estimator):
                     probes -= 1
                     break
                 k = (probes - 1) % n_batches
+                if probes == 2 and deadline.expired():
+                    k = 0  # out of time: the second probe reuses the first one's graph instead of building another
                 state_before = generator.get_state() if key else None
                 vs = [rademacher(p.shape, generator, p.dtype, p.device) for p in params]
                 hv = hvp(vs, k)

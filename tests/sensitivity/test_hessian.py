@@ -175,8 +175,8 @@ def test_checkpoint_of_other_data_or_corrupt_is_ignored(tmp_path):
     assert sens.details["probes"] == 6
 
 
-def test_time_limit_stops_after_two_probes_and_builds_only_their_graphs():
-    """An expired limit stops before the third probe; batches never probed cost nothing."""
+def test_time_limit_stops_after_two_probes_and_builds_only_one_graph():
+    """An expired limit stops before the third probe, and the second reuses the first one's batch."""
     x, y = small_data(48)
     model = small_net()
     space = discover(model, pin_first_last=None)
@@ -189,6 +189,17 @@ def test_time_limit_stops_after_two_probes_and_builds_only_their_graphs():
     calib = dataclasses.replace(Calibration.classification(x, y, batch_size=8), loss_fn=counted_loss)  # 6 batches
     sens = HutchinsonTrace(tol=1e-9, min_probes=2, max_probes=1000, time_limit=1e-6, progress=False).estimate(model, calib, space)
     assert sens.details["probes"] == 2 and sens.details["time_limited"] is True and sens.details["converged"] is False
-    assert calls["n"] - 1 == 2  # one forward of the data check, then the graphs of batches 0 and 1 only
-    for name in space.names:  # one probe per batch: the pooled spread of both probes, never a zero error
+    assert calls["n"] - 1 == 1  # one forward of the data check, then the graph of batch 0 only
+    for name in space.names:  # two probes of one batch: a real spread, never a zero error
         assert np.isfinite(sens.details["trace_stderr"][name]) and sens.details["trace_stderr"][name] > 0
+
+
+def test_a_batch_probed_once_takes_the_pooled_spread_not_zero():
+    """Three probes over three batches (a cap below two per batch): each batch borrows the spread of all probes."""
+    x, y = small_data(48)
+    model = small_net()
+    space = discover(model, pin_first_last=None)
+    calib = Calibration.classification(x, y, batch_size=16)  # 3 batches
+    sens = HutchinsonTrace(tol=1e-9, min_probes=2, max_probes=3, progress=False).estimate(model, calib, space)
+    assert sens.details["probes"] == 3
+    assert all(sens.details["trace_stderr"][name] > 0 for name in space.names)
