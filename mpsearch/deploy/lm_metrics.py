@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from mpsearch.core.errors import DataError
-from mpsearch.space.forward import batch_output
 from mpsearch.space.hooks import model_mode
+from mpsearch.space.tokens import causal_lm_logits, check_token_windows
 
 __all__ = ["LMScore", "logit_kl", "perplexity"]
 
@@ -48,25 +47,9 @@ class LMScore:
     tokens: int
 
 
-def _check_windows(windows: Any, batch_size: Any) -> None:
-    if not isinstance(windows, torch.Tensor) or windows.dtype != torch.int64 or windows.ndim != 2:
-        shape = f"{tuple(windows.shape)} {windows.dtype}" if isinstance(windows, torch.Tensor) else type(windows).__name__
-        raise DataError(f"token windows must be an int64 tensor (windows, tokens), but got {shape}. "
-                        "Make them with mpsearch.zoo.text.text_windows(tokenizer, texts, seq_len).")
-    if len(windows) == 0 or windows.shape[1] < 2:
-        raise DataError(f"token windows must be at least one window of at least 2 tokens, but got shape "
-                        f"{tuple(windows.shape)}. Pass more text or a larger seq_len.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"`batch_size` must be an integer of at least 1, but got {batch_size!r}. Pass e.g. 4.")
-
-
 def _log_probs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """float32 log-softmax of the next-token logits of a batch of windows: (B, T, vocab)."""
-    logits = batch_output(model, ids)
-    if logits.ndim != 3 or logits.shape[:2] != ids.shape:
-        raise DataError(f"a causal LM must give (windows, tokens, vocab) logits, but {type(model).__name__} gives "
-                        f"{tuple(logits.shape)} for windows {tuple(ids.shape)}. Pass a causal LM (e.g. AutoModelForCausalLM).")
-    return torch.log_softmax(logits.float(), dim=-1)
+    return torch.log_softmax(causal_lm_logits(model, ids).float(), dim=-1)
 
 
 def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) -> LMScore:
@@ -76,7 +59,7 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4) 
         >>> windows = text_windows(tokenizer, load_prose(data_dir, "evaluation"), seq_len=256)  # doctest: +SKIP
         >>> perplexity(model, windows).perplexity  # doctest: +SKIP
     """
-    _check_windows(windows, batch_size)
+    check_token_windows(windows, batch_size)
     total, count = 0.0, 0
     with model_mode(model), torch.no_grad():
         for start in range(0, len(windows), batch_size):
@@ -95,7 +78,7 @@ def logit_kl(reference: nn.Module, model: nn.Module, windows: torch.Tensor, *, b
     Every position counts, the last one of a window included: it has a next-token distribution
     too, though no token to score.
     """
-    _check_windows(windows, batch_size)
+    check_token_windows(windows, batch_size)
     total, count = 0.0, 0
     with model_mode(reference), model_mode(model), torch.no_grad():
         for start in range(0, len(windows), batch_size):

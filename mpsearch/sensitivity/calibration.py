@@ -16,7 +16,7 @@ from torch import nn
 
 from mpsearch.core.errors import DataError
 from mpsearch.sensitivity._input_checks import check_classification, check_finite, shape_of
-from mpsearch.space.forward import batch_output
+from mpsearch.space.tokens import causal_lm_logits, check_token_windows
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -47,30 +47,8 @@ def next_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     logits are taken in float32 whatever the model's dtype.
     """
     ids = batch
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    vocab = getattr(embeddings, "num_embeddings", None)
-    if vocab is not None and int(ids.max()) >= vocab:
-        raise DataError(f"token ids must be below the model's vocabulary of {vocab}, but got {int(ids.max())}. "
-                        "Tokenize the text with this model's own tokenizer.")
-    logits = batch_output(model, ids)
-    if logits.ndim != 3 or logits.shape[:2] != ids.shape:
-        raise DataError(f"a causal LM must give (windows, tokens, vocab) logits, but {type(model).__name__} gives "
-                        f"{tuple(logits.shape)} for token windows {tuple(ids.shape)}. Pass a causal LM (e.g. AutoModelForCausalLM).")
+    logits = causal_lm_logits(model, ids)
     return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
-
-
-def check_token_windows(windows: Any, batch_size: Any) -> None:
-    """The rules of :meth:`Calibration.causal_lm`, in the order a user would fix them."""
-    if not isinstance(windows, torch.Tensor) or windows.dtype != torch.int64 or windows.ndim != 2:
-        raise DataError(f"token windows must be an int64 tensor (windows, tokens), but got {shape_of(windows)}. "
-                        "Make them with mpsearch.zoo.text.text_windows, or convert with torch.as_tensor(ids).long().")
-    if len(windows) == 0 or windows.shape[1] < 2:
-        raise DataError(f"token windows must be at least one window of at least 2 tokens, but got shape {tuple(windows.shape)}. "
-                        "Pass e.g. text_windows(tokenizer, texts, seq_len=256, n=32).")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"`batch_size` must be an integer of at least 1, but got {batch_size!r}. Pass e.g. 4.")
-    if bool((windows < 0).any()):
-        raise DataError(f"token ids must be >= 0, but got {int(windows.min())}. Pass the ids the tokenizer gives.")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -163,4 +141,4 @@ class Calibration:
         return sum(self.loss_fn(model, b) * (s / total) for b, s in zip(self.batches, self.sizes))
 
 
-__all__ = ["Calibration", "LossFn", "check_token_windows", "cross_entropy", "next_token_loss", "pseudo_label_loss"]
+__all__ = ["Calibration", "LossFn", "cross_entropy", "next_token_loss", "pseudo_label_loss"]
