@@ -14,6 +14,7 @@ from mpsearch.core.errors import ConfigError, DataError, PlanMismatchError
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.evaluate import fake_quantize_model
 from mpsearch.deploy.gptq import gptq_quantize_model, gptq_quantized_weights, run_gptq
+from mpsearch.kernels.activations import quantize_tensor
 from mpsearch.kernels.gptq import HessianAccumulator, gptq_quantize
 from mpsearch.kernels.quantize import dequantize, weight_matrix
 
@@ -46,6 +47,16 @@ def test_each_unit_is_calibrated_on_its_quantized_predecessors() -> None:
     float_inputs = HessianAccumulator(10)
     float_inputs.add(torch.relu(net[0](x)))
     assert not torch.equal(float_inputs.hessian(), seen.hessian())
+
+
+def test_units_are_calibrated_on_their_quantized_activations() -> None:
+    net, x = mlp(), inputs(10, 64, 12)
+    plan = BitPlan(bits={"0": 3, "2": 3}, quantizer=GPTQ).with_activations({"2": 2}, {"2": (0.0, 1.0)})
+    q, results = run_gptq(net, plan, [x])
+    seen = HessianAccumulator(10)
+    seen.add(quantize_tensor(torch.relu(q[0](x)), 2, 0.0, 1.0))
+    assert results["2"].error == gptq_quantize(net[2].weight, seen.hessian(), 3, GPTQ).error
+    assert not q[2]._forward_pre_hooks  # the calibration hooks are gone
 
 
 @pytest.mark.parametrize("conv", [
@@ -182,3 +193,23 @@ def test_bad_input() -> None:
 
     with pytest.raises(DataError, match="'unused' received none"):
         run_gptq(Skips(), BitPlan(bits={"used": 3, "unused": 3}, quantizer=GPTQ), [torch.randn(4, 4)])
+
+
+@pytest.mark.slow
+def test_resnet20_w3_gptq_beats_round_to_nearest() -> None:
+    """Embedded ResNet-20 and test images: calibrate on 0-255, measure top-1 on 256-999, W3 with the
+    first conv and the classifier at 8 bits (per-channel affine, MSE clipping)."""
+    from mpsearch.core.config import RECOMMENDED
+    from mpsearch.kernels.fake import quantizable_kind
+    from mpsearch.zoo import accuracy, load_cifar10, load_pretrained, to_tensor
+
+    images, labels = load_cifar10()
+    x, y = to_tensor(images), torch.as_tensor(labels)
+    model = load_pretrained("resnet20").eval()
+    bits = {n: 8 if n in ("conv1", "linear") else 3 for n, m in model.named_modules() if quantizable_kind(m)}
+    calib = [(x[i:i + 128], y[i:i + 128]) for i in (0, 128)]
+    top1 = {}
+    for method in ("rtn", "gptq"):
+        plan = BitPlan(bits=bits, quantizer=dataclasses.replace(RECOMMENDED, method=method))
+        top1[method] = accuracy(fake_quantize_model(model, plan, batches=calib), x[256:], y[256:])
+    assert top1["gptq"] > top1["rtn"] + 3, top1
