@@ -234,6 +234,19 @@ def test_torch_free_stages_run_without_torch():
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
 
 
+def test_torch_free_stages_never_import_torch():
+    """Not even lazily inside a function: a torch-free stage must work where torch is absent."""
+    bad = []
+    for module, path in _all_modules().items():
+        if _stage(module) not in TORCH_FREE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{module}:{node.lineno} imports {n}" for n in names if n == "torch" or n.startswith("torch.")]
+    assert not bad, "torch imported in a torch-free stage:\n" + "\n".join(bad)
+
+
 def test_torch_free_packages_are_listed_in_the_table():
     for pkg in TORCH_FREE:
         assert _closure(pkg) <= set(TORCH_FREE), f"{pkg} may import a package that uses torch"

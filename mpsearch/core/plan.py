@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from mpsearch.core.config import QuantizerConfig, num_groups
 from mpsearch.core.errors import (
     BitsOutOfRangeError,
@@ -284,13 +286,11 @@ class BitPlan:
         return self
 
     # ---- summaries -----------------------------------------------------
-    def group_tensor(self, name: str, out_features: int):
-        """A unit's per-group widths as an (out, n_blocks) int tensor (for fake-quant and kernels)."""
-        import torch
-
+    def group_widths(self, name: str, out_features: int) -> np.ndarray:
+        """A unit's per-group widths as an (out, n_blocks) int64 array (for fake-quant and kernels)."""
         value = self.bits[name]
         if not isinstance(value, tuple):
             raise PlanFormatError(f"{name!r} has one width for the whole unit, not per group.")
         if len(value) % out_features:
             raise PlanMismatchError(f"{name!r} has {len(value)} group widths, not a multiple of its {out_features} rows.")
-        return torch.tensor(value, dtype=torch.int64).reshape(out_features, -1)
+        return np.asarray(value, dtype=np.int64).reshape(out_features, -1)

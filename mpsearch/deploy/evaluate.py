@@ -62,7 +62,7 @@ def unit_bit_specs(model: nn.Module, plan: BitPlan) -> dict:
     specs = {}
     for name, value in plan.bits.items():
         if isinstance(value, tuple):
-            specs[name] = plan.group_tensor(name, _matrix_shape(modules[name])[0])
+            specs[name] = torch.from_numpy(plan.group_widths(name, _matrix_shape(modules[name])[0]))
         else:
             specs[name] = value
     return specs

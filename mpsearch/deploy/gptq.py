@@ -147,7 +147,7 @@ def _plan_specs(model: nn.Module, plan: BitPlan) -> dict[str, int | Tensor]:
     for name, value in plan.bits.items():
         if isinstance(value, tuple):
             out = weight_matrix(modules[name].weight, quantizable_kind(modules[name])).shape[0]
-            value = plan.group_tensor(name, int(out))
+            value = torch.from_numpy(plan.group_widths(name, int(out)))
         specs[name] = value
     return _check_plan(model, specs, plan.quantizer)
 

@@ -66,7 +66,7 @@ def test_group_plan_round_trip_and_apply():
     plan.validate(space)
     assert (table.choice_of(plan) == choice).all()
     quantized = fake_quantize_model(model, plan)
-    widths = plan.group_tensor("0", 4)
+    widths = torch.from_numpy(plan.group_widths("0", 4))
     expected = fake_quantize_groups(model[0].weight.detach(), widths, plan.quantizer)
     assert torch.equal(quantized[0].weight, expected)
     size = plan_size(model, plan)
