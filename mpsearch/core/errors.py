@@ -84,6 +84,10 @@ class OutputError(MPSearchError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnsupportedModelError(MPSearchError, RuntimeError):
+    """The model cannot do what an estimator needs (e.g. an operation without a double backward)."""
+
+
 class MPSearchWarning(UserWarning):
     """A warning about a run that will work but may be slow, large or less accurate than asked."""
 
@@ -115,4 +119,5 @@ __all__ = [
     "SearchSpaceError",
     "SolverError",
     "UnknownNameError",
+    "UnsupportedModelError",
 ]

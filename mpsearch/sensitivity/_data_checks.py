@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mpsearch.core.errors import DataError, MPSearchError
+from mpsearch.sensitivity._attention import estimate_guard
 from mpsearch.sensitivity._input_checks import FIX_IMAGES, shape_of
 from mpsearch.sensitivity.calibration import Calibration, cross_entropy
 from mpsearch.space.hooks import model_mode
@@ -83,7 +84,8 @@ def checked(estimate: Callable) -> Callable:
         check_against_model(model, data)
         token = _checking.set(True)
         try:
-            return estimate(self, model, data, space, *args, **kwargs)
+            with estimate_guard(self, model, data, space):  # double backward: differentiable attention, memory warning
+                return estimate(self, model, data, space, *args, **kwargs)
         finally:
             _checking.reset(token)
 

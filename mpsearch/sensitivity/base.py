@@ -72,6 +72,8 @@ class Estimator:
     Capabilities, read by the contract suite and the CLI without running anything:
     ``supports_groups`` (fills ``group_scores`` when the quantizer has a group size),
     ``needs_labels`` (needs a loss over labeled batches rather than any ``loss_fn``),
+    ``double_backward`` (takes Hessian-vector products and keeps every batch's gradient graph: attention is
+    switched to a twice-differentiable kind for the estimate, ``_attention``),
     ``contract_skip`` (why the generic contract suite cannot feed it, or None), and
     ``quick_options`` (settings cheap enough for the contract tests).
     """
@@ -79,6 +81,7 @@ class Estimator:
     name: str = "estimator"
     supports_groups: bool = False
     needs_labels: bool = False
+    double_backward: bool = False
     contract_skip: str | None = None
     quick_options: ClassVar[Mapping[str, Any]] = {}
 

@@ -84,7 +84,7 @@ class Calibration:
         """Batches of (inputs, labels) under the cross-entropy loss; dtype, shape, length and NaN checked here,
         the fit to the model when an estimator starts (``_data_checks``)."""
         if isinstance(inputs, torch.Tensor) and inputs.dtype == torch.int64 and inputs.ndim == 2:
-            raise DataError(f"calibration inputs must be floating-point features, but got int64 {tuple(inputs.shape)}, which "
+            raise DataError(f"calibration inputs must be a floating-point tensor, but got int64 {tuple(inputs.shape)}, which "
                             "looks like token ids. For a causal LM pass the windows to Calibration.causal_lm(windows).")
         check_classification(inputs, labels, batch_size)
         batches = tuple((inputs[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(inputs), batch_size))

@@ -97,6 +97,7 @@ class HutchinsonTrace(Estimator):
 
     name = "hessian"
     supports_groups = False
+    double_backward = True
     quick_options: ClassVar[Mapping[str, Any]] = {"max_probes": 6, "min_probes": 2}
 
     def __init__(

@@ -81,6 +81,7 @@ class HutchinsonDiagonal(Estimator):
 
     name = "hessian_diag"
     supports_groups = True
+    double_backward = True
     quick_options: ClassVar[Mapping[str, Any]] = {"probes": 8}
 
     def __init__(self, *, probes: int = 64, seed: int = 0, progress: bool = True, time_limit: float | None = None) -> None:

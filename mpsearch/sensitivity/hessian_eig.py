@@ -104,6 +104,7 @@ class PowerIterationEigen(Estimator):
 
     name = "hessian_eig"
     supports_groups = False
+    double_backward = True
     quick_options: ClassVar[Mapping[str, Any]] = {"max_iter": 8}
 
     def __init__(
