@@ -16,6 +16,7 @@ from torch import nn
 from mpsearch.core.config import FLOAT_BITS, check_bits
 from mpsearch.core.errors import PlanMismatchError
 from mpsearch.core.plan import BitPlan
+from mpsearch.deploy import dispatch
 from mpsearch.deploy.bias_shift import add_bias_correction
 from mpsearch.deploy.modules import (
     QuantConv2d,
@@ -136,6 +137,8 @@ def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool
     names = module_names(target)
     for name, unit in new_units.items():  # all built first: a failure leaves `model` untouched
         _replace(target, name, unit, names)
+        if not empty:
+            dispatch.prepare(unit)
     _attach_activations(target, plan)
     if plan.bias_correction:
         add_bias_correction(target, plan.bias_correction)
@@ -153,6 +156,8 @@ def set_backend(model: nn.Module, backend: str) -> nn.Module:
                                         f"{m!r} has {why}. Keep backend='reference'.")
     for m in units:
         m.backend = backend
+        dispatch.forget(m)
+        dispatch.prepare(m)
     return model
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from mpsearch.core.errors import DataError, PlanMismatchError
 from mpsearch.core.io import atomic_write_bytes
 from mpsearch.core.plan import BitPlan
+from mpsearch.deploy import dispatch
 from mpsearch.deploy.apply import build_packed
 from mpsearch.deploy.modules import _PackedUnit
 
@@ -134,6 +135,9 @@ def load(folder: str | os.PathLike[str], base_model: nn.Module,
             f"missing={missing[:5]}, unexpected={unexpected[:5]}, wrong shape or dtype="
             f"{wrong[:5]}. Pass a base model of the architecture that was exported.")
     target.load_state_dict(tensors, strict=True)
+    for unit in target.modules():
+        if isinstance(unit, _PackedUnit):
+            dispatch.prepare(unit)  # the batch-1 weight, once, not on the first call
     return target
 
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from mpsearch.core.config import QuantizerConfig, Scheme, check_bits
 from mpsearch.core.errors import DataError, PlanMismatchError
+from mpsearch.deploy import dispatch
 from mpsearch.kernels.backends import BACKENDS, get_backend, reference_dequantize
 from mpsearch.kernels.packing import pack, packed_row_bytes, unpack
 from mpsearch.kernels.quantize import (
@@ -43,8 +44,6 @@ from mpsearch.kernels.quantize import (
     quantize,
     weight_matrix,
 )
-
-_CONV_ELEMENTS = 1 << 23  # im2col floats per chunk of images for the packed backends
 
 
 def check_backend(backend: str) -> str:
@@ -98,7 +97,12 @@ class _PackedUnit(nn.Module):
         """The quantizer settings the codes were made with."""
         return QuantizerConfig(scheme=self.scheme, group_size=self.G, scale_dtype=self.scale_dtype)
 
+    def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
+        dispatch.forget(self)  # a prepared batch-1 weight would keep the old codes
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+
     def _load_quantized(self, qw: QuantizedWeight, bias: Tensor | None) -> None:
+        dispatch.forget(self)
         with torch.no_grad():
             self.packed.copy_(pack(qw.codes, self.bits))
             self.scale.copy_(qw.scale)
@@ -197,14 +201,15 @@ class QuantLinear(_PackedUnit):
                     else torch.addmm(self.bias, x.reshape(-1, self.K), w)
                 return y.reshape(*x.shape[:-1], self.out_features)
             return F.linear(x, w.to(x.dtype), self.bias)
-        y = self._matmul(x.reshape(-1, self.K).to(torch.float32))
+        x2d = x.reshape(-1, self.K).to(torch.float32)
+        y = dispatch.linear(self, x2d) if self.backend == dispatch.ROUTED else self._matmul(x2d)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
 class QuantConv2d(_PackedUnit):
-    """A packed ``nn.Conv2d``: im2col (``F.unfold``) then the packed matmul, for ``groups=1``.
+    """A packed ``nn.Conv2d``: the weight decoded per call, then ``F.conv2d``.
 
     Grouped convolutions and padding modes other than zeros run only on the reference
     backend (the packed backends raise :class:`~mpsearch.core.errors.PlanMismatchError`).
@@ -242,30 +247,16 @@ class QuantConv2d(_PackedUnit):
         return (self.out_features, self.in_channels // self.groups, *self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
+        # Packed backends decode the weight (into a reused buffer on numba) and run torch's
+        # own convolution: an im2col product would copy every input K/C times over.
         w = self._float_weight()
-        if w is not None:
-            w = w.reshape(self._weight_shape()).to(x.dtype)
-            if self.padding_mode != "zeros":
-                pad = [p for p in reversed(self.padding) for _ in range(2)]
-                return F.conv2d(F.pad(x, pad, mode=self.padding_mode), w, self.bias,
-                                self.stride, 0, self.dilation, self.groups)
-            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation,
-                            self.groups)
-        n, _, h, wd = x.shape
-        kh, kw = self.kernel_size
-        oh = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        ow = (wd + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        step = max(1, _CONV_ELEMENTS // max(1, self.K * oh * ow))
-        outs = []
-        for i in range(0, n, step):
-            cols = F.unfold(x[i:i + step].to(torch.float32), self.kernel_size,
-                            dilation=self.dilation, padding=self.padding, stride=self.stride)
-            y = self._matmul(cols.transpose(1, 2).reshape(-1, self.K))  # (b*L, out)
-            if self.bias is not None:
-                y = y + self.bias
-            outs.append(y.reshape(-1, oh * ow, self.out_features).transpose(1, 2))
-        y = torch.cat(outs) if outs else x.new_zeros((0, self.out_features, oh * ow))
-        return y.reshape(n, self.out_features, oh, ow).to(x.dtype)
+        w = dispatch.dense_weight(self, x) if w is None else w
+        w = w.reshape(self._weight_shape()).to(x.dtype)
+        if self.padding_mode != "zeros":
+            pad = [p for p in reversed(self.padding) for _ in range(2)]
+            return F.conv2d(F.pad(x, pad, mode=self.padding_mode), w, self.bias, self.stride, 0,
+                            self.dilation, self.groups)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_features}, kernel_size={self.kernel_size}, "

@@ -1,0 +1,84 @@
+"""Kernel choice of packed layers on the numba backend: right kernel, prepared once, same outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mpsearch.core.config import QuantizerConfig
+from mpsearch.core.plan import BitPlan
+from mpsearch.deploy import dispatch
+from mpsearch.deploy.apply import apply, set_backend
+from mpsearch.deploy.modules import QuantConv2d, QuantLinear
+from mpsearch.kernels import _numba_lut
+from mpsearch.kernels.fake import fake_quantize_model
+
+
+def close(y: torch.Tensor, ref: torch.Tensor) -> bool:
+    return y.shape == ref.shape and float((y - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("rows", [1, 3, dispatch.DEQUANT_ROWS, 40])
+def test_every_route_matches_fake_quant(bits: int, rows: int) -> None:
+    torch.manual_seed(bits)
+    layer, config = nn.Linear(64, 48), QuantizerConfig(group_size=32)
+    ref = fake_quantize_model(nn.Sequential(layer), {"0": bits}, config)[0]
+    q = QuantLinear.from_float(layer, bits, config, backend="numba")
+    x = torch.randn(rows, 64)
+    with torch.no_grad():
+        assert close(q(x), ref(x))
+        assert close(q(x[:, None, :]), ref(x[:, None, :]))  # (rows, 1, K): rows after flattening
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_decode_calls_use_the_lut_kernel_prepared_once(bits: int) -> None:
+    q = QuantLinear.from_float(nn.Linear(64, 32), bits, QuantizerConfig(), backend="numba")
+    first = dispatch.prepare(q)
+    q(torch.randn(1, 64))
+    assert dispatch.prepare(q) is first
+    want = f"lut{bits}" if _numba_lut.is_supported(bits, 64, None) else "rows"
+    assert first.kernel == want
+
+
+def test_other_widths_and_odd_k_use_the_row_kernel() -> None:
+    for bits, K in ((5, 64), (2, 40)):
+        q = QuantLinear.from_float(nn.Linear(K, 8), bits, QuantizerConfig(), backend="numba")
+        assert dispatch.prepare(q).kernel == "rows"
+
+
+def test_reloaded_buffers_are_not_served_from_the_old_prepared_weight() -> None:
+    torch.manual_seed(0)
+    a, b = nn.Linear(64, 16), nn.Linear(64, 16)
+    qa = QuantLinear.from_float(a, 4, QuantizerConfig(), backend="numba")
+    qb = QuantLinear.from_float(b, 4, QuantizerConfig(), backend="numba")
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        qa(x)
+        qa.load_state_dict(qb.state_dict())
+        assert torch.equal(qa(x), qb(x))
+
+
+def test_apply_and_set_backend_prepare_the_decode_weight() -> None:
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    q = apply(net, BitPlan(bits={"0": 2, "2": 4}), backend="numba")
+    assert "_gemv" in q[0].__dict__ and "_gemv" in q[2].__dict__
+    t = apply(net, BitPlan(bits={"0": 2, "2": 4}), backend="torch")
+    assert dispatch.prepare(t[0]) is None
+    set_backend(t, "numba")
+    assert dispatch.prepare(t[0]) is not None
+
+
+def test_conv_runs_torch_conv_on_the_decoded_weight_with_and_without_grad() -> None:
+    torch.manual_seed(1)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    ref = fake_quantize_model(nn.Sequential(conv), {"0": 3}, QuantizerConfig())[0]
+    q = QuantConv2d.from_float(conv, 3, QuantizerConfig(), backend="numba")
+    x = torch.randn(5, 8, 10, 10, requires_grad=True)
+    y = q(x)
+    y.sum().backward()  # the decoded weight autograd keeps is not the reused scratch buffer
+    assert close(y.detach(), ref(x).detach())
+    with torch.no_grad():
+        assert close(q(x[:1]), ref(x[:1]))
+        assert close(q(x), ref(x))
