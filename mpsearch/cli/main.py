@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mpsearch.cli.hw import add_hw_parser
 
     add_hw_parser(sub)
+    from mpsearch.cli.export import add_export_parser
+
+    add_export_parser(sub)
 
     p = sub.add_parser("evaluate", help="measure a plan's top-1 accuracy and size (fp32 without --plan)", epilog=EPILOG,
                        description="Apply a plan (fake-quant reference) to a pretrained model and measure top-1 on CIFAR-10. "
