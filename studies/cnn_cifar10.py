@@ -5,8 +5,8 @@ For each model: fp32; uniform W8A8, W4A8, W3A8, W2A8; mixed plans at average 2.5
 CIFAR-10 test set (the first --calibration images) and, data-free, on inputs distilled from
 the model's batch-norm statistics (ZeroQ). Accuracy is measured on the other test images.
 
-    python studies/cnn_cifar10.py --data-dir ../shared/data --out results/cnn
-    python studies/cnn_cifar10.py --quick --out /tmp/cnn     # embedded data, a smoke run
+    python studies/cnn_cifar10.py --data-dir DATA --out results/cnn
+    python studies/cnn_cifar10.py --quick --out results/cnn_quick    # embedded data, a smoke run
 
 Each (model, data) pair is a resumable Study in its own folder; every folder's rows are combined
 into OUT/cnn_cifar10.csv and summarized in OUT/cnn_cifar10.md (``--summarize`` rewrites them alone),

@@ -13,7 +13,7 @@ Costs of score-based estimators are ``score * ||Q_b(W) - W||^2``, exactly as
 ``build_cost_table`` computes them; the quantization errors are computed once per model
 and reused (``build_cost_table`` itself is called for estimators with their own costs).
 
-    python studies/estimator_fidelity.py --data-dir ../shared/data --models resnet20 --out results/fidelity --quick
+    python studies/estimator_fidelity.py --data-dir DATA --models resnet20 --out results/fidelity --quick
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ overhead is the same at every width, so a budget of B code bits is passed to the
 ``avg_bits <= B + 24 / G``: a mixed plan at budget 3 stores exactly as much as uniform 3-bit
 with the same G. ``budget`` and ``code_bits`` in the table are code bits (overhead removed).
 
-    python studies/transformer_minilm.py --data-dir ../shared/data --out results/transformer_minilm
-    python studies/transformer_minilm.py --data-dir ../shared/data --quick --out /tmp/minilm
+    python studies/transformer_minilm.py --data-dir DATA --out results/transformer_minilm
+    python studies/transformer_minilm.py --data-dir DATA --quick --out results/minilm_quick
 
 Every (G, method, choices, estimator) is a resumable Study in OUT/G<G>/<method>_<choices>_<est>/;
 the combined table goes to OUT/transformer_minilm.csv and .md, the figure to

@@ -3,7 +3,7 @@
 Example config (every key but ``model`` has a default)::
 
     model = "resnet20"            # resnet20 (embedded), resnet32, resnet44, resnet56
-    data_dir = "../shared/data"   # omit for the embedded 1,000 images
+    data_dir = "DATA"   # a folder with cifar10_test.npz and the checkpoints; omit for the embedded 1,000 images
     out_dir = "study-resnet20"
     calibration = 512             # the first N images calibrate; the rest are evaluated
     eval_limit = 0                # evaluate at most this many of the rest (0 = all)

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m mpsearch.zoo.make_assets --data-dir ../shared/data
+    python -m mpsearch.zoo.make_assets --data-dir DATA
 
 It writes into ``mpsearch/zoo/assets/``:
 
