@@ -75,6 +75,7 @@ _EXPORTS = {
     "get_backend": "mpsearch.kernels.backends",
     "fake_quantize_model": "mpsearch.deploy.evaluate",
     "evaluate_plan": "mpsearch.deploy.evaluate",
+    "gptq_quantize_model": "mpsearch.deploy.gptq",
 }
 _SUBMODULES = {
     name: f"mpsearch.{name}"

@@ -56,7 +56,8 @@ def measure_bias_correction(model: nn.Module, plan: BitPlan, batches: Iterable[A
     if not batches:
         raise DataError("bias correction needs at least one calibration batch, but got none. Pass some samples.")
     base = dataclasses.replace(plan, bias_correction={})
-    quantized = fake_quantize_model(model, base)
+    gptq = base.quantizer.method == "gptq"  # GPTQ calibrates on the same batches
+    quantized = fake_quantize_model(model, base, batches=batches if gptq else None)
     reference = dict(model.named_modules())
     units = {n: m for n, m in quantized.named_modules()
              if n in plan.bits and plan.bits[n] != FLOAT_BITS and quantizable_kind(m) is not None}

@@ -156,7 +156,8 @@ class Study:
         if digest in self._metric_cache:
             return self._metric_cache[digest], 0.0
         start = time.perf_counter()
-        value = float(self.metric(fake_quantize_model(self.model, plan)))
+        batches = self.calibration.batches if plan.quantizer.method == "gptq" else None
+        value = float(self.metric(fake_quantize_model(self.model, plan, batches=batches)))
         self._metric_cache[digest] = value
         return value, time.perf_counter() - start
 

@@ -213,3 +213,16 @@ def test_resnet20_w3_gptq_beats_round_to_nearest() -> None:
         plan = BitPlan(bits=bits, quantizer=dataclasses.replace(RECOMMENDED, method=method))
         top1[method] = accuracy(fake_quantize_model(model, plan, batches=calib), x[256:], y[256:])
     assert top1["gptq"] > top1["rtn"] + 3, top1
+
+
+def test_bias_correction_of_a_gptq_plan_is_measured_on_the_gptq_model() -> None:
+    """measure_bias_correction quantizes a GPTQ plan with the batches it measures on."""
+    from mpsearch.deploy.bias_correction import measure_bias_correction
+
+    torch.manual_seed(0)
+    net, x = mlp(), inputs(1, 64, 12)
+    plan = BitPlan(bits={"0": 3, "2": 3}, quantizer=GPTQ)
+    corrections = measure_bias_correction(net, plan, [x])
+    quantized = fake_quantize_model(net, plan, batches=[x])
+    shift = (quantized[0](x) - net[0](x)).double().mean(0)
+    assert torch.allclose(torch.tensor(corrections["0"], dtype=torch.float64), -shift, atol=1e-5)
