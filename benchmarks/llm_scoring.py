@@ -35,6 +35,11 @@ from pathlib import Path
 
 import torch
 
+# Run as a script, this folder comes first on sys.path, and its kernels.py would shadow the `kernels`
+# package that transformers looks for.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
 
 def rss_mib() -> float:
     with open("/proc/self/status") as f:
