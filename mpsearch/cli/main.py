@@ -45,8 +45,10 @@ def parse_bits(text: str) -> tuple[int, ...]:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from mpsearch.core.io import check_output_dir
     from mpsearch.workflows.quickstart import format_table, run_quickstart
+    from mpsearch.zoo.data import load_cifar10_split
 
     check_output_dir(args.out)  # before minutes of work
+    load_cifar10_split(_data_dir(args), args.calib, what="--calib")  # the same check as the run's, in CLI terms
     result = run_quickstart(
         data_dir=_data_dir(args), out_dir=args.out, model_name=args.model, n_calib=args.calib,
         seed=args.seed, budgets=args.budgets, bias_correction=args.bias_correction, progress=not args.quiet,
@@ -60,21 +62,19 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    import torch
-
     from mpsearch.core.io import check_output_file
     from mpsearch.pricing.tables import build_cost_table
     from mpsearch.sensitivity import Calibration, HutchinsonTrace
     from mpsearch.space.discover import discover_quietly
-    from mpsearch.zoo.data import load_cifar10, to_tensor
+    from mpsearch.zoo.data import load_cifar10_split
     from mpsearch.zoo.models import load_pretrained
 
     checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
     check_output_file(args.out)  # before minutes of work
     check_output_file(checkpoint, what="the checkpoint file")
     data_dir = _data_dir(args)
-    images, labels = load_cifar10(data_dir)
-    x, y = to_tensor(images[: args.calib]), torch.from_numpy(labels[: args.calib])
+    data = load_cifar10_split(data_dir, args.calib, min_eval=0, what="--calib")
+    x, y = data.x_calib, data.y_calib
     model = load_pretrained(args.model, data_dir)
     space = discover_quietly(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
     if notice := space.float_notice():
