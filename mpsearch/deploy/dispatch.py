@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mpsearch.kernels.dequant import dequantize_into, scratch
-from mpsearch.kernels.numba_cpu import GemvWeight
+from mpsearch.kernels.dequant import PARALLEL_ELEMENTS, dequantize_into, scratch
+from mpsearch.kernels.numba_cpu import GemvWeight, _numba_module, is_available
 
 DEQUANT_ROWS = 8  # from this many activation rows on, decode the weight and run the float op
 ROUTED = "numba"  # the backend whose calls are routed here
@@ -28,12 +28,12 @@ ROUTED = "numba"  # the backend whose calls are routed here
 
 def prepare(unit: nn.Module) -> GemvWeight | None:
     """The batch-1 weight of a packed ``unit``, built once and kept (None off the numba
-    backend); :func:`~mpsearch.deploy.apply.apply` and :func:`~mpsearch.deploy.export.load`
+    backend, and for convolutions, which never run it); :func:`~mpsearch.deploy.apply.apply` and :func:`~mpsearch.deploy.export.load`
     call it, so the first decoded token does not pay for it."""
     ptr, gemv = unit.__dict__.get("_gemv", (None, None))
     if ptr != unit.packed.data_ptr():  # never built, or the buffers moved (``.to``, assign)
         gemv = None
-        if unit.backend == ROUTED and unit.packed.device.type == "cpu":
+        if unit.backend == ROUTED and unit.packed.device.type == "cpu" and unit.kind != "conv2d":
             gemv = GemvWeight(unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K,
                               unit.G)
         unit.__dict__["_gemv"] = (unit.packed.data_ptr(), gemv)
@@ -41,23 +41,44 @@ def prepare(unit: nn.Module) -> GemvWeight | None:
 
 
 def forget(unit: nn.Module) -> None:
-    """Drop the prepared weight (its buffers changed, or the backend did)."""
+    """Drop the prepared weight and decoder (the buffers changed, or the backend did)."""
     unit.__dict__.pop("_gemv", None)
+    unit.__dict__.pop("_decoder", None)
+
+
+def _decoder(unit: nn.Module) -> tuple[object, ...]:
+    """The Numba decode kernel and its numpy operands for ``unit``, built once (a call then
+    skips validation and conversions: at batch 1 they cost more than the decoding)."""
+    key = (unit.packed.data_ptr(), unit.scale.data_ptr())
+    cached = unit.__dict__.get("_decoder")
+    if cached is None or cached[0] != key:
+        dequantize_into(unit.packed[:1], unit.scale[:1], unit.zero_points()[:1], unit.bits,
+                        unit.K, unit.G)  # validates, and compiles the kernel
+        kernel = _numba_module("_numba_dequant").make_dequantize(
+            unit.bits, unit.out_features * unit.K >= PARALLEL_ELEMENTS)
+        group = unit.K if unit.G is None or unit.G >= unit.K else unit.G
+        cached = (key, kernel, unit.packed.numpy(), unit.scale.to(torch.float32).numpy(),
+                  unit.zero_points().numpy(), group)
+        unit.__dict__["_decoder"] = cached
+    return cached[1:]
 
 
 def dense_weight(unit: nn.Module, x: Tensor) -> Tensor:
     """The (out, K) float32 weight for one float op on ``x``: in the shared scratch buffer,
     unless autograd may keep it for a backward pass (then a fresh tensor)."""
-    fresh = torch.is_grad_enabled() and x.requires_grad
-    if unit.packed.device.type != "cpu" or unit.backend != ROUTED:
+    if unit.packed.device.type != "cpu" or unit.backend != ROUTED or not is_available():
         from mpsearch.kernels.backends import get_backend
 
         return get_backend(unit.backend).op("dequantize")(
             unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K, unit.G)
-    n = unit.out_features * unit.K
-    out = None if fresh else scratch(n, unit.packed.device).view(unit.out_features, unit.K)
-    return dequantize_into(unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K,
-                           unit.G, out)
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = torch.empty(unit.out_features, unit.K)
+    else:
+        out = scratch(unit.out_features * unit.K, unit.packed.device).view(unit.out_features,
+                                                                           unit.K)
+    kernel, packed, scale, zero, group = _decoder(unit)
+    kernel(packed, scale, zero, group, out.numpy())
+    return out
 
 
 def linear(unit: nn.Module, x2d: Tensor) -> Tensor:
