@@ -14,7 +14,8 @@ windows; the number of windows of each part is printed and written into the tabl
 
 Quantizer: affine, per group of G in {32, 64, 128} consecutive inputs, fp16 scale + uint8 zero
 per group (24 bits per group). Budgets are *code* bits; the overhead is the same at every width,
-so each mixed plan gets ``avg_bits <= B + 24 / G`` and stores as much as uniform B-bit with that G.
+so each mixed plan gets ``avg_bits <= B + overhead`` and stores as much as uniform B-bit with that G
+(the overhead is measured on the table: 576 inputs make 4.5 groups of 128, so it is above 24 / G).
 
 Rows per G: uniform 2/3/4 bits; layer-wise (one width per unit among 2..5, ILP) and group-wise
 (one width per group among ceil(B)-1..ceil(B)+1, Lagrangian) at 2.5/3/3.5/4 code bits, both
@@ -40,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mpsearch.core.budget import Budget
 from mpsearch.core.config import QuantizerConfig, Scheme
 from mpsearch.core.costs import CostTable
 from mpsearch.core.io import atomic_savefig, atomic_write_text
@@ -114,9 +116,16 @@ class Runner:
         return row
 
 
-def solve(table: CostTable, solver, budget: float, quant: QuantizerConfig):
-    result = get_solver(solver).solve(table, code_budget(budget, quant))
+def solve(table: CostTable, solver, budget: float, overhead: float):
+    """Solve at ``budget`` code bits plus the table's own scale overhead per weight (partial groups included)."""
+    result = get_solver(solver).solve(table, Budget.avg_bits(budget + overhead))
     return result.choice, result
+
+
+def table_overhead(table: CostTable) -> float:
+    """Scale and zero-point bits per weight: uniform b-bit average bits minus b (the same at every b)."""
+    j = 0
+    return float(table.average_bits(np.full(table.n_items, j))) - table.bits[j]
 
 
 def run_group_size(runner: Runner, G: int, values, args) -> None:
@@ -125,15 +134,16 @@ def run_group_size(runner: Runner, G: int, values, args) -> None:
     start = time.perf_counter()
     group, layer = recipe_tables(runner.model, space, values)
     print(f"G={G}: {group.n_items} groups, tables in {time.perf_counter() - start:.0f} s", flush=True)
+    over = runner.overhead[G] = table_overhead(layer)
     for b in (int(x) for x in args.uniform.split(",")):
         runner.row(G, "uniform", f"W{b}", float(b), layer, np.full(layer.n_items, layer.bits.index(b)))
     for budget in (float(x) for x in args.budgets.split(",")):
-        choice, _ = solve(layer, "ilp", budget, quant)
+        choice, _ = solve(layer, "ilp", budget, over)
         runner.row(G, "layer-wise", "xtx-ew:ilp", budget, layer, choice)
         sub = columns(group, window(budget))
-        choice, _ = solve(sub, "lagrange", budget, quant)
+        choice, _ = solve(sub, "lagrange", budget, over)
         runner.row(G, "group-wise", "xtx-ew:lagrange", budget, sub, choice)
-        choice, result = solve(sub, PerUnitBudget(), budget, quant)
+        choice, result = solve(sub, PerUnitBudget(), budget, over)
         runner.row(G, "slim", "xtx-ew:per-unit", budget, sub, choice, status=result.status.value)
 
 
@@ -145,7 +155,7 @@ def stability(runner: Runner, model, tokenizer, calib_text, G: int, args, first_
         values = first_values if seed == 0 else input_values(
             model, Calibration.causal_lm(text_windows(tokenizer, calib_text, SEQ, args.calib_windows, seed=seed)), space)
         table, _ = recipe_tables(model, space, values)
-        choice, _ = solve(table, "lagrange", 3.0, quant)
+        choice, _ = solve(table, "lagrange", 3.0, table_overhead(table))
         plans.append(choice)
         ppls.append(runner.row(G, "stability", f"sample {seed}", 3.0, table, choice)["perplexity"])
     changed = [float(np.mean(p != plans[0])) for p in plans[1:]]
