@@ -1,10 +1,11 @@
 """The ``mpsearch`` command line.
 
     mpsearch quickstart                       # the whole pipeline on the embedded ResNet-20
-    mpsearch sensitivity --model resnet20 --out costs.json
-    mpsearch search --costs costs.json --budget 3 --out plan.json
+    mpsearch sensitivity --model resnet20 --out costs.json [--estimator hessian] [--model-file mine.pt]
+    mpsearch search --costs costs.json --budget 3 --out plan.json [--bias-correction]
+    mpsearch search --costs costs.json --uniform 4 --out plan_w4.json     # no solve; pinned layers kept
     mpsearch pareto --costs costs.json --budgets 2.5:4:0.25 --out-dir front/
-    mpsearch evaluate --model resnet20 --plan plan.json --data-dir ../shared/data
+    mpsearch evaluate --model resnet20 --plan plan.json --data-dir DATA   # on the images not calibrated on
     mpsearch study study.toml                 # estimators x solvers x budgets, resumable
     mpsearch hw calibrate --out lut.json      # time the packed kernels on this machine
     mpsearch hw add --costs costs.json --lut lut.json --out costs_hw.json   # + latency_ms, bops, bytes_packed
@@ -43,6 +44,7 @@ def parse_bits(text: str) -> tuple[int, ...]:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    from mpsearch.cli.inputs import load_model
     from mpsearch.core.io import check_output_dir
     from mpsearch.workflows.quickstart import format_table, run_quickstart
     from mpsearch.zoo.data import load_cifar10_split
@@ -51,6 +53,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     load_cifar10_split(_data_dir(args), args.calib, what="--calib")  # the same check as the run's, in CLI terms
     result = run_quickstart(
         data_dir=_data_dir(args), out_dir=args.out, model_name=args.model, n_calib=args.calib,
+        model=load_model(args, args.model, _data_dir(args)), model_file=args.model_file,
         seed=args.seed, budgets=args.budgets, bias_correction=args.bias_correction, progress=not args.quiet,
     )
     print()
@@ -62,12 +65,12 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from mpsearch.cli.inputs import build_estimator, load_model, model_meta
     from mpsearch.core.io import check_output_file
     from mpsearch.pricing.tables import build_cost_table
-    from mpsearch.sensitivity import Calibration, HutchinsonTrace
+    from mpsearch.sensitivity import Calibration
     from mpsearch.space.discover import discover_quietly
     from mpsearch.zoo.data import load_cifar10_split
-    from mpsearch.zoo.models import load_pretrained
 
     checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
     check_output_file(args.out)  # before minutes of work
@@ -75,29 +78,32 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     data = load_cifar10_split(data_dir, args.calib, min_eval=0, what="--calib")
     x, y = data.x_calib, data.y_calib
-    model = load_pretrained(args.model, data_dir)
+    model = load_model(args, args.model, data_dir)
     space = discover_quietly(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
     if notice := space.float_notice():
         print(f"note: {notice}", file=sys.stderr)
-    estimator = HutchinsonTrace(seed=args.seed, tol=args.tol, max_probes=args.max_probes, progress=not args.quiet,
-                                checkpoint=checkpoint, time_limit=args.time_limit)
+    estimator = build_estimator(args, checkpoint)
     try:
         sens = estimator.estimate(model, Calibration.classification(x, y, batch_size=args.batch_size), space)
     except KeyboardInterrupt as stop:
         stop.mpsearch_detail = (f"finished probes kept in {checkpoint}; rerun the same command to resume"  # type: ignore[attr-defined]
                                 if checkpoint.is_file() else "nothing was saved; rerun the same command to start again")
         raise
-    costs = build_cost_table(model, space, sens, meta={"model": args.model, "calibration": len(x)})
+    costs = build_cost_table(model, space, sens, meta={**model_meta(args, args.model), "calibration": len(x)})
     costs.save(args.out)
-    print(f"{len(space)} units, {sens.details['probes']} probes (converged={sens.details['converged']}), "
-          f"{sens.seconds:.1f} s -> {args.out}")
+    quality = costs.meta.get("estimate_quality")
+    probes = (f", {quality['probes']} probes (converged={quality['converged']}, median relative standard error "
+              f"{quality['rel_stderr_median']:.3g})" if quality else "")
+    print(f"{len(space)} units, {sens.method}{probes}, {sens.seconds:.1f} s -> {args.out}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from mpsearch.core.budget import Budget
     from mpsearch.core.costs import CostTable
+    from mpsearch.core.errors import ConfigError
     from mpsearch.core.io import check_output_file
+    from mpsearch.core.quality import warn_if_noisy
     from mpsearch.solvers import solve
 
     check_output_file(args.out)
@@ -107,13 +113,25 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         if notice := float_notice_of(costs):
             print(f"note: {notice}", file=sys.stderr)
-    budgets = [Budget.parse(b) for b in args.budget]
-    result = solve(costs, budgets, solver=args.solver, time_limit=args.time_limit)
-    plan = result.plan  # raises InfeasibleBudgetError with the smallest feasible budget
+    warn_if_noisy(costs.meta.get("estimate_quality"))
+    if (args.uniform is None) == (not args.budget):
+        raise ConfigError(f"search needs --budget (solve) or --uniform BITS (one width, no solve), but got "
+                          f"{'neither' if args.uniform is None else 'both'}. Pass one of them, e.g. --budget 3 or --uniform 4.")
+    if args.uniform is not None:  # pinned units keep their width
+        choice = costs.uniform_choice(args.uniform)
+        plan = costs.plan(choice, solver="uniform", budget=f"uniform {args.uniform}-bit")
+        status, objective, seconds = f"uniform {args.uniform}-bit", costs.objective(choice), 0.0
+    else:
+        result = solve(costs, [Budget.parse(b) for b in args.budget], solver=args.solver, time_limit=args.time_limit)
+        plan = result.plan  # raises InfeasibleBudgetError with the smallest feasible budget
+        choice, status, objective, seconds = result.choice, result.status.value, result.objective, result.seconds
+    if args.bias_correction:
+        from mpsearch.cli.inputs import bias_corrected_for_table
+
+        plan = bias_corrected_for_table(args, _data_dir(args), costs.meta, plan)
     plan.save(args.out)
-    print(f"{result.status.value}: predicted cost {result.objective:.6g}, "
-          f"{costs.average_bits(result.choice):.3f} bits/weight, {costs.storage_bytes(result.choice) / 1024:.1f} KiB, "
-          f"{result.seconds:.2f} s -> {args.out}")
+    print(f"{status}: predicted cost {objective:.6g}, {costs.average_bits(choice):.3f} bits/weight, "
+          f"{costs.storage_bytes(choice) / 1024:.1f} KiB, {seconds:.2f} s -> {args.out}")
     return 0
 
 
@@ -136,32 +154,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import torch
+    from mpsearch.cli.evaluate import run_evaluate
 
-    from mpsearch.core.plan import BitPlan
-    from mpsearch.deploy.evaluate import evaluate_plan, plan_size
-    from mpsearch.zoo.data import load_cifar10, to_tensor
-    from mpsearch.zoo.models import load_pretrained
-
-    data_dir = _data_dir(args)
-    images, labels = load_cifar10(data_dir)
-    if args.limit is not None:
-        images, labels = images[: args.limit], labels[: args.limit]
-    model = load_pretrained(args.model, data_dir)
-    if args.plan is None:
-        from mpsearch.zoo.eval import accuracy
-
-        top1 = accuracy(model, to_tensor(images), torch.from_numpy(labels))
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"top-1 {top1:.2f} % on {len(images)} images; fp32, {n_params:,} parameters")
-        return 0
-    plan = BitPlan.load(args.plan)
-    size = plan_size(model, plan)
-    top1 = evaluate_plan(model, plan, to_tensor(images), torch.from_numpy(labels))
-    print(f"top-1 {top1:.2f} % on {len(images)} images; {size.average_bits:.3f} bits/weight "
-          f"(scales included); {size.total_bytes / 1024:.1f} KiB in all "
-          f"({size.quantized_bytes / 1024:.1f} KiB quantized, {size.float_bytes / 1024:.1f} KiB float)")
-    return 0
+    return run_evaluate(args, _data_dir(args))
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -177,6 +172,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
 
+    from mpsearch.cli.inputs import DEFAULT_ESTIMATOR, ESTIMATOR_HELP, ESTIMATOR_NAMES, add_model_options
+
     parser = Parser(
         prog="mpsearch", description="Mixed-precision bit-allocation search for neural-network quantization.",
         epilog=EPILOG,
@@ -188,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         if model:
             p.add_argument("--model", default="resnet20", help="resnet20 (embedded), resnet32, resnet44, resnet56 (default: %(default)s)")
             p.add_argument("--data-dir", type=Path, default=None, help="folder with cifar10_test.npz and the checkpoints")
+            add_model_options(p)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("quickstart", help="run the whole pipeline on the embedded ResNet-20", epilog=EPILOG,
@@ -207,20 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("sensitivity", help="estimate per-layer sensitivities and write a cost table (JSON)",
-                       description="Hutchinson Hessian trace per layer on calibration images; cost of a layer at b bits = "
-                       "trace/n * ||Q_b(W) - W||^2.", epilog=EPILOG)
+                       description="Score each layer's sensitivity on calibration images (the first --calib) with "
+                       "--estimator; cost of a layer at b bits = score * ||Q_b(W) - W||^2, or the estimator's own "
+                       "per-width cost.", epilog=EPILOG)
     common(p)
     p.add_argument("--out", type=Path, required=True, help="cost table JSON to write")
     p.add_argument("--calib", type=int_at_least(1, "--calib", 256), default=256, help="calibration images (default: %(default)s)")
     p.add_argument("--batch-size", type=int_at_least(1, "--batch-size", 64), default=64,
-                   help="images per Hessian-vector product (default: %(default)s)")
+                   help="calibration images per batch (for hessian: per Hessian-vector product) (default: %(default)s)")
     p.add_argument("--bits", default="2,3,4,8", help="bit choices (default: %(default)s)")
     p.add_argument("--no-pins", action="store_true", help="also search the first and last layer (pinned to 8 bits by default)")
-    p.add_argument("--tol", type=fraction, default=0.1, help="relative standard error at which probing stops (default: %(default)s)")
-    p.add_argument("--max-probes", type=int_at_least(2, "--max-probes", 200), default=200,
-                   help="at most this many probes; two at least, for a standard error (default: %(default)s)")
+    p.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=ESTIMATOR_NAMES, metavar="NAME",
+                   help=ESTIMATOR_HELP.format(names=", ".join(ESTIMATOR_NAMES)))
+    p.add_argument("--tol", type=fraction, default=None,
+                   help="hessian only: relative standard error at which probing stops (default: 0.1)")
+    p.add_argument("--max-probes", type=int_at_least(2, "--max-probes", 200), default=None,
+                   help="hessian only: at most this many probes; two at least, for a standard error (default: 200)")
     p.add_argument("--time-limit", type=seconds, default=None,
-                   help="seconds; checked before every probe once two have run, then the probes so far are used")
+                   help="seconds; the estimate then stops and uses what it has measured (hessian: checked before every "
+                        "probe once two have run)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sensitivity)
 
@@ -229,7 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "(average bits per weight, scales included), 48KiB or 120000B (bytes), or KIND=VALUE.")
     common(p, model=False)
     p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
-    p.add_argument("--budget", action="append", required=True, help="repeat for several budgets at once")
+    p.add_argument("--budget", action="append", default=[], help="repeat for several budgets at once")
+    p.add_argument("--uniform", type=int, default=None, metavar="BITS",
+                   help="instead of --budget: every unit at BITS without solving (pinned units keep their width)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="store in the plan each layer's mean output shift, measured on the cost table's calibration "
+                        "images (lifts 2-3-bit top-1 by 3-7 points on ResNet-20); needs the model and the images")
+    p.add_argument("--model", default=None, help="with --bias-correction: the model (default: the cost table's)")
+    p.add_argument("--data-dir", type=Path, default=None, help="with --bias-correction: folder with cifar10_test.npz "
+                   "and the checkpoints")
+    p.add_argument("--calib", type=int_at_least(1, "--calib", 256), default=None,
+                   help="with --bias-correction: the first N images calibrate (default: the cost table's count)")
+    add_model_options(p)
     p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
     p.add_argument("--time-limit", type=seconds, default=None, help="seconds; returns the best plan found so far")
     p.add_argument("--out", type=Path, required=True, help="plan JSON to write")
@@ -271,12 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "Without --plan, measure the fp32 model.")
     common(p)
     p.add_argument("--plan", type=Path, default=None, help="plan JSON (omit for the fp32 model)")
-    p.add_argument("--limit", type=int_at_least(1, "--limit", 500), default=None, help="evaluate only the first N images")
+    p.add_argument("--calib", type=int_at_least(0, "--calib", 256), default=None,
+                   help="the first N images calibrate and are not evaluated; top-1 is measured on the rest (default: "
+                        "the plan's calibration count, else 256; 0 evaluates every image)")
+    p.add_argument("--limit", type=int_at_least(1, "--limit", 500), default=None,
+                   help="evaluate only the first N held-out images")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="measure the plan's bias correction on the calibration images first (if it carries none)")
     p.set_defaults(func=cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mpsearch.cli.inputs import warnings_on_stderr
     from mpsearch.core.errors import MPSearchError
 
     parser = build_parser()
@@ -288,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), warnings_on_stderr(args.command):
             return int(args.func(args) or 0)
     except MPSearchError as err:
         print(f"mpsearch {args.command}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)

@@ -59,6 +59,8 @@ def run_quickstart(
     tol: float = 0.1,
     max_probes: int = 200,
     bias_correction: bool = True,
+    model: torch.nn.Module | None = None,
+    model_file: str | os.PathLike[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> QuickstartResult:
@@ -67,6 +69,9 @@ def run_quickstart(
     With ``bias_correction`` (the default) every plan, uniform ones included, carries the mean
     output shifts of its quantized layers measured on the calibration images
     (:mod:`mpsearch.deploy.bias_correction`), so the saved plans reproduce the measured models.
+
+    ``model`` replaces the pretrained ``model_name`` (e.g. a user's checkpoint of that architecture,
+    read from ``model_file``, which the cost table and plans then record).
     """
     import pandas as pd
 
@@ -76,7 +81,7 @@ def run_quickstart(
     t0 = time.perf_counter()
     data = load_cifar10_split(data_dir, n_calib)
     x_cal, y_cal, x_eval, y_eval = data.x_calib, data.y_calib, data.x_eval, data.y_eval
-    model = load_pretrained(model_name, data_dir)
+    model = load_pretrained(model_name, data_dir) if model is None else model.eval()
     log(f"{model_name}: {data.n_images} CIFAR-10 test images ({data.source}); "
         f"calibrating on the first {n_calib}, evaluating on the other {len(x_eval)}")
     fp32 = accuracy(model, x_eval, y_eval)
@@ -89,11 +94,13 @@ def run_quickstart(
     calib = Calibration.classification(x_cal, y_cal, batch_size=calib_batch)
     estimator = HutchinsonTrace(seed=seed, tol=tol, max_probes=max_probes, progress=progress)
     sens = estimator.estimate(model, calib, space)
-    costs = build_cost_table(model, space, sens, meta={"model": model_name, "calibration": n_calib})
+    source_meta = {"model": model_name, **({"model_file": str(model_file)} if model_file is not None else {})}
+    costs = build_cost_table(model, space, sens, meta={**source_meta, "calibration": n_calib})
     costs.save(out / "costs.json")
     timings["sensitivity"] = time.perf_counter() - t0
-    log(f"Hutchinson trace: {sens.details['probes']} probes, converged={sens.details['converged']}, "
-        f"{sens.seconds:.1f} s")
+    quality = costs.meta["estimate_quality"]
+    log(f"Hutchinson trace: {quality['probes']} probes, converged={quality['converged']}, relative standard error "
+        f"median {quality['rel_stderr_median']:.3g} (worst {quality['rel_stderr_max']:.3g}), {sens.seconds:.1f} s")
 
     def finish(plan):
         if not bias_correction:
