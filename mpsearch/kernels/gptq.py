@@ -40,6 +40,7 @@ from mpsearch.kernels.quantize import (
     _group_width,
     _grouped,
     check_group_bits,
+    check_weight_matrix,
 )
 
 
@@ -117,12 +118,7 @@ def _group_params(wg: Tensor, widths: Tensor, config: QuantizerConfig) -> tuple[
 
 
 def _check_inputs(w2d: Tensor, hessian: Tensor, config: QuantizerConfig) -> None:
-    if w2d.dim() != 2 or not w2d.is_floating_point() or w2d.shape[1] == 0:
-        raise DataError(f"A weight matrix must be a 2-D floating tensor with fan_in >= 1, but got "
-                        f"shape {tuple(w2d.shape)}, {w2d.dtype}. Use weight_matrix(weight, kind).")
-    if not bool(torch.isfinite(w2d).all()):
-        raise DataError("Weights must be finite, but the matrix holds NaN or inf. "
-                        "Fix or re-initialize the weights before quantizing.")
+    check_weight_matrix(w2d)
     K = w2d.shape[1]
     if tuple(hessian.shape) != (K, K) or not bool(torch.isfinite(hessian).all()):
         raise DataError(f"The Hessian must be a finite ({K}, {K}) matrix for a weight with fan_in "

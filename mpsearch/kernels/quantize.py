@@ -66,17 +66,22 @@ def _group_width(fan_in: int, config: QuantizerConfig) -> int:
     return fan_in if num_groups(fan_in, config) == 1 else config.group_size  # type: ignore
 
 
-def _grouped(w2d: Tensor, config: QuantizerConfig) -> Tensor:
-    """(out * n_groups, G) float32 copy, the partial last group padded with zeros.
-
-    Padding changes nothing: a range always holds 0 already, and 0 is quantized exactly.
-    """
+def check_weight_matrix(w2d: Tensor) -> None:
+    """A quantizer's input: a 2-D floating (out, fan_in) matrix with fan_in >= 1 and finite values."""
     if w2d.dim() != 2 or not w2d.is_floating_point() or w2d.shape[1] == 0:
         raise DataError(f"A weight matrix must be a 2-D floating tensor with fan_in >= 1, but got "
                         f"shape {tuple(w2d.shape)}, {w2d.dtype}. Use weight_matrix(weight, kind).")
     if not bool(torch.isfinite(w2d).all()):
         raise DataError("Weights must be finite, but the matrix holds NaN or inf. "
                         "Fix or re-initialize the weights before quantizing.")
+
+
+def _grouped(w2d: Tensor, config: QuantizerConfig) -> Tensor:
+    """(out * n_groups, G) float32 copy, the partial last group padded with zeros.
+
+    Padding changes nothing: a range always holds 0 already, and 0 is quantized exactly.
+    """
+    check_weight_matrix(w2d)
     out, fan_in = w2d.shape
     n, g = num_groups(fan_in, config), _group_width(fan_in, config)
     return F.pad(w2d.detach().to(torch.float32), (0, n * g - fan_in)).reshape(out * n, g)
