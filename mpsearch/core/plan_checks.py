@@ -88,7 +88,7 @@ def check_pins(value: Any, bits: Mapping[str, int | tuple[int, ...]]) -> dict[st
                 f"{got} bits. Give it 16, or include it in the search space and solve again."
             )
         raise BitsOutOfRangeError(
-            f"a unit pinned by the search space keeps its pinned width, but the plan gives {name!r} {got} bits "
+            f"a unit pinned by the search space must keep its pinned width, but the plan gives {name!r} {got} bits "
             f"and it is pinned at {pins[name]}. Set it back to {pins[name]}, or search without the pin "
             "(`mpsearch sensitivity --no-pins`, discover(pin_first_last=None)) and solve again."
         )

@@ -36,7 +36,7 @@ def test_a_plan_moving_a_pinned_unit_is_refused_naming_unit_bits_and_pin() -> No
     costs = table(discover(model()))
     doc = json.loads(costs.plan(costs.uniform_choice(4)).to_json())
     doc["bits"]["0"] = 2  # the edit a user made by hand
-    with pytest.raises(BitsOutOfRangeError, match=r"pinned by the search space keeps its pinned width, but the plan "
+    with pytest.raises(BitsOutOfRangeError, match=r"pinned by the search space must keep its pinned width, but the plan "
                        r"gives '0' 2 bits and it is pinned at 8\. Set it back to 8"):
         BitPlan.from_dict(doc)
     with pytest.raises(BitsOutOfRangeError, match=r"gives '4' 16 bits and it is pinned at 8"):
