@@ -15,8 +15,9 @@ op             call                                                 result
 An op a backend lacks runs on the reference, in plain PyTorch (unpack, the quantizer's own
 :func:`~mpsearch.kernels.quantize.dequantize`, a float matmul), except that a batch-1 product
 runs the backend's own ``gemm`` on one row when it has no ``gemv``. A backend with a product
-(``gemv`` or ``gemm``) makes the quantized layers multiply the packed weight (convolutions
-through im2col, so ``groups=1`` only); one without runs the float op on its dequantized weight,
+(``gemv`` or ``gemm``) makes the quantized Linear layers multiply the packed weight
+(convolutions decode their weight into a reused buffer and call torch's own conv, see
+:mod:`mpsearch.deploy.dispatch`); one without runs the float op on its dequantized weight,
 as ``"reference"`` does (bit for bit the fake-quant model, any convolution).
 
 Built in: ``"reference"`` (dequantize only), ``"numba"`` (fused CPU kernels,
