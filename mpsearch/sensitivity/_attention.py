@@ -110,14 +110,12 @@ def warn_graph_memory(model: nn.Module, data: Any, weights: int, *, limit: float
     if config is None or not all(is_token_batch(b) for b in data.batches):
         return 0.0
     seq_len = int(data.batches[0].shape[1])
-    batch_tokens = max(int(b.numel()) for b in data.batches)
+    batch_tokens, total = max(int(b.numel()) for b in data.batches), data.n_samples * seq_len
     element_size = next((p.element_size() for p in model.parameters()), 4)
-    predicted = graph_bytes(config, weights=weights, batch_tokens=batch_tokens, total_tokens=data.n_samples * seq_len,
-                            element_size=element_size)
+    predicted = graph_bytes(config, weights=weights, batch_tokens=batch_tokens, total_tokens=total, element_size=element_size)
     what = "the limit" if limit is not None else "half of this machine's memory"
     limit = limit if limit is not None else (physical_memory() or float("inf")) / 2
     if predicted > limit:
-        total = data.n_samples * seq_len
         room = limit - graph_bytes(config, weights=weights, batch_tokens=0, total_tokens=total, element_size=element_size)
         per_window = graph_bytes(config, weights=0, batch_tokens=seq_len, total_tokens=0, element_size=element_size)
         fits = int(room // per_window) if room > 0 else 0

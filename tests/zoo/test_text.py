@@ -36,6 +36,7 @@ def test_separator_override_and_missing_eos():
             return {"input_ids": [[1, 2] for _ in texts]}
 
     assert text_windows(NoEos(), ["a", "b"], seq_len=5, separator=9).tolist() == [[1, 2, 9, 1, 2]]
+    assert text_windows(ByteTokenizer(), ["a", "b"], seq_len=4, separator="\n\n").tolist() == [[97, 10, 10, 98]]
     with pytest.raises(ConfigError, match="no eos_token_id"):
         text_windows(NoEos(), ["a", "b"], seq_len=5)
 
