@@ -68,6 +68,6 @@ def test_seeded_and_validated():
 
 def test_from_inputs_validates():
     with pytest.raises(DataError, match="floating-point tensor"):
-        Calibration.from_inputs(torch.zeros(3, 2, dtype=torch.int64))
+        Calibration.from_inputs(torch.zeros(3, 2, dtype=torch.int32))  # int64 (N, T) are token windows
     with pytest.raises(DataError, match="`batch_size`"):
         Calibration.from_inputs(torch.zeros(3, 2), batch_size=0)
