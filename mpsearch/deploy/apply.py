@@ -9,15 +9,17 @@ measures it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
 from mpsearch.core.config import FLOAT_BITS, check_bits
-from mpsearch.core.errors import PlanMismatchError
+from mpsearch.core.errors import ConfigError, PlanMismatchError
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy import dispatch
 from mpsearch.deploy.bias_shift import add_bias_correction
+from mpsearch.deploy.gptq import gptq_quantized_weights
 from mpsearch.deploy.modules import (
     QuantConv2d,
     QuantLinear,
@@ -27,6 +29,7 @@ from mpsearch.deploy.modules import (
 )
 from mpsearch.kernels.backends import get_backend
 from mpsearch.kernels.fake import quantizable_kind
+from mpsearch.kernels.quantize import QuantizedWeight
 from mpsearch.space.units import check_plan_for_model, module_names
 
 
@@ -87,14 +90,18 @@ def _replace(root: nn.Module, name: str, new: nn.Module, names: dict[int, list[s
 
 
 def packed_unit(module: nn.Module, bits: int, plan: BitPlan, backend: str, *,
-                empty: bool = False) -> _PackedUnit:
+                empty: bool = False, qweight: QuantizedWeight | None = None) -> _PackedUnit:
     """The packed layer for one float ``module`` (Linear, Conv1D or Conv2d) at ``bits``.
 
-    ``empty`` skips quantization and leaves zeroed buffers, for loading a state dict into.
+    ``empty`` skips quantization and leaves zeroed buffers, for loading a state dict into;
+    ``qweight`` packs given codes, scales and zero-points (GPTQ's) instead of quantizing.
     """
     cls = QuantConv2d if quantizable_kind(module) == "conv2d" else QuantLinear
-    if empty:
-        return cls.empty_like(module, bits, plan.quantizer, backend)  # type: ignore[arg-type]
+    if empty or qweight is not None:
+        unit = cls.empty_like(module, bits, plan.quantizer, backend)  # type: ignore[arg-type]
+        if qweight is not None:
+            unit._load_quantized(qweight, module.bias)
+        return unit
     return cls.from_float(module, bits, plan.quantizer, backend)  # type: ignore[arg-type]
 
 
@@ -106,12 +113,14 @@ def _attach_activations(model: nn.Module, plan: BitPlan) -> None:
 
 
 def apply(model: nn.Module, plan: BitPlan, backend: str = "reference", *,
-          inplace: bool = False) -> nn.Module:
+          inplace: bool = False, batches: Iterable[Any] | Any | None = None) -> nn.Module:
     """A copy of ``model`` (the model itself if ``inplace``) with every unit under 16 bits packed.
 
     Weights are quantized by the reference quantizer with ``plan.quantizer``, so the codes
     equal :func:`mpsearch.kernels.quantize.quantize`'s; activation bits of the plan are applied
-    by forward pre-hooks, as in the fake-quant model. ``backend`` is ``"reference"`` (equal to
+    by forward pre-hooks, as in the fake-quant model. A GPTQ plan (``plan.quantizer.method ==
+    "gptq"``) packs the codes GPTQ finds on ``batches``, the calibration batches the plan was made
+    with, so the packed model equals ``fake_quantize_model(model, plan, batches=batches)``. ``backend`` is ``"reference"`` (equal to
     :func:`mpsearch.deploy.evaluate.fake_quantize_model`), ``"numba"`` (CPU) or ``"torch"`` (any device).
 
     >>> import torch
@@ -120,19 +129,25 @@ def apply(model: nn.Module, plan: BitPlan, backend: str = "reference", *,
     >>> type(q[0]).__name__, type(q[2]).__name__, q(torch.ones(1, 8)).shape
     ('QuantLinear', 'Linear', torch.Size([1, 2]))
     """
-    return build_packed(model, plan, backend, inplace=inplace)
+    return build_packed(model, plan, backend, inplace=inplace, batches=batches)
 
 
 def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool = False,
-                 empty: bool = False) -> nn.Module:
+                 empty: bool = False, batches: Iterable[Any] | Any | None = None) -> nn.Module:
     """:func:`apply`; with ``empty``, packed layers are left zeroed (for :func:`load` to fill)."""
     check_backend(backend)
     check_plan_for_model(plan, model)
     widths = unit_widths(model, plan)
     check_packable(model, widths, backend)
+    codes: dict[str, QuantizedWeight] = {}
+    if plan.quantizer.method == "gptq" and not empty:
+        if batches is None:
+            raise ConfigError("a GPTQ plan needs the calibration batches it was made with, but apply got "
+                              "batches=None. Pass apply(model, plan, backend, batches=calibration batches).")
+        codes = gptq_quantized_weights(model, plan, batches)
     target = model if inplace else copy.deepcopy(model)
     modules = dict(target.named_modules())
-    new_units = {name: packed_unit(modules[name], bits, plan, backend, empty=empty)
+    new_units = {name: packed_unit(modules[name], bits, plan, backend, empty=empty, qweight=codes.get(name))
                  for name, bits in widths.items() if bits != FLOAT_BITS}
     names = module_names(target)
     for name, unit in new_units.items():  # all built first: a failure leaves `model` untouched

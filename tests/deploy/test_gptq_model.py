@@ -226,3 +226,19 @@ def test_bias_correction_of_a_gptq_plan_is_measured_on_the_gptq_model() -> None:
     quantized = fake_quantize_model(net, plan, batches=[x])
     shift = (quantized[0](x) - net[0](x)).double().mean(0)
     assert torch.allclose(torch.tensor(corrections["0"], dtype=torch.float64), -shift, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "numba"])
+def test_apply_packs_the_gptq_codes(backend: str) -> None:
+    """The packed model of a GPTQ plan computes what its fake-quant model computes."""
+    from mpsearch.deploy.apply import apply
+
+    net, x = mlp(), inputs(2, 32, 12)
+    plan = BitPlan(bits={"0": 3, "2": 4}, quantizer=GPTQ)
+    packed = apply(net, plan, backend, batches=[x])
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), fake_quantize_model(net, plan, batches=[x])(x), rtol=1e-5, atol=1e-5)
+        rtn = apply(net, dataclasses.replace(plan, quantizer=dataclasses.replace(GPTQ, method="rtn")), backend)
+        assert not torch.allclose(packed(x), rtn(x))  # the GPTQ codes, not round-to-nearest's
+    with pytest.raises(ConfigError, match="batches"):
+        apply(net, plan, backend)
