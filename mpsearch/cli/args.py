@@ -39,16 +39,21 @@ def int_at_least(low: int, flag: str, example: int) -> Callable[[str], int]:
     return parse
 
 
-def seconds(text: str) -> float:
-    """An argparse type: a positive, finite number of seconds."""
+def _number(text: str, ok: Callable[[float], bool], rule: str, fix: str) -> float:
+    """``text`` as a float when ``ok`` holds for it (a non-number is NaN, which ``ok`` must refuse)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, but got {text!r}. "
-                                         "Pass e.g. --time-limit 60, or leave it out for no limit")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, but got {text!r}. {fix}")
     return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    return _number(text, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds",
+                   "Pass e.g. --time-limit 60, or leave it out for no limit")
 
 
 MAX_BUDGETS = 1000
@@ -81,14 +86,8 @@ def budget_values(text: str) -> list[float]:
 
 def fraction(text: str) -> float:
     """An argparse type: a number strictly between 0 and 1 (a relative tolerance)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), but got {text!r}. "
-                                         "Pass e.g. --tol 0.1 (10 % relative standard error)")
-    return value
+    return _number(text, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)",
+                   "Pass e.g. --tol 0.1 (10 % relative standard error)")
 
 
 class Terminated(KeyboardInterrupt):
