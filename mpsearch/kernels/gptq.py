@@ -52,13 +52,18 @@ class GPTQResult:
     floats). ``qweight``: the integer form, ``dequantize(qweight) == weight`` bit for bit; with
     mixed widths its ``bits`` is the widest one and ``group_bits`` gives each group's width;
     None when some group stays at 16 bits (no codes exist for it). ``error``: the layer-output
-    error ``tr((W_q - W) H (W_q - W)^T)`` under the undamped ``H``.
+    error ``tr((W_q - W) H (W_q - W)^T)`` under the undamped ``H``. ``column_errors`` (only when
+    asked for): (out, K) float32, each weight's share ``e^2`` of the output error under the damped
+    Hessian GPTQ minimised (dead columns' diagonal set to 1, then ``damp * mean(diag)`` added):
+    ``W - W_q = E U`` with ``U`` the upper Cholesky factor of its inverse, so the shares are
+    non-negative and sum exactly to ``tr((W_q - W) H_damped (W_q - W)^T)``.
     """
 
     weight: Tensor
     qweight: QuantizedWeight | None
     error: float
     group_bits: Tensor | None
+    column_errors: Tensor | None = None
 
 
 class HessianAccumulator:
@@ -162,11 +167,12 @@ def _flush(W1: Tensor, U1: Tensor, Err1: Tensor, a: int, b: int) -> None:
 
 
 def _sweep(Wt: Tensor, U: Tensor, perm: Tensor | None, params: list[Tensor], widths_t: Tensor,
-           config: QuantizerConfig, G: int, dynamic: bool) -> tuple[Tensor, Tensor]:
+           config: QuantizerConfig, G: int, dynamic: bool, losses: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The column loop on ``Wt`` (K, out), columns as rows in processing order, updated in place.
 
     ``params`` = [scale, zero] (n_groups, out), filled at each group's first column if ``dynamic``.
-    Returns (codes, quantized values), both (K, out) with rows in natural column order.
+    Returns (codes, quantized values), both (K, out) with rows in natural column order; fills
+    ``losses`` (K, out), if given, with each column's squared scaled error ``e^2``.
     """
     K, out = Wt.shape
     scale_t, zero_t = params
@@ -204,19 +210,22 @@ def _sweep(Wt: Tensor, U: Tensor, perm: Tensor | None, params: list[Tensor], wid
                 _flush(W1, U1, Err1, a, e)
                 a = e
         Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1)
+        if losses is not None:
+            losses[perm[i1:i2] if perm is not None else slice(i1, i2)] = Err1.square()
         i1 = i2
     return codes, Qt
 
 
 def gptq_quantize(w2d: Tensor, hessian: Tensor, bits: int | Tensor,
-                  config: QuantizerConfig | None = None) -> GPTQResult:
+                  config: QuantizerConfig | None = None, *, column_errors: bool = False) -> GPTQResult:
     """Quantize a (out, K) matrix with GPTQ under the (K, K) input Hessian ``2 X X^T / n``.
 
     ``bits``: one width 1..8 for the whole matrix, or per-group widths (1..8, or 16 to keep a
     group in floating point) of shape (out, n_groups) or (n_groups,), which needs
     ``config.group_size``. Settings ``damp``, ``block_size`` and ``act_order`` come from
     ``config`` (its ``method`` is not read here). Columns whose diagonal in H is 0 (inputs never
-    seen) are rounded to nearest and neither give nor receive updates.
+    seen) are rounded to nearest and neither give nor receive updates. ``column_errors`` also
+    returns each weight's share of the damped output error (see :class:`GPTQResult`).
     """
     config = config or QuantizerConfig()
     _check_inputs(w2d, hessian, config)
@@ -238,7 +247,8 @@ def gptq_quantize(w2d: Tensor, hessian: Tensor, bits: int | Tensor,
         Wt, H = Wt[perm], H[perm][:, perm]
     U = _inverse_factor(H, config.damp)
     del H
-    codes, Qt = _sweep(Wt, U, perm, [scale_t, zero_t], widths.t().contiguous(), config, G, dynamic)
+    losses = torch.empty(K, out) if column_errors else None
+    codes, Qt = _sweep(Wt, U, perm, [scale_t, zero_t], widths.t().contiguous(), config, G, dynamic, losses)
     del Wt, U
     Q = Qt.t().contiguous()
     error = output_error(Q - original, hessian)
@@ -248,7 +258,8 @@ def gptq_quantize(w2d: Tensor, hessian: Tensor, bits: int | Tensor,
         qweight = QuantizedWeight(codes=codes.t().contiguous(), scale=scale, zero=zero_t.t().to(torch.uint8).contiguous(),
                                   bits=int(widths.max()), config=config)
     mixed = isinstance(bits, (Tensor, np.ndarray))
-    return GPTQResult(weight=Q, qweight=qweight, error=error, group_bits=widths if mixed else None)
+    return GPTQResult(weight=Q, qweight=qweight, error=error, group_bits=widths if mixed else None,
+                      column_errors=None if losses is None else losses.t().contiguous())
 
 
 __all__ = ["GPTQResult", "HessianAccumulator", "gptq_quantize", "output_error"]

@@ -20,7 +20,9 @@ from mpsearch.core.costs import CostTable, GroupIndex
 from mpsearch.core.errors import CostTableError, MPSearchError
 from mpsearch.core.quality import estimate_quality, warn_if_noisy
 from mpsearch.core.storage import overhead_bits
+from mpsearch.pricing.gptq_errors import gptq_errors
 from mpsearch.sensitivity.base import Sensitivity
+from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.discover import SearchSpace
 from mpsearch.space.quant_errors import quantization_errors, quantization_group_errors
 
@@ -112,8 +114,9 @@ def cost_table_from_groups(
     )
 
 
-def _group_costs(model: nn.Module, space: SearchSpace, sensitivity: Sensitivity) -> dict[str, np.ndarray]:
-    errors = quantization_group_errors(model, space)
+def _group_costs(model: nn.Module, space: SearchSpace, sensitivity: Sensitivity,
+                 errors: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    errors = quantization_group_errors(model, space) if errors is None else errors
     costs = {}
     for unit in space.units:
         scores = (sensitivity.group_scores or {}).get(unit.name)
@@ -128,10 +131,35 @@ def _group_costs(model: nn.Module, space: SearchSpace, sensitivity: Sensitivity)
     return costs
 
 
+def _check_error(error: str, space: SearchSpace, sensitivity: Sensitivity, calibration: Calibration | None) -> None:
+    """The rules of ``build_cost_table``'s ``error`` option."""
+    if error not in ("rtn", "gptq"):
+        raise MPSearchError(f"`error` must be 'rtn' or 'gptq', but got error={error!r}. Pass 'rtn' (round to nearest) "
+                            "or 'gptq' for a GPTQ quantizer.")
+    if error != "gptq":
+        return
+    for failed, rule, fix in (
+        (space.quantizer.method != "gptq", f"a space whose quantizer has method='gptq', but it has "
+         f"method={space.quantizer.method!r}", "Discover the space with quantizer=QuantizerConfig(method='gptq', ...)."),
+        (calibration is None, "the calibration data GPTQ runs on, but got calibration=None",
+         "Pass calibration=<the Calibration of the estimate>."),
+        (sensitivity.unit_costs is not None, f"an estimator with scores, but {sensitivity.method!r} gives its own "
+         "per-width costs", "Use a score estimator (e.g. fisher) or error='rtn'."),
+    ):
+        if failed:
+            raise MPSearchError(f"error='gptq' prices the error GPTQ leaves and needs {rule}. {fix}")
+
+
 def build_cost_table(
-    model: nn.Module, space: SearchSpace, sensitivity: Sensitivity, *, meta: Mapping[str, Any] | None = None, granularity: str = "auto"
+    model: nn.Module, space: SearchSpace, sensitivity: Sensitivity, *, meta: Mapping[str, Any] | None = None, granularity: str = "auto",
+    error: str = "rtn", calibration: Calibration | None = None,
 ) -> CostTable:
     """The cost table of any estimator: ``score * ||Q_b(W) - W||^2``, or the estimator's own costs.
+
+    ``error="gptq"`` prices the error GPTQ leaves instead of round to nearest's, for a space whose
+    quantizer has ``method="gptq"``: ``score * tr(dW H dW^T) / mean(diag H)`` with GPTQ's own
+    damped input Hessian from ``calibration`` (:mod:`mpsearch.pricing.gptq_errors`), per unit or
+    per group.
 
     ``granularity="auto"`` gives one item per group of G inputs when the space's quantizer
     has a ``group_size`` and the sensitivity has ``group_scores`` (cost of a group:
@@ -147,6 +175,7 @@ def build_cost_table(
     """
     if granularity not in ("auto", "layer", "group"):
         raise MPSearchError(f"`granularity` must be 'auto', 'layer' or 'group', but got {granularity!r}. Pass 'auto'.")
+    _check_error(error, space, sensitivity, calibration)
     start = time.perf_counter()
     quality = estimate_quality(sensitivity.method, sensitivity.details, sensitivity.settings,
                                [u.name for u in space.units if not u.pinned])
@@ -160,16 +189,18 @@ def build_cost_table(
             f"{space.quantizer.group_size} and {sensitivity.method!r} {'without' if sensitivity.group_scores is None else 'with'} "
             "group scores. Use an estimator with supports_groups=True on a grouped search space, or granularity='layer'."
         )
+    unit_errors, group_errors = gptq_errors(model, space, calibration) if error == "gptq" else (None, None)  # type: ignore[arg-type]
     if grouped and granularity != "layer":
-        info = {"estimator": sensitivity.method, "estimator_seconds": sensitivity.seconds}
-        costs = _group_costs(model, space, sensitivity)
+        info = {"estimator": sensitivity.method, "estimator_seconds": sensitivity.seconds, "error": error}
+        costs = _group_costs(model, space, sensitivity, group_errors)
         info["error_seconds"] = time.perf_counter() - start
         return cost_table_from_groups(space, costs, meta={**info, **dict(meta or {})})
     if sensitivity.unit_costs is not None:
         per_unit = {n: dict(c) for n, c in sensitivity.unit_costs.items()}
     else:
-        errors = quantization_errors(model, space)
+        errors = quantization_errors(model, space) if unit_errors is None else unit_errors
         per_unit = {n: {b: sensitivity.scores[n] * e for b, e in errors[n].items()} for n in space.names}
-    info = {"estimator": sensitivity.method, "estimator_seconds": sensitivity.seconds, "error_seconds": time.perf_counter() - start}
+    info = {"estimator": sensitivity.method, "estimator_seconds": sensitivity.seconds, "error": error,
+            "error_seconds": time.perf_counter() - start}
     info.update(meta or {})
     return cost_table_from_space(space, per_unit, meta=info)

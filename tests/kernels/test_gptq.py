@@ -237,3 +237,14 @@ def test_bad_settings(kwargs: dict, match: str) -> None:
     with pytest.raises(PlanFormatError, match="quantizer"):
         BitPlan.from_dict({"format": "mpsearch.bitplan", "version": 1, "bits": {"a": 3},
                            "quantizer": QuantizerConfig().to_dict() | kwargs})
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_column_errors_split_the_damped_output_error(name: str) -> None:
+    cfg = CONFIGS[name]
+    W, _, H = layer(3)
+    result = gptq_quantize(W, H, 3, cfg, column_errors=True)
+    damped = H + cfg.damp * H.diagonal().mean() * torch.eye(H.shape[0])
+    assert result.column_errors.shape == W.shape and bool((result.column_errors >= 0).all())
+    assert float(result.column_errors.sum()) == pytest.approx(output_error(result.weight - W, damped), rel=1e-4)
+    assert gptq_quantize(W, H, 3, cfg).column_errors is None
