@@ -15,7 +15,7 @@ DEFAULT_ESTIMATOR = "fisher"
 #: The registered estimators (mpsearch.sensitivity.base.ESTIMATORS), named here so that parsing the
 #: command line does not import torch; a test keeps the two equal.
 ESTIMATOR_NAMES = ("first_order", "fisher", "gwq", "hessian", "hessian_diag", "hessian_eig", "lim", "lrp", "obs",
-                   "zeroq", "zeroq_bc", "zscore")
+                   "obs_block", "xtx", "zeroq", "zeroq_bc", "zscore")
 HESSIAN_DEFAULTS = {"tol": 0.1, "max_probes": 200}
 DEFAULT_CALIB = 256
 

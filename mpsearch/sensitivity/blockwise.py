@@ -22,14 +22,14 @@ loss's gradient through every later block and have ``("whole",)``
 * :class:`InputDiagonal` (``xtx``): per weight the mean squared input of its column,
   ``[X^T X]_jj / rows``: the diagonal of a linear layer's output-error Hessian, so that
   ``sum_ij s_ij dW_ij^2`` estimates the squared output error ``||dW X||^2 / rows``.
-* :class:`BlockOBS` (``obs-block``): SliM-LLM's OBS salience ``w^2 / [H^-1]_jj^2``, as
+* :class:`BlockOBS` (``obs_block``): SliM-LLM's OBS salience ``w^2 / [H^-1]_jj^2``, as
   :class:`~mpsearch.sensitivity.salience_obs.OBSSalience` computes it, from full ``H = X^T X``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from mpsearch.core.errors import ConfigError
 from mpsearch.kernels.quantize import weight_matrix
 from mpsearch.sensitivity._tensors import unit_reduce
-from mpsearch.sensitivity.base import Estimator, Sensitivity
+from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.sensitivity.salience_obs import input_hessians, layer_input_rows, obs_salience
 from mpsearch.space.discover import SearchSpace, unit_modules
@@ -171,8 +171,11 @@ class _InputEstimator(Estimator):
     supports_groups = True
     modes: ClassVar[tuple[str, ...]] = MODES
     diagonal = True
+    quick_options: ClassVar[Mapping[str, Any]] = {"mode": "whole"}  # the contract's network has no decoder blocks
 
-    def __init__(self, *, mode: str = "block", damp: float = 0.01, progress: bool = True) -> None:
+    def __init__(self, *, mode: str = "block", damp: float = 0.01, seed: int = 0, progress: bool = True) -> None:
+        """``mode``: "block" (one decoder block at a time) or "whole"; ``damp``: BlockOBS's Hessian damping.
+        ``seed`` is taken as every estimator takes it; the statistics are exact sums, so it changes nothing."""
         if mode not in MODES:
             raise ConfigError(f"`mode` must be one of {MODES}, but got mode={mode!r}. Pass 'block' for one decoder block at a time.")
         if not 0 <= damp < 10:
@@ -211,6 +214,7 @@ class _InputEstimator(Estimator):
                            details=details, group_scores=groups)
 
 
+@ESTIMATORS.register("xtx")
 class InputDiagonal(_InputEstimator):
     """Mean squared input of each weight's column, ``[X^T X]_jj / rows``: the output-error Hessian diagonal.
 
@@ -225,13 +229,14 @@ class InputDiagonal(_InputEstimator):
         return (stat / rows)[None, :].expand(weight2d.shape).clone()
 
 
+@ESTIMATORS.register("obs_block")
 class BlockOBS(_InputEstimator):
     """SliM-LLM's OBS salience ``w^2 / [H^-1]_jj^2`` (full ``H = X^T X``, damped), whole-model or block-wise.
 
     Equal to :class:`~mpsearch.sensitivity.salience_obs.OBSSalience` with the same ``damp``.
     """
 
-    name = "obs-block"
+    name = "obs_block"
     diagonal = False
 
     def per_weight(self, weight2d: torch.Tensor, stat: torch.Tensor, rows: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from mpsearch.solvers.greedy import GreedySolver
 from mpsearch.solvers.ilp import ILPSolver
 from mpsearch.solvers.lagrange import LagrangeSolution, LagrangeSolver, lagrange_solve
 from mpsearch.solvers.search import NSGA2Solver, TPESolver
+from mpsearch.solvers.slim import PerUnitBudget
 
 __all__ = [
     "SOLVERS",
@@ -19,6 +20,7 @@ __all__ = [
     "LagrangeSolution",
     "LagrangeSolver",
     "NSGA2Solver",
+    "PerUnitBudget",
     "SolveResult",
     "Solver",
     "Status",

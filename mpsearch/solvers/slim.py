@@ -27,7 +27,7 @@ import numpy as np
 from mpsearch.core.budget import Budget
 from mpsearch.core.costs import CostTable, GroupIndex
 from mpsearch.core.errors import ConfigError
-from mpsearch.solvers.base import RTOL, Solver, SolveResult, Status
+from mpsearch.solvers.base import RTOL, SOLVERS, Solver, SolveResult, Status
 
 __all__ = ["PerUnitBudget", "unit_knapsack"]
 
@@ -95,19 +95,31 @@ def unit_knapsack(cost: np.ndarray, storage: np.ndarray, capacity: float) -> tup
     return choice, bound, objective <= bound + 1e-12 * max(abs(bound), 1.0)
 
 
+@SOLVERS.register("slim")
 class PerUnitBudget(Solver):
     """SliM-LLM's rule: each unit meets the ``avg_bits`` budget on its own (module docstring).
 
-    Group-granularity tables and ``avg_bits`` budgets only. ``status`` is optimal when every
-    unit's LP relaxation was integral, else feasible, with the summed LP bound in ``bound``.
+    Registered as ``"slim"`` (``mpsearch search --solver slim``). Group-granularity tables and
+    ``avg_bits`` budgets only. ``status`` is optimal when every unit's LP relaxation was integral
+    (optimal *under the rule*), else feasible, with the summed LP bound in ``bound``.
+
+    Not a solver of the global budget: a budget every plan of the table can meet may still leave
+    some unit unable to meet it alone (a unit pinned wider, a narrower window), and the result is
+    then infeasible. ``contract_skip`` says so to the generic solver contract; ``seed`` is taken
+    as every solver takes it and changes nothing.
 
     Example:
         >>> # costs: a group table with bits (2, 3, 4); budget 3 code bits + 24 / G overhead bits
         >>> # PerUnitBudget().solve(costs, Budget.avg_bits(3 + 24 / 128)).plan
     """
 
-    name = "slim-per-unit"
+    name = "slim"
     exact = False
+    contract_skip = ("a per-unit rule: each unit must meet the budget alone, so budgets the table as a whole can "
+                     "meet may be infeasible, and layer tables are refused; checked in tests/solvers/test_slim.py")
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self.seed = seed
 
     def _solve(self, costs: CostTable, budgets: tuple[Budget, ...], *, time_limit: float | None) -> SolveResult:
         if not isinstance(costs.items, GroupIndex) or len(budgets) != 1 or budgets[0].kind != "avg_bits" or costs.ties:
