@@ -12,6 +12,10 @@ bits): a float32 matmul of B rows costs ~0.34 (resp. 0.047) ms per row, the fuse
 * more rows, and every convolution: the weight decoded into a reused scratch buffer
   (:func:`mpsearch.kernels.dequant.scratch`), then PyTorch's float op, so a convolution pays no
   im2col copy. The packed bytes stay the only stored copy.
+
+Layers with per-group widths (:mod:`mpsearch.deploy.group_modules`) run one row on the
+per-group kernel (:class:`~mpsearch.kernels.groups_cpu.GroupWeight`) and every other call on
+the decoded weight.
 """
 
 from __future__ import annotations
@@ -33,11 +37,25 @@ def prepare(unit: nn.Module) -> GemvWeight | None:
     ptr, gemv = unit.__dict__.get("_gemv", (None, None))
     if ptr != unit.packed.data_ptr():  # never built, or the buffers moved (``.to``, assign)
         gemv = None
-        if unit.backend == ROUTED and unit.packed.device.type == "cpu" and unit.kind != "conv2d":
-            gemv = GemvWeight(unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K,
+        if unit.backend == ROUTED and unit.packed.device.type == "cpu" and (
+                _grouped(unit) or unit.kind != "conv2d"):
+            gemv = _group_weight(unit) if _grouped(unit) else GemvWeight(unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K,
                               unit.G)
         unit.__dict__["_gemv"] = (unit.packed.data_ptr(), gemv)
     return gemv
+
+
+def _grouped(unit: nn.Module) -> bool:
+    """Whether ``unit`` has per-group widths (:mod:`mpsearch.deploy.group_modules`)."""
+    return "group_bits" in unit._buffers
+
+
+def _group_weight(unit: nn.Module) -> object:
+    """The per-group weight's Numba operands (batch-1 kernel and decoder in one)."""
+    from mpsearch.kernels.groups_cpu import GroupWeight
+
+    return GroupWeight(unit.packed, unit.scale, unit.zero_points(), unit.group_bits, unit.K,
+                       unit.G)
 
 
 def forget(unit: nn.Module) -> None:
@@ -67,6 +85,8 @@ def dense_weight(unit: nn.Module, x: Tensor) -> Tensor:
     """The (out, K) float32 weight for one float op on ``x``: in the shared scratch buffer,
     unless autograd may keep it for a backward pass (then a fresh tensor)."""
     if unit.packed.device.type != "cpu" or unit.backend != ROUTED or not is_available():
+        if _grouped(unit):
+            return unit.dequantized()
         from mpsearch.kernels.backends import get_backend
 
         return get_backend(unit.backend).op("dequantize")(
@@ -76,6 +96,9 @@ def dense_weight(unit: nn.Module, x: Tensor) -> Tensor:
     else:
         out = scratch(unit.out_features * unit.K, unit.packed.device).view(unit.out_features,
                                                                            unit.K)
+    if _grouped(unit):
+        prepare(unit).dequantize_into(out.numpy())  # type: ignore[union-attr]
+        return out
     kernel, packed, scale, zero, group = _decoder(unit)
     kernel(packed, scale, zero, group, out.numpy())
     return out
@@ -86,7 +109,7 @@ def linear(unit: nn.Module, x2d: Tensor) -> Tensor:
     rows = x2d.shape[0]
     if rows == 1 and (gemv := prepare(unit)) is not None:
         return torch.from_numpy(gemv(x2d[0].detach().contiguous().numpy())).reshape(1, -1)
-    if rows < DEQUANT_ROWS:
+    if rows < DEQUANT_ROWS and not _grouped(unit):
         return unit._matmul(x2d)
     return x2d @ dense_weight(unit, x2d).T
 

@@ -12,6 +12,11 @@ buffer                shape                    bytes
 ``bias``              (out,)                   4 * out, float32, when the unit has a bias
 ====================  =======================  ===============================================
 
+A unit whose groups have different widths (a group-wise plan) stores its groups one after the
+other, each in ceil(len_g * b_g / 8) bytes (``len_g`` = G, the last group of a row may be
+shorter), plus a uint8 width map of ``out * n_groups`` bytes (:attr:`PlanBytes.group_map`); its
+scales and zero-points are as above (:mod:`mpsearch.kernels.packing_groups`).
+
 A unit at 16 bits keeps its weight (and bias) in its float dtype. Every other parameter and
 buffer of the model (batch norm, embeddings, layer norms, biases of float units) stays as it is.
 Because each row is padded to whole bytes, a unit's codes take ``out * ceil(K*b/8)`` bytes, not
@@ -104,27 +109,48 @@ class PlanBytes:
     bias: int
     float_weights: int
     other: int
+    group_map: int = 0  # the width map of units with per-group widths, 1 byte per group
 
     @property
     def total(self) -> int:
-        return self.packed + self.scale + self.zero + self.bias + self.float_weights + self.other
+        return (self.packed + self.scale + self.zero + self.bias + self.float_weights + self.other
+                + self.group_map)
+
+
+def group_packed_bytes(fan_in: int, group_widths: Sequence[int], group_size: int) -> int:
+    """Bytes of the codes of one unit with per-group widths (row-major groups of a row of
+    ``fan_in`` inputs): each group takes ceil(len * b / 8), len = G but a shorter last group."""
+    b = np.asarray(group_widths, np.int64).reshape(-1, -(-int(fan_in) // int(group_size)))
+    lengths = np.full(b.shape[1], int(group_size), np.int64)
+    lengths[-1] = int(fan_in) - (b.shape[1] - 1) * int(group_size)
+    return int(((lengths[None, :] * b + 7) // 8).sum())
 
 
 def plan_bytes(inventory: MemoryInventory, bits: Mapping[str, Any] | Sequence[int],
                quantizer: QuantizerConfig | Mapping[str, Any] | None = None) -> PlanBytes:
     """Exact bytes of the model under ``bits`` (a plan's ``bits`` mapping, or one width per unit).
 
+    A mapping's entry may be a unit's per-group widths (a group-wise plan's tuple).
     Units missing from the mapping, and units at 16 bits, keep their float weights.
     """
     cfg = _config(quantizer)
     n = len(inventory.names)
+    mixed: dict[int, Sequence[int]] = {}
     if isinstance(bits, Mapping):
         b = np.full(n, FLOAT_BITS, np.int64)
         index = {name: i for i, name in enumerate(inventory.names)}
         for name, value in bits.items():
-            if name not in index or isinstance(value, (tuple, list)):
-                raise DataError(f"plan units must be quantizable units with one width each, but got {name!r}: "
-                                f"{value!r}. Use a layer-granularity plan for this model.")
+            if name not in index:
+                raise DataError(f"plan units must be quantizable units, but got {name!r}: "
+                                f"{value!r}. Use a plan made for this model.")
+            if isinstance(value, (tuple, list)):
+                distinct = sorted(set(int(v) for v in value))
+                if len(distinct) > 1 and (FLOAT_BITS in distinct or cfg.group_size is None):
+                    raise DataError(f"per-group widths are packed when every group has 1..8 bits, but "
+                                    f"{name!r} has {distinct}. Plan its groups under 16 bits.")
+                if len(distinct) > 1:
+                    mixed[index[name]] = value
+                value = distinct[-1] if len(distinct) == 1 else max(distinct)
             b[index[name]] = int(value)
     else:
         b = np.asarray(bits, np.int64)
@@ -133,12 +159,16 @@ def plan_bytes(inventory: MemoryInventory, bits: Mapping[str, Any] | Sequence[in
     quant = b != FLOAT_BITS
     out, K = inventory.out_features, inventory.fan_in
     groups = np.ones_like(K) if cfg.group_size is None else -(-K // cfg.group_size)
-    packed = int((out * (-(-K * b // 8)))[quant].sum())
+    rows_packed = out * (-(-K * b // 8))
+    for i, value in mixed.items():
+        rows_packed[i] = group_packed_bytes(int(K[i]), value, cfg.group_size)  # type: ignore[arg-type]
+    packed = int(rows_packed[quant].sum())
     n_groups = int((out * groups)[quant].sum())
+    group_map = int(sum(out[i] * groups[i] for i in mixed))
     scale = n_groups * SCALE_BITS[cfg.scale_dtype] // 8
     zero = n_groups * (group_overhead_bits(cfg) - SCALE_BITS[cfg.scale_dtype]) // 8
     bias_size = np.where(quant, QUANT_BIAS_BYTES, inventory.bias_itemsize)
     bias = int((inventory.bias_numel * bias_size).sum())
     floating = int((out * K * inventory.weight_itemsize)[~quant].sum())
     return PlanBytes(packed=packed, scale=scale, zero=zero, bias=bias, float_weights=floating,
-                     other=int(inventory.other_bytes))
+                     other=int(inventory.other_bytes), group_map=group_map)
