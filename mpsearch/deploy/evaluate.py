@@ -1,4 +1,10 @@
-"""Applying a plan (fake-quant reference) and measuring what it does to a model."""
+"""Applying a plan (fake-quant reference) and measuring what it does to a model.
+
+A unit whose weight other modules read too (``lm_head`` tied to ``model.embed_tokens``) is
+quantized once, so every reader sees the same values; a token-embedding unit is quantized per
+row of its table (one output channel per row, groups along the hidden dimension), the layout of
+a tied ``lm_head``, so one set of codes serves both.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +19,26 @@ from mpsearch.core.config import FLOAT_BITS, group_sizes
 from mpsearch.core.errors import ConfigError
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.bias_shift import add_bias_correction
+from mpsearch.deploy.embedding import without_tables
 from mpsearch.deploy.gptq import gptq_quantize_model
 from mpsearch.kernels.fake import fake_quantize_model as _fake_quantize_units
 from mpsearch.kernels.fake import quantizable_kind
-from mpsearch.kernels.quantize import overhead_bits, weight_matrix
+from mpsearch.kernels.quantize import (
+    check_bits,
+    check_group_bits,
+    fake_quantize,
+    fake_quantize_groups,
+    overhead_bits,
+    weight_matrix,
+)
 from mpsearch.space.discover import check_plan_for_model
 
 
 def _matrix_shape(module: nn.Module) -> tuple[int, int]:
-    """(out_features, fan_in) of a quantizable module's weight, as the quantizer sees it."""
+    """(out_features, fan_in) of a quantizable module's weight, as the quantizer sees it (an
+    embedding table: one row per output channel)."""
+    if isinstance(module, nn.Embedding):
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
     out_f, fan_in = weight_matrix(module.weight, quantizable_kind(module)).shape
     return int(out_f), int(fan_in)
 
@@ -39,14 +56,24 @@ def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = Fals
     units raise :class:`~mpsearch.core.errors.PlanMismatchError`).
     """
     check_plan_for_model(plan, model)
+    specs = unit_bit_specs(model, plan)
+    tables = _embedding_specs(model, specs, plan)
     if plan.quantizer.method == "gptq":
         if batches is None:
             raise ConfigError("A plan with quantizer method='gptq' is reproduced from calibration data, "
                               "but got batches=None. Pass fake_quantize_model(model, plan, batches=...) "
                               "the calibration batches the plan was made with.")
-        quantized = gptq_quantize_model(model, plan, batches, inplace=inplace)
+        quantized = gptq_quantize_model(model, without_tables(model, plan), batches, inplace=inplace)
     else:
-        quantized = _fake_quantize_units(model, unit_bit_specs(model, plan), plan.quantizer, inplace=inplace)
+        layers = {n: s for n, s in specs.items() if not _is_table(model, n)}
+        quantized = _fake_quantize_units(model, layers, plan.quantizer, inplace=inplace)
+        for name, spec in tables.items():
+            weight = quantized.get_submodule(name).weight
+            mat = weight.detach()
+            new = fake_quantize_groups(mat, spec, plan.quantizer) if isinstance(spec, torch.Tensor) \
+                else fake_quantize(mat, spec, plan.quantizer)
+            with torch.no_grad():
+                weight.copy_(new)
     if plan.activation_bits:
         from mpsearch.kernels.activations import attach_activation_quant
 
@@ -54,6 +81,24 @@ def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = Fals
     if plan.bias_correction:
         add_bias_correction(quantized, plan.bias_correction)
     return quantized
+
+
+def _is_table(model: nn.Module, name: str) -> bool:
+    return isinstance(model.get_submodule(name), nn.Embedding)
+
+
+def _embedding_specs(model: nn.Module, specs: dict, plan: BitPlan) -> dict:
+    """The validated widths of the plan's embedding units below 16 bits (checked before any weight changes)."""
+    out = {}
+    for name, spec in specs.items():
+        if not _is_table(model, name):
+            continue
+        if isinstance(spec, torch.Tensor):
+            rows, dim = model.get_submodule(name).weight.shape
+            out[name] = check_group_bits(spec, int(rows), int(dim), plan.quantizer)
+        elif check_bits(spec, plan.quantizer.scheme, allow_float=True) != FLOAT_BITS:
+            out[name] = spec
+    return out
 
 
 def unit_bit_specs(model: nn.Module, plan: BitPlan) -> dict:

@@ -1,14 +1,17 @@
 """Search spaces: which modules get bits, which bits they may get, and how they are bound.
 
 A :class:`QuantUnit` is one quantizable module (``nn.Conv2d``, ``nn.Linear`` or
-transformers' ``Conv1D``) named by its fully qualified module name; a module object reachable
-under several names is one unit, its other names recorded as ``aliases``. A
+transformers' ``Conv1D``; with ``embeddings=True`` also an ``nn.Embedding`` token table) named by
+its fully qualified module name; a module object reachable under several names is one unit, its
+other names recorded as ``aliases``; a weight Parameter read by several modules (``lm_head`` tied
+to ``model.embed_tokens``) is one unit named by its layer, the other modules recorded as
+``tied``, its weights counted once. A
 :class:`SearchSpace` is the ordered set of units with their bit choices, the
 pins (units fixed to one width, such as the first convolution and the
 classifier at 8 bits), the ties (units that must share a width) and the
 quantizer used to measure and apply every plan.
 
-Modules that hold a weight matrix but are not such a layer (``nn.Embedding``,
+Modules that hold a weight matrix but are not such a layer (``nn.Embedding`` unless searched,
 ``nn.Conv1d``/``Conv3d``, transposed convolutions...), and layers whose parent reads their
 weight itself (``nn.MultiheadAttention.out_proj``; see :mod:`mpsearch.space.units`) cannot be
 quantized: they are recorded in :attr:`SearchSpace.float_modules` with the reason, stay in floating
@@ -28,6 +31,7 @@ from torch import nn
 
 from mpsearch.core.config import RECOMMENDED, QuantizerConfig, Scheme
 from mpsearch.core.errors import BitsOutOfRangeError, FloatModulesWarning, SearchSpaceError
+from mpsearch.space.fused import FUSED_SIBLINGS, fused_ties
 from mpsearch.space.units import FloatModule, check_plan_for_model, scan_model, unquantizable
 
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
@@ -57,6 +61,10 @@ class QuantUnit:
 
     ``aliases`` are the other names the same module object is reachable under
     (``self.alias = self.shared``): one unit, quantized once, replaced under every name.
+    ``tied`` are the other modules that read the same weight Parameter (``model.embed_tokens``
+    for a tied ``lm_head``): quantizing the unit quantizes them too. ``kind`` is the weight
+    layout the quantizer sees; an embedding table (``role="embedding"``) has the Linear layout,
+    one output channel per row.
     """
 
     name: str
@@ -66,6 +74,8 @@ class QuantUnit:
     fan_in: int
     bits: tuple[int, ...]
     aliases: tuple[str, ...] = ()
+    tied: tuple[str, ...] = ()
+    role: str = "layer"  # "layer" | "embedding"
 
     @property
     def n_weights(self) -> int:
@@ -135,9 +145,23 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.units)
 
+    def tie_notice(self) -> str | None:
+        """The sentence naming the modules quantized with a unit because they read its weight, or None."""
+        tied = [u for u in self.units if u.tied]
+        if not tied:
+            return None
+        shown = "; ".join(f"the weight of {u.name!r} ({u.n_weights:,} weights) is also read by "
+                          f"{', '.join(map(repr, u.tied))}" for u in tied)
+        return (f"{len(tied)} unit(s) of {self.model_name} share their weight with other modules (tied): {shown}. "
+                "Quantizing such a unit quantizes every module that reads its weight, whether or not embeddings "
+                "are searched; its weights are counted once.")
+
     def float_notice(self) -> str | None:
-        """The sentence naming the modules that stay in floating point, or None when there are none."""
-        return _float_notice(self.model_name, self.float_modules, self.n_weights) if self.float_modules else None
+        """The sentences naming the modules that stay in floating point and the tied ones
+        quantized with a unit, or None when there are neither."""
+        parts = [_float_notice(self.model_name, self.float_modules, self.n_weights) if self.float_modules else None,
+                 self.tie_notice()]
+        return " ".join(p for p in parts if p) or None
 
     def describe(self) -> str:
         """What will be searched and what stays in floating point, in a few lines: ``print(space.describe())``."""
@@ -147,7 +171,9 @@ class SearchSpace:
             lines.append(f"{len(self.float_units)} quantizable unit(s) left out by include/exclude stay in "
                          f"floating point: {', '.join(map(repr, self.float_units[:5]))}"
                          + (" ..." if len(self.float_units) > 5 else ""))
-        notice = self.float_notice()
+        if self.float_modules:
+            lines.append(_float_notice(self.model_name, self.float_modules, self.n_weights))
+        notice = self.tie_notice()
         if notice:
             lines.append(notice)
         return "\n".join(lines)
@@ -185,6 +211,8 @@ def discover(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     quantizer: QuantizerConfig | None = None,
+    embeddings: bool = False,
+    tie_fused: bool = False,
 ) -> SearchSpace:
     """Find the quantizable units of ``model`` and build a :class:`SearchSpace`.
 
@@ -194,6 +222,12 @@ def discover(
     ZeroQ do; pass ``pin_first_last=None`` to search them too. The quantizer
     defaults to per-channel affine with MSE-optimal clipping (``RECOMMENDED``).
 
+    ``embeddings=True`` searches token embeddings (``nn.Embedding``) too, each row of a table
+    one output channel. A weight shared by several modules is one unit either way (``lm_head``
+    tied to the embedding: one unit named ``lm_head`` with ``tied=("model.embed_tokens",)``).
+    ``tie_fused=True`` ties the sibling projections runtimes fuse into one matmul
+    (:data:`FUSED_SIBLINGS`: q/k/v and gate/up of one block), so they share a width.
+
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 2))
     >>> space = discover(net)
@@ -202,11 +236,11 @@ def discover(
     """
     quantizer = quantizer or RECOMMENDED
     choices = check_bits(bits, scheme=quantizer.scheme)
-    candidates, floats = scan_model(model)
+    candidates, floats = scan_model(model, embeddings=embeddings)
     found = []
     skipped: list[str] = []
     for unit in candidates:
-        every = (unit.name, *unit.aliases)
+        every = (unit.name, *unit.aliases, *unit.tied)
         if (include is not None and not any(_match(n, include) for n in every)) or any(_match(n, exclude) for n in every):
             skipped.append(unit.name)
             continue
@@ -224,7 +258,7 @@ def discover(
         pinned[found[-1].name] = pin_first_last
     for pattern, value in (pins or {}).items():
         check_bits([value], what=f"pins[{pattern!r}]", scheme=quantizer.scheme)
-        hits = [u.name for u in found if any(fnmatch.fnmatchcase(n, pattern) for n in (u.name, *u.aliases))]
+        hits = [u.name for u in found if any(fnmatch.fnmatchcase(n, pattern) for n in (u.name, *u.aliases, *u.tied))]
         if not hits:
             raise SearchSpaceError(
                 f"every pin must match a unit, but {pattern!r} matches none. "
@@ -246,7 +280,7 @@ def discover(
         unit_bits = (pinned[name],) if name in pinned else choices
         units.append(
             QuantUnit(name=name, kind=kind, weight_shape=shape, out_features=out_features, fan_in=fan_in, bits=unit_bits,
-                      aliases=found_unit.aliases)
+                      aliases=found_unit.aliases, tied=found_unit.tied, role=found_unit.role)
         )
     all_names = [u.name for u in units]
     resolved_ties = []
@@ -261,11 +295,14 @@ def discover(
             members.extend(h for h in hits if h not in members)
         if len(members) > 1:
             resolved_ties.append(tuple(members))
+    if tie_fused:
+        resolved_ties.extend(fused_ties(all_names))
     space = SearchSpace(units=tuple(units), ties=tuple(resolved_ties), quantizer=quantizer, float_units=tuple(skipped),
                         float_modules=tuple(floats), model_name=type(model).__name__)
-    if floats:  # shown once per call site by Python's default filter; silence with warnings.filterwarnings
+    if floats or (space.tie_notice() and not embeddings):  # once per call site (Python's default filter)
         warnings.warn(space.float_notice(), FloatModulesWarning, stacklevel=2)
     return space
+
 
 
 def unit_modules(model: nn.Module, space: SearchSpace) -> list[nn.Module]:
@@ -276,5 +313,5 @@ def unit_modules(model: nn.Module, space: SearchSpace) -> list[nn.Module]:
     return [modules[n] for n in space.names]
 
 
-__all__ = ["DEFAULT_BITS", "FloatModule", "QuantUnit", "SearchSpace", "check_bits", "check_plan_for_model",
-           "discover", "discover_quietly", "float_notice_of", "unit_modules", "unquantizable"]
+__all__ = ["DEFAULT_BITS", "FUSED_SIBLINGS", "FloatModule", "QuantUnit", "SearchSpace", "check_bits", "check_plan_for_model",
+           "discover", "discover_quietly", "float_notice_of", "fused_ties", "unit_modules", "unquantizable"]

@@ -36,13 +36,13 @@ def test_unquantizable_modules_are_listed_with_the_reason() -> None:
     listed = {m.name: (m.kind, m.n_weights, m.reason) for m in space.float_modules}
     assert listed == {
         "(root)": ("Mixed", 64, "only Conv2d, Linear and Conv1D layers are quantized"),
-        "embed": ("Embedding", 800, "embedding tables are not quantized"),
+        "embed": ("Embedding", 800, "embedding tables are searched only with discover(..., embeddings=True)"),
         "conv1d": ("Conv1d", 192, "only 2-D convolutions are supported"),
         "up": ("ConvTranspose2d", 128, "transposed convolutions are not supported"),
     }  # norms (1-D scales) and biases are not searched by design and not listed
     message = str(record[0].message)
     assert message.startswith("4 module(s) of Mixed cannot be quantized and stay in floating point (1,184 weights, ")
-    assert "'embed' (Embedding, 800 weights: embedding tables are not quantized)" in message
+    assert "'embed' (Embedding, 800 weights: embedding tables are searched only with discover(..., embeddings=True))" in message
     assert message.endswith("Plans leave them untouched; bit budgets cover only the searched units.")
     assert record[0].filename == __file__  # points at the caller's discover() line
 
