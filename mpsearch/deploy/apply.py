@@ -21,6 +21,7 @@ from mpsearch.deploy import dispatch
 from mpsearch.deploy.bias_shift import add_bias_correction
 from mpsearch.deploy.embedding import QuantEmbedding, tied_names, without_tables
 from mpsearch.deploy.gptq import gptq_quantized_weights
+from mpsearch.deploy.group_modules import GroupQuantConv2d, GroupQuantLinear, group_map, unit_rows
 from mpsearch.deploy.modules import (
     QuantConv2d,
     QuantLinear,
@@ -30,12 +31,14 @@ from mpsearch.deploy.modules import (
 )
 from mpsearch.kernels.backends import get_backend
 from mpsearch.kernels.fake import quantizable_kind
-from mpsearch.kernels.quantize import QuantizedWeight
+from mpsearch.kernels.packing_groups import quantize_groups
+from mpsearch.kernels.quantize import QuantizedWeight, weight_matrix
 from mpsearch.space.units import check_plan_for_model, module_names
 
 
-def unit_widths(model: nn.Module, plan: BitPlan) -> dict[str, int]:
-    """One width per planned unit (16 = stays float); raises for mixed per-group widths.
+def unit_widths(model: nn.Module, plan: BitPlan, *, groups: bool = False) -> dict[str, int]:
+    """One width per planned unit (16 = stays float); raises for mixed per-group widths unless
+    ``groups`` (then such a unit gets its widest width under 16, and is packed group-wise).
 
     Per-group plans whose groups all share one width are that width (the codes are the same).
     """
@@ -44,6 +47,8 @@ def unit_widths(model: nn.Module, plan: BitPlan) -> dict[str, int]:
     for name, value in plan.bits.items():
         if isinstance(value, tuple):
             distinct = sorted(set(value))
+            if len(distinct) > 1 and groups:
+                distinct = [max(b for b in distinct if b != FLOAT_BITS)]
             if len(distinct) != 1:
                 raise PlanMismatchError(
                     f"Packed layers need one bit width per unit, but unit {name!r} mixes "
@@ -91,15 +96,27 @@ def _replace(root: nn.Module, name: str, new: nn.Module, names: dict[int, list[s
 
 
 def packed_unit(module: nn.Module, bits: int, plan: BitPlan, backend: str, *,
-                empty: bool = False, qweight: QuantizedWeight | None = None) -> _PackedUnit:
+                empty: bool = False, qweight: QuantizedWeight | None = None,
+                group_bits: Any = None) -> _PackedUnit:
     """The packed layer for one float ``module`` (Linear, Conv1D, Conv2d or Embedding) at ``bits``.
 
     ``empty`` skips quantization and leaves zeroed buffers, for loading a state dict into;
-    ``qweight`` packs given codes, scales and zero-points (GPTQ's) instead of quantizing.
+    ``qweight`` packs given codes, scales and zero-points (GPTQ's) instead of quantizing;
+    ``group_bits`` (out, n_groups) widths make a per-group layer (``bits`` is then unused).
     """
     cls = QuantConv2d if quantizable_kind(module) == "conv2d" else QuantLinear
     if isinstance(module, nn.Embedding):
+        if group_bits is not None:
+            raise PlanMismatchError("a packed embedding table has one width, but its unit mixes per-group widths. "
+                                    "Give the embedding unit one width, or use fake_quantize_model.")
         cls = QuantEmbedding
+    if group_bits is not None:  # per-group widths: the group-wise layout
+        cls = GroupQuantConv2d if cls is QuantConv2d else GroupQuantLinear
+        unit = cls.empty_like(module, group_bits, plan.quantizer, backend)  # type: ignore[arg-type]
+        if not empty:
+            unit._load_quantized(qweight if qweight is not None else quantize_groups(weight_matrix(
+                module.weight.detach(), unit.kind), unit.group_bits, plan.quantizer), module.bias)
+        return unit
     if empty or qweight is not None:
         unit = cls.empty_like(module, bits, plan.quantizer, backend)  # type: ignore[arg-type]
         if qweight is not None:
@@ -140,8 +157,9 @@ def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool
     """:func:`apply`; with ``empty``, packed layers are left zeroed (for :func:`load` to fill)."""
     check_backend(backend)
     check_plan_for_model(plan, model)
-    widths = unit_widths(model, plan)
+    widths = unit_widths(model, plan, groups=True)
     check_packable(model, widths, backend)
+    mixed = {n: v for n, v in plan.bits.items() if isinstance(v, tuple) and len(set(v)) > 1}
     codes: dict[str, QuantizedWeight] = {}
     if plan.quantizer.method == "gptq" and not empty:
         if batches is None:
@@ -150,13 +168,15 @@ def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool
         codes = gptq_quantized_weights(model, without_tables(model, plan), batches)
     target = model if inplace else copy.deepcopy(model)
     modules = dict(target.named_modules())
-    new_units = {name: packed_unit(modules[name], bits, plan, backend, empty=empty, qweight=codes.get(name))
+    new_units = {name: packed_unit(modules[name], bits, plan, backend, empty=empty, qweight=codes.get(name),
+                                   group_bits=group_map(mixed[name], unit_rows(modules[name])) if name in mixed else None)
                  for name, bits in widths.items() if bits != FLOAT_BITS}
     for name, others in tied_names(target, new_units).items():  # one weight read by several modules
         for other in others:
             new_units[other] = QuantEmbedding.tied_to(new_units[name], modules[other]) \
                 if isinstance(modules[other], nn.Embedding) else \
-                packed_unit(modules[other], widths[name], plan, backend, empty=empty, qweight=codes.get(name))
+                packed_unit(modules[other], widths[name], plan, backend, empty=empty, qweight=codes.get(name),
+                            group_bits=group_map(mixed[name], unit_rows(modules[other])) if name in mixed else None)
     names = module_names(target)
     for name, unit in new_units.items():  # all built first: a failure leaves `model` untouched
         _replace(target, name, unit, names)
@@ -188,7 +208,8 @@ def set_backend(model: nn.Module, backend: str) -> nn.Module:
 def quantized_buffer_bytes(model: nn.Module) -> dict[str, Any]:
     """Bytes of a packed model by role, next to what the same model takes in fp32.
 
-    Keys: ``packed``, ``scale``, ``zero`` (the packed layers' buffers), ``float`` (every other
+    Keys: ``packed``, ``scale``, ``zero``, ``map`` (the packed layers' buffers; ``map`` the
+    width map of per-group layers), ``float`` (every other
     parameter and buffer, in its own dtype), ``total``, ``fp32`` (the model with every weight
     in float32) and ``ratio`` (``fp32 / total``).
 
@@ -197,13 +218,14 @@ def quantized_buffer_bytes(model: nn.Module) -> dict[str, Any]:
     >>> b = quantized_buffer_bytes(q); (b["packed"], b["scale"], b["float"])
     (1024, 64, 128)
     """
-    sizes = {"packed": 0, "scale": 0, "zero": 0, "float": 0}
+    sizes = {"packed": 0, "scale": 0, "zero": 0, "map": 0, "float": 0}
     seen: set[int] = set()
     fp32 = 0
     for module in model.modules():
         roles = {}
         if isinstance(module, _PackedUnit):
-            roles = {"packed": module.packed, "scale": module.scale, "zero": module.zero}
+            roles = {"packed": module.packed, "scale": module.scale, "zero": module.zero,
+                     "map": getattr(module, "group_bits", None)}
             if id(module.packed) not in seen:  # a tied table reads its layer's codes: one weight
                 fp32 += 4 * module.out_features * module.K
         for role, t in roles.items():
