@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from mpsearch.core.io import atomic_write_bytes
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy import dispatch
 from mpsearch.deploy.apply import build_packed
+from mpsearch.deploy.architecture import describe, meta_tensors, skeleton
 from mpsearch.deploy.embedding import QuantEmbedding
 from mpsearch.deploy.modules import _PackedUnit
 
@@ -47,6 +49,9 @@ def _units(model: nn.Module) -> dict[str, dict[str, Any]]:
                            "scheme": m.scheme, "scale_dtype": m.scale_dtype}
             if isinstance(m, QuantEmbedding) and m.tied is not None:
                 units[name]["tied"] = layer_names.get(id(m.tied), "?")
+            if "group_bits" in m._buffers:  # per-group widths: the map must be the plan's
+                units[name]["widths"] = list(m.widths)
+                units[name]["map_crc32"] = zlib.crc32(m.group_bits.cpu().numpy().tobytes())
     return units
 
 
@@ -77,8 +82,8 @@ def export(model_q: nn.Module, plan: BitPlan, folder: str | os.PathLike[str]) ->
                  != (q.scheme.value, q.group_size, q.scale_dtype))
     for name, value in plan.bits.items():
         widths = sorted(set(value)) if isinstance(value, tuple) else [value]
-        if (widths != [16]) != (name in units) or (name in units
-                                                    and widths != [units[name]["bits"]]):
+        if (widths != [16]) != (name in units) or (name in units and widths != units[name].get(
+                "widths", [units[name]["bits"]])):
             bad.append(name)
     bad.extend(n for n, u in every.items() if "tied" in u and u["tied"] not in units)
     if bad:
@@ -89,6 +94,9 @@ def export(model_q: nn.Module, plan: BitPlan, folder: str | os.PathLike[str]) ->
     # Clones: safetensors refuses tensors that share memory (tied weights).
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model_q.state_dict().items()}
     meta = {"format": FORMAT, "version": VERSION, "units": json.dumps(every, sort_keys=True)}
+    arch = describe(model_q)
+    if arch is not None:  # what load() rebuilds the model from when given no float model
+        meta["architecture"] = json.dumps(arch, sort_keys=True, default=str)
     folder = Path(folder)
     atomic_write_bytes(folder / MODEL_FILE, safetensors.torch.save(tensors, metadata=meta))
     plan.save(folder / PLAN_FILE)
@@ -115,20 +123,31 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def load(folder: str | os.PathLike[str], base_model: nn.Module,
+def load(folder: str | os.PathLike[str], base_model: nn.Module | None = None,
          backend: str = "reference") -> nn.Module:
-    """Rebuild the packed model saved in ``folder`` on a float skeleton ``base_model``.
+    """Rebuild the packed model saved in ``folder``.
 
-    ``base_model`` gives the architecture only (its weights are replaced by the stored ones,
-    and it is not modified); any module of the same structure and shapes works. The result's
-    buffers equal the exported model's, so its outputs do too.
+    Without ``base_model`` the architecture recorded at export (a transformers config, or a
+    built-in model's name; :mod:`mpsearch.deploy.architecture`) is built with its parameters on
+    the ``meta`` device and the stored tensors become the model's, so no float weight is ever
+    allocated. ``base_model`` gives the architecture instead (its weights are replaced by the
+    stored ones, and it is not modified). The result's buffers equal the exported model's, so
+    its outputs do too.
 
+    >>> # q = load("out/mixed", backend="numba")
     >>> # q = load("out/mixed", load_pretrained("resnet20"), backend="torch")
     """
     folder = Path(folder)
     plan = BitPlan.load(folder / PLAN_FILE)
     tensors, meta = _read(folder / MODEL_FILE)
-    target = build_packed(base_model, plan, backend, empty=True)
+    if base_model is None:
+        try:
+            arch = json.loads(meta.get("architecture", "null"))
+        except json.JSONDecodeError:
+            arch = None
+        target = build_packed(skeleton(arch), plan, backend, empty=True, inplace=True)
+    else:
+        target = build_packed(base_model, plan, backend, empty=True)
     try:
         stored_units = json.loads(meta.get("units", "null"))
     except json.JSONDecodeError:
@@ -144,11 +163,37 @@ def load(folder: str | os.PathLike[str], base_model: nn.Module,
             f"The tensors of {folder / MODEL_FILE} must match the skeleton's state dict, but "
             f"missing={missing[:5]}, unexpected={unexpected[:5]}, wrong shape or dtype="
             f"{wrong[:5]}. Pass a base model of the architecture that was exported.")
-    target.load_state_dict(tensors, strict=True)
+    if base_model is None:
+        _assign(target, tensors)
+    else:
+        target.load_state_dict(tensors, strict=True)
     for unit in target.modules():
         if isinstance(unit, _PackedUnit) and not isinstance(unit, QuantEmbedding):
             dispatch.prepare(unit)  # the batch-1 weight, once, not on the first call
     return target
+
+
+def _assign(target: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Make the stored tensors the model's own (no copy), keeping parameters that several
+    modules share (tied embeddings left in float) shared."""
+    for key, t in tensors.items():  # the allocator's 64-byte alignment, as the applied model has:
+        if t.data_ptr() % 64:        # float kernels may round differently on other addresses
+            tensors[key] = t.clone()
+    shared: dict[int, list[str]] = {}
+    for name, p in target.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(name)
+    target.load_state_dict(tensors, strict=True, assign=True)
+    for first, *others in (names for names in shared.values() if len(names) > 1):
+        owner, _, leaf = first.rpartition(".")
+        param = target.get_submodule(owner)._parameters[leaf]
+        for other in others:
+            owner, _, leaf = other.rpartition(".")
+            target.get_submodule(owner)._parameters[leaf] = param
+    left = meta_tensors(target)
+    if left:
+        raise PlanMismatchError(f"Every tensor of the rebuilt model must come from the file, but "
+                                f"{len(left)} did not: {left[:5]}. Pass the float model: "
+                                f"load(folder, base_model).")
 
 
 __all__ = ["FORMAT", "MODEL_FILE", "PLAN_FILE", "VERSION", "export", "load"]

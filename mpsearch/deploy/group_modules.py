@@ -112,6 +112,16 @@ class _GroupPacked:
         return ", ".join(f"{b}b:{int(counts[b])}" for b in self.widths)
 
 
+def _place(unit: Any, device: torch.device) -> Any:
+    """``unit`` moved to ``device``; on ``meta`` (a skeleton to load into) the width map stays
+    on the CPU, so the layer still knows its geometry."""
+    widths = unit.group_bits
+    unit.to(device)
+    if device.type == "meta":
+        unit.group_bits = widths
+    return unit
+
+
 def _from_float(cls: Any, module: nn.Module, group_bits: Any, config: QuantizerConfig,
                 backend: str) -> Any:
     unit = cls.empty_like(module, group_bits, config, backend)
@@ -125,7 +135,8 @@ class GroupQuantLinear(_GroupPacked, QuantLinear):
 
     def __init__(self, out_features: int, K: int, group_bits: Any, config: QuantizerConfig, *,
                  bias: bool = True, backend: str = "reference", kind: str = "linear") -> None:
-        super().__init__(out_features, K, 8, config, bias=bias, backend=backend, kind=kind)
+        # 2 bits: the smallest one-width buffers any scheme allows, replaced at once
+        super().__init__(out_features, K, 2, config, bias=bias, backend=backend, kind=kind)
         self._init_groups(group_bits, config)
 
     @classmethod
@@ -135,8 +146,8 @@ class GroupQuantLinear(_GroupPacked, QuantLinear):
         kind = "linear" if isinstance(module, nn.Linear) else "conv1d"
         shape = module.weight.shape
         out, K = (shape[1], shape[0]) if kind == "conv1d" else (shape[0], shape[1])
-        return cls(out, K, group_bits, config, bias=module.bias is not None, backend=backend,
-                   kind=kind).to(module.weight.device if module.weight.device.type != "meta" else "cpu")
+        return _place(cls(out, K, group_bits, config, bias=module.bias is not None, backend=backend,
+                          kind=kind), module.weight.device)
 
     @classmethod
     def from_float(cls, module: nn.Module, group_bits: Any, config: QuantizerConfig | None = None,  # type: ignore[override]
@@ -153,18 +164,18 @@ class GroupQuantConv2d(_GroupPacked, QuantConv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int],
                  group_bits: Any, config: QuantizerConfig, **kwargs: Any) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, 8, config, **kwargs)
+        super().__init__(in_channels, out_channels, kernel_size, 2, config, **kwargs)
         self._init_groups(group_bits, config)
 
     @classmethod
     def empty_like(cls, module: nn.Conv2d, group_bits: Any, config: QuantizerConfig,  # type: ignore[override]
                    backend: str = "reference") -> Self:
         """A layer shaped for ``module`` and the (out, n_groups) widths, buffers zeroed."""
-        return cls(module.in_channels, module.out_channels, module.kernel_size, group_bits, config,
-                   stride=module.stride, padding=module.padding, dilation=module.dilation,
-                   groups=module.groups, padding_mode=module.padding_mode,
-                   bias=module.bias is not None, backend=backend).to(
-                       module.weight.device if module.weight.device.type != "meta" else "cpu")
+        return _place(cls(module.in_channels, module.out_channels, module.kernel_size, group_bits,
+                          config, stride=module.stride, padding=module.padding,
+                          dilation=module.dilation, groups=module.groups,
+                          padding_mode=module.padding_mode, bias=module.bias is not None,
+                          backend=backend), module.weight.device)
 
     @classmethod
     def from_float(cls, module: nn.Module, group_bits: Any, config: QuantizerConfig | None = None,  # type: ignore[override]
