@@ -37,6 +37,7 @@ _EXPORTS = {
     "Budget": "mpsearch.core.budget",
     "CostTable": "mpsearch.core.costs",
     "BitPlan": "mpsearch.core.plan",
+    "plan_from_assignment": "mpsearch.core.plan_build",
     "QuantizerConfig": "mpsearch.core.config",
     "Scheme": "mpsearch.core.config",
     "QuantUnit": "mpsearch.space.discover",
@@ -76,6 +77,7 @@ _EXPORTS = {
     "fake_quantize_model": "mpsearch.deploy.evaluate",
     "evaluate_plan": "mpsearch.deploy.evaluate",
     "gptq_quantize_model": "mpsearch.deploy.gptq",
+    "QuantEmbedding": "mpsearch.deploy.embedding",
 }
 _SUBMODULES = {
     name: f"mpsearch.{name}"

@@ -126,3 +126,20 @@ def test_fused_ties_reach_the_cost_table() -> None:
     space = discover_quietly(tiny_decoder(tied=True, layers=1), tie_fused=True, pin_first_last=None)
     costs = cost_table_from_space(space, {u.name: {b: 1.0 / b for b in u.bits} for u in space.units})
     assert [[costs.items[i] for i in tie] for tie in costs.ties] == [list(t) for t in space.ties]
+
+
+def test_a_plan_from_patterns_fits_the_model_and_reaches_tied_units() -> None:
+    from mpsearch.core.plan_build import plan_from_assignment
+
+    model = tiny_decoder(tied=True)
+    space = discover_quietly(model, tie_fused=True)  # first and last unit pinned at 8
+    plan = plan_from_assignment(space, {"model.layers.*.mlp.*": 4, "model.layers.1.self_attn.*": 3})
+    check_plan_for_model(plan, model)
+    assert plan.bits["lm_head"] == 8 and plan.bits["model.layers.0.self_attn.o_proj"] == 16
+    assert plan.bits["model.layers.1.self_attn.q_proj"] == 3 and plan.pins["model.layers.0.self_attn.q_proj"] == 8
+    with pytest.raises(PlanMismatchError, match=r"pinned units keep their pin, but the assignment moves \['lm_head'\]"):
+        plan_from_assignment(space, {"model.embed_tokens": 4})  # the tied name reaches lm_head
+    assert plan.bits["model.layers.0.self_attn.v_proj"] == 8  # follows the pinned q_proj it is tied to
+    assert plan_from_assignment(space, {"*.1.self_attn.q_proj": 4}).bits["model.layers.1.self_attn.k_proj"] == 4
+    with pytest.raises(PlanMismatchError, match=r"tied units must share a width, but \['model.layers.1.self_attn.q_proj'"):
+        plan_from_assignment(space, {"*.1.self_attn.q_proj": 4, "*.1.self_attn.k_proj": 3})
