@@ -87,7 +87,8 @@ class Budget:
             raise
         except ValueError:
             raise BudgetError(
-                f"a budget must read like '3', '3bits', '1.5MiB', '120000B' or 'bops=1e9', but got {text!r}."
+                f"a budget must read like '3', '3bits', '1.5MiB', '120000B' or 'bops=1e9', but got {text!r}. "
+                "Pass a number of bits per weight such as 3, a size such as 1.5MiB, or KIND=VALUE such as bops=1e9."
             ) from None
 
     def matrix(self, costs: CostTable) -> np.ndarray:

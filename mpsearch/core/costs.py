@@ -7,128 +7,35 @@ scales and zero-points), ``allowed[i, c]`` whether that width is a choice for
 that item (pins allow one), ``ties`` the groups of items that must share a
 width, and ``resources`` any further per-(item, bits) resource such as BOPs or
 latency from a hardware model.
+
+The checks a table must pass live in :mod:`mpsearch.core.costs_checks`, its JSON
+document in :mod:`mpsearch.core.costs_io` and :class:`GroupIndex` in
+:mod:`mpsearch.core.group_index`; ``CostTable``, ``GroupIndex``, ``FORMAT`` and
+``VERSION`` are all importable from here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpsearch.core.errors import BitsOutOfRangeError, CostTableError, MPSearchError
+from mpsearch.core.costs_checks import checked_fields
+from mpsearch.core.costs_io import FORMAT, VERSION, read_table_document, table_document, table_fields
+from mpsearch.core.errors import BitsOutOfRangeError, CostTableError
+from mpsearch.core.group_index import GroupIndex
 from mpsearch.core.io import atomic_write_text
 
 if TYPE_CHECKING:
     from mpsearch.core.budget import Budget
     from mpsearch.core.plan import BitPlan
 
-FORMAT = "mpsearch.costtable"
-VERSION = 1
-
-
-class GroupIndex(Sequence[str]):
-    """The items of a group-granularity table, without a name string per group.
-
-    Unit u contributes ``counts[u]`` consecutive items, its groups in row-major
-    order (output row, then block of G inputs); item names read ``"unit#k"``.
-    A 7B-parameter model at G=64 has about 10^8 groups, so names are made on
-    demand rather than stored.
-
-    >>> idx = GroupIndex(("fc1", "fc2"), (4, 2))
-    >>> len(idx), idx[5], idx.unit_slice("fc2")
-    (6, 'fc2#1', slice(4, 6, None))
-    """
-
-    def __init__(self, units: Sequence[str], counts: Sequence[int]) -> None:
-        self.units = tuple(units)
-        self.counts = tuple(int(c) for c in counts)
-        if len(self.units) != len(self.counts) or not self.units:
-            raise CostTableError(f"a group index needs one count per unit, but got {len(self.units)} units and {len(self.counts)} counts.")
-        if len(set(self.units)) != len(self.units) or any(c <= 0 for c in self.counts):
-            raise CostTableError("group index units must be unique with positive group counts.")
-        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        u = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        return f"{self.units[u]}#{i - self.offsets[u]}"
-
-    def unit_slice(self, unit: str) -> slice:
-        u = self.units.index(unit)
-        return slice(int(self.offsets[u]), int(self.offsets[u + 1]))
-
-    def unit_of(self) -> np.ndarray:
-        """The unit index of every item (int32 array)."""
-        return np.repeat(np.arange(len(self.units), dtype=np.int32), self.counts)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, GroupIndex) and self.units == other.units and self.counts == other.counts
-
-    def __hash__(self) -> int:
-        return hash((self.units, self.counts))
-
-    def __repr__(self) -> str:
-        return f"GroupIndex({len(self.units)} units, {len(self)} groups)"
-
-
-CHUNK_ROWS = 1 << 20  # validation works on row blocks, so no items x choices temporary is made
-
-
-def _float_array(a: Any, *, copy: bool) -> np.ndarray:
-    """float32 input stays float32, anything else becomes float64; copied only when asked or converted."""
-    arr = np.asarray(a)
-    dtype = np.float32 if arr.dtype == np.float32 else np.float64
-    return np.array(arr, dtype=dtype, copy=True) if copy else np.asarray(arr, dtype=dtype)
-
-
-def _first_bad(arr: np.ndarray, allowed: np.ndarray) -> tuple[int, int] | None:
-    """The first allowed cell that is NaN, infinite or negative, scanning blocks of rows."""
-    for a in range(0, arr.shape[0], CHUNK_ROWS):
-        block, ok = arr[a : a + CHUNK_ROWS], allowed[a : a + CHUNK_ROWS]
-        bad = ok & ~(np.isfinite(block) & (block >= 0))
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            return a + int(i), int(j)
-    return None
-
-
-def _merge_ties(ties: Sequence[Sequence[int]], n_items: int) -> tuple[tuple[int, ...], ...]:
-    """Merge overlapping ties into disjoint groups (union-find)."""
-    if not ties:  # the common case, and 10^8 group items: no per-item Python loop
-        return ()
-    parent = list(range(n_items))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for tie in ties:
-        tie = [int(i) for i in tie]
-        for i in tie:
-            if not 0 <= i < n_items:
-                raise CostTableError(f"tie indices must be within 0..{n_items - 1}, but got {i}.")
-        for i in tie[1:]:
-            parent[find(i)] = find(tie[0])
-    groups: dict[int, list[int]] = {}
-    for i in range(n_items):
-        groups.setdefault(find(i), []).append(i)
-    return tuple(sorted(tuple(g) for g in groups.values() if len(g) > 1))
+__all__ = ["FORMAT", "VERSION", "CostTable", "GroupIndex"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -147,57 +54,12 @@ class CostTable:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        n, c = len(self.items), len(self.bits)
-        if n == 0 or c == 0:
-            raise CostTableError(f"a cost table needs at least one item and one bit choice, but got {n} x {c}.")
-        if not isinstance(self.items, GroupIndex) and len(set(self.items)) != n:
-            raise CostTableError("cost table item names must be unique.")
-        if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 8 for b in self.bits):
-            raise BitsOutOfRangeError(f"cost table bits must be integers within 1..8, but got {self.bits!r}.")
-        if list(self.bits) != sorted(set(self.bits)):
-            raise CostTableError(f"cost table bits must be strictly increasing, but got {self.bits!r}.")
-        allowed = np.ones((n, c), bool) if self.allowed is None else np.asarray(self.allowed, bool)
-        arrays = {"cost": self.cost, "storage_bits": self.storage_bits, "allowed": allowed}
-        arrays.update({f"resources[{k!r}]": v for k, v in self.resources.items()})
-        for label, arr in arrays.items():
-            if np.shape(arr) != (n, c):
-                raise CostTableError(f"`{label}` must have shape (items, choices) = {(n, c)}, but has {np.shape(arr)}.")
-        all_allowed = bool(allowed.all())
-        # float32 stays float32 (10^8 groups); an array is copied only to mark disallowed cells
-        cost = _float_array(self.cost, copy=not all_allowed)
-        if not all_allowed and not allowed.any(axis=1).all():
-            bad = [self.items[i] for i in np.flatnonzero(~allowed.any(axis=1))[:5]]
-            raise CostTableError(f"every item needs at least one allowed bit choice, but {bad} have none.")
-        checked = {"cost": cost, "storage_bits": _float_array(self.storage_bits, copy=False)}
-        checked.update({f"resources[{k!r}]": _float_array(v, copy=False) for k, v in self.resources.items()})
-        for label, arr in checked.items():
-            bad = _first_bad(arr, allowed)
-            if bad is not None:
-                i, j = bad
-                raise CostTableError(
-                    f"`{label}` must be finite and non-negative where a choice is allowed, but "
-                    f"item {self.items[i]!r} at {self.bits[j]} bits has {float(arr[i, j])!r}. "
-                    "Check the sensitivity estimate (NaN or negative scores)."
-                )
-        if not all_allowed:
-            cost[~allowed] = np.inf
-        n_weights = np.asarray(self.n_weights, np.int64)
-        if n_weights.shape != (n,) or np.any(n_weights <= 0):
-            raise CostTableError(f"`n_weights` must be {n} positive integers, but got shape {n_weights.shape}.")
-        object.__setattr__(self, "cost", cost)
-        object.__setattr__(self, "storage_bits", checked["storage_bits"])
-        object.__setattr__(self, "allowed", allowed)
-        object.__setattr__(self, "n_weights", n_weights)
-        object.__setattr__(self, "resources", {k: checked[f"resources[{k!r}]"] for k in self.resources})
-        object.__setattr__(self, "ties", _merge_ties(self.ties, n))
-        if not isinstance(self.items, GroupIndex):
-            object.__setattr__(self, "items", tuple(self.items))
-        object.__setattr__(self, "bits", tuple(int(b) for b in self.bits))
-        for group in self.ties:
-            if not allowed[list(group)].all(axis=0).any():
-                raise CostTableError(
-                    f"tied items must share an allowed bit choice, but {[self.items[i] for i in group]} share none."
-                )
+        fields = checked_fields(
+            items=self.items, bits=self.bits, cost=self.cost, storage_bits=self.storage_bits, n_weights=self.n_weights,
+            allowed=self.allowed, ties=self.ties, resources=self.resources, quantizer=self.quantizer, meta=self.meta,
+        )
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
     # ---- shape -----------------------------------------------------------
     @property
@@ -351,66 +213,19 @@ class CostTable:
 
     # ---- persistence -----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        def rows(arr: np.ndarray) -> list[list[float | None]]:
-            return [[float(v) if ok else None for v, ok in zip(r, a)] for r, a in zip(arr, self.allowed)]
-
-        items = (
-            {"units": list(self.items.units), "counts": list(self.items.counts)}
-            if isinstance(self.items, GroupIndex) else list(self.items)
-        )
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "items": items,
-            "bits": list(self.bits),
-            "cost": rows(self.cost),
-            "storage_bits": rows(self.storage_bits),
-            "n_weights": [int(v) for v in self.n_weights],
-            "ties": [list(t) for t in self.ties],
-            "resources": {k: rows(v) for k, v in sorted(self.resources.items())},
-            "quantizer": dict(self.quantizer),
-            "meta": dict(self.meta),
-        }
+        """The versioned JSON document (see :mod:`mpsearch.core.costs_io`)."""
+        return table_document(self)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the table atomically (never half a file); the same table always gives the same bytes."""
         return atomic_write_text(path, json.dumps(self.to_dict(), sort_keys=True, indent=1, allow_nan=False) + "\n")
 
     @classmethod
     def from_dict(cls, doc: Any) -> CostTable:
-        if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
-            raise CostTableError(f"a cost table document must have format={FORMAT!r}. Write it with CostTable.save.")
-        if doc.get("version") != VERSION:
-            raise CostTableError(f"cost table version must be {VERSION}, but got {doc.get('version')!r}. Recompute it.")
-        try:
-            allowed = np.array([[v is not None for v in r] for r in doc["cost"]], bool)
-
-            def arr(rows: list) -> np.ndarray:
-                return np.array([[0.0 if v is None else float(v) for v in r] for r in rows], np.float64)
-
-            raw_items = doc["items"]
-            items = (
-                GroupIndex(raw_items["units"], raw_items["counts"]) if isinstance(raw_items, Mapping) else tuple(raw_items)
-            )
-            return cls(
-                items=items, bits=tuple(doc["bits"]), cost=arr(doc["cost"]),
-                storage_bits=arr(doc["storage_bits"]), n_weights=np.array(doc["n_weights"], np.int64),
-                allowed=allowed, ties=tuple(tuple(t) for t in doc.get("ties", [])),
-                resources={k: arr(v) for k, v in doc.get("resources", {}).items()},
-                quantizer=doc.get("quantizer", {}), meta=doc.get("meta", {}),
-            )
-        except MPSearchError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as err:
-            raise CostTableError(f"a cost table document is malformed: {err!r}. Recompute it.") from None
+        """The table a JSON document describes; a malformed one raises :class:`CostTableError` naming the entry."""
+        return cls(**table_fields(doc))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CostTable:
-        try:
-            doc = json.loads(Path(path).read_bytes())
-        except UnicodeDecodeError:
-            raise CostTableError(f"a cost table file must be UTF-8 JSON, but {str(path)!r} is binary. Recompute it.") from None
-        except OSError as err:
-            raise CostTableError(f"a cost table file must be readable, but {str(path)!r} is not: {err.strerror}.") from None
-        except json.JSONDecodeError as err:
-            raise CostTableError(f"a cost table file must be valid JSON, but {str(path)!r} is not: {err}.") from None
-        return cls.from_dict(doc)
+        """Read a table written by :meth:`save`; an unreadable or malformed file raises :class:`CostTableError`."""
+        return cls.from_dict(read_table_document(path))

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mpsearch.core.config import QuantizerConfig, num_groups
+from mpsearch.core.documents import check_envelope, parse_json, read_json
 from mpsearch.core.errors import (
     BitsOutOfRangeError,
     MPSearchError,
@@ -69,6 +70,8 @@ class SpaceLike(Protocol):
 FORMAT = "mpsearch.bitplan"
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
+WHAT = "a plan"
+FIX = "Pass a plan written by `mpsearch search` (or BitPlan.save)."
 
 @dataclass(frozen=True, kw_only=True)
 class BitPlan:
@@ -184,30 +187,16 @@ class BitPlan:
 
     @classmethod
     def from_dict(cls, doc: Any) -> BitPlan:
-        if not isinstance(doc, Mapping):
-            raise PlanFormatError(
-                f"a plan document must be a JSON object, but got {type(doc).__name__}. "
-                "Write it with BitPlan.save or `mpsearch search`."
-            )
-        if doc.get("format") != FORMAT:
-            raise PlanFormatError(
-                f"a plan document must have format={FORMAT!r}, but got format={doc.get('format')!r}. "
-                "This file is not an mpsearch bit plan."
-            )
-        version = doc.get("version")
-        if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
-            raise PlanFormatError(
-                f"plan version must be one of {list(SUPPORTED_VERSIONS)}, but got version={version!r}. "
-                "Upgrade mpsearch or re-export the plan."
-            )
+        """The plan a JSON document describes; a malformed one raises :class:`PlanFormatError` naming the entry."""
+        check_envelope(doc, error=PlanFormatError, what=WHAT, format=FORMAT, versions=SUPPORTED_VERSIONS, fix=FIX)
         extra = sorted(set(doc) - {"format", "version", "quantizer", "bits", "meta", "activations", "bias_correction", "pins"})
         if extra:
             raise PlanFormatError(f"a version-1 plan has no keys {extra}. Remove them.")
         if "bits" not in doc:
-            raise PlanFormatError("a plan document must have a `bits` object mapping unit names to bits.")
+            raise PlanFormatError(f"a plan document must have a `bits` object mapping unit names to bits, but has none. {FIX}")
         quantizer_doc = doc.get("quantizer", {})
         if not isinstance(quantizer_doc, Mapping):
-            raise PlanFormatError(f"plan `quantizer` must be an object, but got {quantizer_doc!r}.")
+            raise PlanFormatError(f"plan `quantizer` must be an object, but got {quantizer_doc!r:.60}. Fix or remove the entry.")
         try:
             quantizer = QuantizerConfig.from_dict(dict(quantizer_doc))
         except MPSearchError as err:
@@ -216,7 +205,9 @@ class BitPlan:
             raise PlanFormatError(f"plan `quantizer` is invalid: {err!r}. Fix or remove the entry.") from None
         acts = doc.get("activations", {})
         if not isinstance(acts, Mapping) or set(acts) - {"bits", "ranges"}:
-            raise PlanFormatError(f"plan `activations` must be an object with `bits` and `ranges`, but got {acts!r}.")
+            raise PlanFormatError(
+                f"plan `activations` must be an object with `bits` and `ranges`, but got {acts!r:.60}. Fix or remove the entry."
+            )
         return cls(
             bits=doc["bits"], quantizer=quantizer, meta=doc.get("meta", {}),
             activation_bits=acts.get("bits", {}), activation_ranges=acts.get("ranges", {}),
@@ -225,11 +216,10 @@ class BitPlan:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BitPlan:
-        try:
-            doc = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
-            raise PlanFormatError(f"a plan must be valid JSON, but parsing failed: {err}.") from None
-        return cls.from_dict(doc)
+        """The plan of a JSON text (UTF-8 bytes or str)."""
+        if not isinstance(text, (str, bytes)):
+            raise PlanFormatError(f"a plan must be JSON text (str or bytes), but got {type(text).__name__}. Pass the text.")
+        return cls.from_dict(parse_json(text, error=PlanFormatError, what=WHAT, where="the text", fix=FIX))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the plan atomically (never half a file)."""
@@ -237,11 +227,8 @@ class BitPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BitPlan:
-        try:
-            text = Path(path).read_bytes()
-        except OSError as err:
-            raise PlanFormatError(f"a plan file must be readable, but {str(path)!r} is not: {err.strerror}.") from None
-        return cls.from_json(text)
+        """Read a plan file; an unreadable, empty, binary or foreign file raises :class:`PlanFormatError`."""
+        return cls.from_dict(read_json(path, error=PlanFormatError, what=WHAT, fix=FIX))
 
     # ---- validation ----------------------------------------------------
     def validate(self, space: SpaceLike) -> BitPlan:

@@ -29,15 +29,14 @@ count it was measured with (both recorded in ``machine``).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpsearch.core.documents import check_envelope, read_json
 from mpsearch.core.errors import DataError
 from mpsearch.hardware_models.shapes import LayerShapes, plan_bits_array
 
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
 
 FORMAT = "mpsearch.latency_lut"
 VERSION = 1
+FIX = "Run `mpsearch hw calibrate` again to write it."
 
 
 def _axis(values: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,22 +178,15 @@ class LUTLatencyModel:
 
     @classmethod
     def from_dict(cls, doc: Any) -> LUTLatencyModel:
-        if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
-            raise DataError(f"a latency table must have format={FORMAT!r}. Write it with `mpsearch hw calibrate`.")
-        if doc.get("version") != VERSION:
-            raise DataError(f"latency table version must be {VERSION}, but got {doc.get('version')!r}. Re-calibrate.")
+        check_envelope(doc, error=DataError, what="a latency table", format=FORMAT, versions=(VERSION,), fix=FIX)
         try:
             bits = tuple(int(b) for b in doc["bits"])
             return cls(bits=bits, shapes=doc["shapes"], batches=doc["batches"],
                        ms=[doc["ms"][str(b)] for b in bits], machine=doc.get("machine", {}),
                        im2col=doc.get("im2col", {}))
         except (KeyError, TypeError, ValueError) as err:
-            raise DataError(f"a latency table is malformed: {err!r}. Re-run `mpsearch hw calibrate`.") from None
+            raise DataError(f"a latency table is malformed: {err!r}. {FIX}") from None
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> LUTLatencyModel:
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError(f"a latency table must be a readable JSON file, but {str(path)!r} is not: {err}.") from None
-        return cls.from_dict(doc)
+        return cls.from_dict(read_json(path, error=DataError, what="a latency table", fix=FIX))

@@ -42,21 +42,31 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
+    example = "the example at the top of mpsearch/workflows/study_config.py"
     try:
         with open(path, "rb") as handle:
             config = tomllib.load(handle)
     except OSError as err:
-        raise ConfigError(f"a study config must be a readable file, but {str(path)!r} is not: {err.strerror}.") from None
+        raise ConfigError(
+            f"a study config must be a readable file, but {str(path)!r} is not: {err.strerror or err}. "
+            f"Check the path, or write a config like {example}."
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"a study config must be UTF-8 TOML text, but {str(path)!r} is binary. Pass the TOML file ({example})."
+        ) from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"a study config must be valid TOML, but {str(path)!r} is not: {err}.") from None
+        raise ConfigError(
+            f"a study config must be valid TOML, but {str(path)!r} is not: {err}. Fix the syntax there ({example})."
+        ) from None
     unknown = sorted(set(config) - KNOWN_KEYS)
     if unknown:
         raise ConfigError(f"study config keys must be among {sorted(KNOWN_KEYS)}, but got unknown {unknown}. Fix the spelling.")
     if "model" not in config:
-        raise ConfigError("a study config must name a `model`, e.g. model = \"resnet20\".")
+        raise ConfigError("a study config must name a `model`, but none is given. Add e.g. model = \"resnet20\".")
     for key in ("estimators", "solvers", "budgets", "uniform", "bits"):
         if key in config and not isinstance(config[key], list):
-            raise ConfigError(f"`{key}` must be a list, but got {config[key]!r}.")
+            raise ConfigError(f"`{key}` must be a list, but got {config[key]!r}. Write it in brackets, e.g. {key} = [{config[key]!r}].")
     return config
 
 

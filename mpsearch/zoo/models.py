@@ -72,6 +72,13 @@ def _checkpoint_path(name: str, data_dir: str | os.PathLike[str] | None) -> Path
         candidate = Path(data_dir) / file_name
         if candidate.is_file():
             return candidate
+        if os.path.lexists(candidate):  # a folder or a dangling link is a mistake, not an absent file
+            kind = "a directory" if candidate.is_dir() else "not a readable file"
+            fallback = ", or remove it to use the embedded weights" if name == "resnet20" else ""
+            raise DataError(
+                f"A checkpoint must be a regular file, but {candidate} is {kind}. Replace it with the original "
+                f"{file_name}{fallback}."
+            )
     if name == "resnet20" and EMBEDDED_RESNET20.is_file():
         return EMBEDDED_RESNET20
     where = "no data folder was given" if data_dir is None else f"{Path(data_dir)} lacks it"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def test_parse(text: str, kind: str, value: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "abc", "bits", "MiB", "3 apples", "bops=", "bops=many", "1..5MiB"])
 def test_parse_garbage_raises(text: str) -> None:
-    with pytest.raises(BudgetError, match=PARSE_RULE):
+    with pytest.raises(BudgetError, match=PARSE_RULE + r".*, but got " + re.escape(repr(text)) + r"\. Pass a number of bits"):
         Budget.parse(text)
 
 

@@ -358,23 +358,47 @@ def test_save_is_deterministic(tmp_path: Path) -> None:
     assert a == b
 
 
+RECOMPUTE = r"Recompute it with `mpsearch sensitivity --out FILE`"
+
+
 def test_load_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(CostTableError, match=r"a cost table file must be readable, but .*nope\.json"):
+    with pytest.raises(CostTableError, match=r"a cost table file must be readable, but .*nope\.json' is not: No such file "
+                       r"or directory\. Check the path\. " + RECOMPUTE):
         CostTable.load(tmp_path / "nope.json")
 
 
-@pytest.mark.parametrize("cut", [0, 1, 10, -2])
+def test_load_directory(tmp_path: Path) -> None:
+    with pytest.raises(CostTableError, match=r"must be readable, but .* is not: Is a directory\. Check the path"):
+        CostTable.load(tmp_path)
+
+
+@pytest.mark.parametrize("cut", [1, 10, -2])
 def test_load_truncated_file(tmp_path: Path, cut: int) -> None:
     text = full_table().save(tmp_path / "c.json").read_text()
     (tmp_path / "c.json").write_text(text[:cut] if cut >= 0 else text[: len(text) // 2])
-    with pytest.raises(CostTableError, match="a cost table file must be valid JSON"):
+    with pytest.raises(CostTableError, match=r"a cost table file must be valid JSON, but .*c\.json' is not: .*cut short.*"
+                       + RECOMPUTE):
         CostTable.load(tmp_path / "c.json")
 
 
-def test_load_binary_garbage(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["", "  \n"])
+def test_load_empty_file(tmp_path: Path, text: str) -> None:
+    (tmp_path / "c.json").write_text(text)
+    with pytest.raises(CostTableError, match=r"must be valid JSON, but .*c\.json' is empty\. " + RECOMPUTE):
+        CostTable.load(tmp_path / "c.json")
+
+
+def test_load_toml_is_not_json(tmp_path: Path) -> None:
+    (tmp_path / "c.json").write_text("budget = 3\n")
+    with pytest.raises(CostTableError, match=r"must be valid JSON, but .*c\.json' is not: Expecting value.*" + RECOMPUTE):
+        CostTable.load(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe\x00\x81garbage", b"\x89PNG\r\n\x1a\n", b'{"a": "\x00"}'])
+def test_load_binary_garbage(tmp_path: Path, data: bytes) -> None:
     # regression: a non-UTF-8 file used to escape as a raw UnicodeDecodeError
-    (tmp_path / "c.json").write_bytes(b"\xff\xfe\x00\x81garbage")
-    with pytest.raises(CostTableError, match=r"a cost table file must be UTF-8 JSON, but .*c\.json' is binary"):
+    (tmp_path / "c.json").write_bytes(data)
+    with pytest.raises(CostTableError, match=r"a cost table file must be UTF-8 JSON, but .*c\.json' is binary\. " + RECOMPUTE):
         CostTable.load(tmp_path / "c.json")
 
 
@@ -386,14 +410,40 @@ def valid_doc() -> dict:
     ("mutate", "message"),
     [
         (lambda d: d.update(format="mpsearch.bitplan"), r"must have format='mpsearch\.costtable'"),
-        (lambda d: d.update(version=2), r"cost table version must be 1, but got 2"),
-        (lambda d: d.pop("items"), r"a cost table document is malformed: KeyError\('items'\)"),
-        (lambda d: d.pop("n_weights"), r"malformed: KeyError\('n_weights'\)"),
-        (lambda d: d["cost"][0].pop(), r"a cost table document is malformed"),
-        (lambda d: d.update(cost=[1, 2, 3]), r"a cost table document is malformed"),
-        (lambda d: d["cost"][0].__setitem__(0, "x"), r"a cost table document is malformed"),
+        (lambda d: d.update(version=2), r"cost table version must be one of \[1\], but got version=2\. Upgrade mpsearch"),
+        (lambda d: d.update(version=True), r"version must be one of \[1\], but got version=True"),
+        (lambda d: d.pop("items"), r"must have the entries \[.*\], but lacks \['items'\]\. " + RECOMPUTE),
+        (lambda d: d.pop("n_weights"), r"but lacks \['n_weights'\]"),
+        (lambda d: d.update(items="conv"), r"`items` must be a list of names, but got str 'conv'"),
+        (lambda d: d.update(items=["conv", 3, "mid"]), r"item names must be non-empty strings, but item 1 is 3"),
+        (lambda d: d.update(items=["a", "a", "c"]), r"item names must be unique, but \['a'\] repeat\. Give each item"),
+        (lambda d: d.update(bits="248"), r"`bits` must be a non-empty list of widths, but got '248'"),
+        (lambda d: d.update(bits=[4, 4, 8]), r"strictly increasing, but got \(4, 4, 8\)\. Give each width once"),
+        (lambda d: d["cost"][0].pop(), r"`cost` rows must have one entry per bit width \(3\), but the row of item 'conv' "
+                                       r"has 2 entries\. " + RECOMPUTE),
+        (lambda d: d.update(cost=[1, 2, 3]), r"`cost` rows must have one entry per bit width \(3\), but the row of item "
+                                             r"'conv' has 1\."),
+        (lambda d: d.update(cost=d["cost"][:1]), r"`cost` must have one row per item \(3\), but has 1 row"),
+        (lambda d: d["cost"][0].__setitem__(0, "x"), r"`cost` entries must be numbers or null, but item 'conv' has 'x' at "
+                                                     r"column 0\. " + RECOMPUTE),
+        (lambda d: d["cost"][0].__setitem__(0, True), r"`cost` entries must be numbers or null, but item 'conv' has True"),
+        (lambda d: d["storage_bits"][0].__setitem__(0, None), r"`storage_bits` must be a number wherever `cost` is, but "
+                                                              r"item 'conv' has null at column 0"),
         (lambda d: d["cost"][1].__setitem__(1, -1.0), r"`cost` must be finite and non-negative .* item 'mid'"),
-        (lambda d: d.update(n_weights=[1, 2]), r"`n_weights` must be 3 positive integers"),
+        (lambda d: d.update(n_weights=[1, 2]), r"`n_weights` must be 3 positive integers, but got shape \(2,\)\. Give each"),
+        (lambda d: d.update(n_weights=[0, 2, 3]), r"`n_weights` must be 3 positive integers, but item 'conv' has 0\. Give"),
+        (lambda d: d.update(n_weights=[1.5, 2, 3]), r"`n_weights` must be a list of integers"),
+        (lambda d: d.update(ties=[[0, 7]]), r"tie indices must be within 0\.\.2, but got 7\. Give 0-based item indices"),
+        (lambda d: d.update(ties=[0, 1]), r"`ties` must be lists of item indices, but got \[0, 1\]"),
+        (lambda d: d.update(resources={"lat": [[1.0]]}), r"`resources\['lat'\]` must have one row per item \(3\)"),
+        (lambda d: d.update(resources=[1]), r"`resources` must be an object of kind -> matrix"),
+        (lambda d: d.update(meta=5), r"cost table `meta` must be a JSON object, but got int 5\. Replace it with \{\}"),
+        (lambda d: d.update(quantizer=[]), r"cost table `quantizer` must be a JSON object, but got list"),
+        (lambda d: d["meta"].update(float_units=5), r"meta `float_units` must be a list of unit names, but got 5\. Fix"),
+        (lambda d: d["meta"].update(float_units=["mid"]), r"cannot also be searched, but \['mid'\] are both\. Remove"),
+        (lambda d: d.update(items={"units": ["a"], "counts": ["3"]}), r"`items\.counts` must be a list of integers"),
+        (lambda d: d.update(items={"units": ["a", "b"], "counts": [2, 0]}), r"group index counts must be positive, but 'b' "
+                                                                          r"has 0"),
     ],
 )
 def test_from_dict_malformed(mutate, message: str) -> None:
@@ -412,13 +462,14 @@ def test_from_dict_bad_bits_keeps_the_specific_error() -> None:
 
 @pytest.mark.parametrize("doc", [[], None, "mpsearch.costtable", 3])
 def test_from_dict_not_an_object(doc: object) -> None:
-    with pytest.raises(CostTableError, match=r"must have format='mpsearch\.costtable'"):
+    with pytest.raises(CostTableError, match=r"a cost table document must be a JSON object with format='mpsearch\.costtable', "
+                       r"but got " + type(doc).__name__ + ".*" + RECOMPUTE):
         CostTable.from_dict(doc)
 
 
 def test_load_valid_json_with_wrong_content(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text('{"format": "mpsearch.costtable", "version": 1, "items": ["a"]}')
-    with pytest.raises(CostTableError, match=r"malformed: KeyError\('cost'\)"):
+    with pytest.raises(CostTableError, match=r"lacks \['bits', 'cost', 'storage_bits', 'n_weights'\]"):
         CostTable.load(tmp_path / "c.json")
 
 

@@ -94,21 +94,36 @@ def test_defaults() -> None:
 
 
 # ---- malformed documents ----------------------------------------------------
-@pytest.mark.parametrize("text", ["not json", "{", "", b"\xff\xfe"])
-def test_not_json(text: str | bytes) -> None:
-    with pytest.raises(PlanFormatError, match="a plan must be valid JSON, but parsing failed"):
+PLAN_FIX = r"Pass a plan written by `mpsearch search` \(or BitPlan\.save\)\.$"
+
+
+@pytest.mark.parametrize(("text", "rule"), [
+    ("not json", r"must be valid JSON, but the text is not: Expecting value"),
+    ("{", r"must be valid JSON, but the text is not: .*cut short"),
+    ("", r"must be valid JSON, but the text is empty"),
+    (b"\xff\xfe", r"must be UTF-8 JSON, but the text is binary"),
+    (b'{"a": "\x00"}', r"must be UTF-8 JSON, but the text is binary"),
+])
+def test_not_json(text: str | bytes, rule: str) -> None:
+    with pytest.raises(PlanFormatError, match=r"^a plan " + rule + r".*\. " + PLAN_FIX):
         BitPlan.from_json(text)
+
+
+def test_not_text() -> None:
+    with pytest.raises(PlanFormatError, match=r"a plan must be JSON text \(str or bytes\), but got dict"):
+        BitPlan.from_json({"format": "mpsearch.bitplan"})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("text", "type_name"), [("[1, 2]", "list"), ('"plan"', "str"), ("3", "int"), ("null", "NoneType")])
 def test_not_an_object(text: str, type_name: str) -> None:
-    with pytest.raises(PlanFormatError, match=rf"a plan document must be a JSON object, but got {type_name}"):
+    with pytest.raises(PlanFormatError, match=rf"a plan document must be a JSON object with format='mpsearch\.bitplan', "
+                       rf"but got {type_name} .*\. {PLAN_FIX}"):
         BitPlan.from_json(text)
 
 
 @pytest.mark.parametrize("fmt", ["mpsearch.costtable", "", None, "MPSEARCH.BITPLAN"])
 def test_wrong_format(fmt: object) -> None:
-    with pytest.raises(PlanFormatError, match=rf"must have format='mpsearch\.bitplan', but got format={fmt!r}"):
+    with pytest.raises(PlanFormatError, match=rf"must have format='mpsearch\.bitplan', but got format={fmt!r}\. {PLAN_FIX}"):
         BitPlan.from_dict(doc(format=fmt))
 
 
@@ -121,7 +136,8 @@ def test_missing_format() -> None:
 
 @pytest.mark.parametrize("version", [2, 0, "1", True, None, [1]])
 def test_unknown_version(version: object) -> None:
-    with pytest.raises(PlanFormatError, match=rf"plan version must be one of \[1\], but got version={re.escape(repr(version))}"):
+    with pytest.raises(PlanFormatError, match=rf"plan version must be one of \[1\], but got version={re.escape(repr(version))}\. "
+                       r"Upgrade mpsearch if the file comes from a newer one; else pass a plan written by"):
         BitPlan.from_json(json.dumps(doc(version=version)))
 
 
@@ -241,14 +257,26 @@ def test_quantizer_must_be_a_config() -> None:
 
 
 def test_load_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(PlanFormatError, match=r"a plan file must be readable, but .*missing\.json"):
+    with pytest.raises(PlanFormatError, match=r"a plan file must be readable, but .*missing\.json' is not: No such file or "
+                       r"directory\. Check the path\. " + PLAN_FIX):
         BitPlan.load(tmp_path / "missing.json")
+
+
+def test_load_directory(tmp_path: Path) -> None:
+    with pytest.raises(PlanFormatError, match=r"a plan file must be readable, but .* is not: Is a directory\. Check the path"):
+        BitPlan.load(tmp_path)
+
+
+def test_load_cost_table_as_plan(tmp_path: Path) -> None:
+    (tmp_path / "costs.json").write_text('{"format": "mpsearch.costtable", "version": 1}')
+    with pytest.raises(PlanFormatError, match=r"but got format='mpsearch\.costtable'\. " + PLAN_FIX):
+        BitPlan.load(tmp_path / "costs.json")
 
 
 def test_load_truncated_file(tmp_path: Path) -> None:
     path = plan().save(tmp_path / "plan.json")
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(PlanFormatError, match="a plan must be valid JSON"):
+    with pytest.raises(PlanFormatError, match=r"a plan file must be valid JSON, but .*plan\.json' is not: .*cut short.*" + PLAN_FIX):
         BitPlan.load(path)
 
 

@@ -39,10 +39,11 @@ def test_study_from_config_writes_table_figure_and_plans(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "text, match",
-    [("model = \"resnet20\"\nbudgetz = [3]\n", "unknown \\['budgetz'\\]"),
-     ("budgets = [3]\n", "must name a `model`"),
-     ("model = \"resnet20\"\nbudgets = 3\n", "`budgets` must be a list"),
-     ("model = [\n", "valid TOML")],
+    [("model = \"resnet20\"\nbudgetz = [3]\n", "unknown \\['budgetz'\\]\\. Fix the spelling"),
+     ("budgets = [3]\n", "must name a `model`, but none is given. Add e.g. model"),
+     ("model = \"resnet20\"\nbudgets = 3\n", "`budgets` must be a list, but got 3. Write it in brackets, e.g. budgets = \\[3\\]"),
+     ("model = [\n", "must be valid TOML, but .*bad.toml' is not: .*\\. Fix the syntax there \\(the example at the top of "
+                      "mpsearch/workflows/study_config.py\\)")],
 )
 def test_bad_configs(tmp_path, text, match):
     path = tmp_path / "bad.toml"
@@ -53,4 +54,12 @@ def test_bad_configs(tmp_path, text, match):
 
 def test_missing_config_file_is_one_line_error(tmp_path, capsys):
     assert main(["study", str(tmp_path / "absent.toml")]) == 2
-    assert "must be a readable file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "must be a readable file" in err and "absent.toml' is not: No such file or directory. Check the path" in err
+
+
+def test_binary_config_is_refused(tmp_path):
+    path = tmp_path / "bin.toml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    with pytest.raises(ConfigError, match=r"must be UTF-8 TOML text, but .*bin\.toml' is binary\. Pass the TOML file"):
+        load_config(path)
