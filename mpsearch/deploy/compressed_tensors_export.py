@@ -39,6 +39,7 @@ from mpsearch.core.io import atomic_write_bytes, atomic_write_text
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.export_check import check_export
 from mpsearch.kernels.quantize import quantize
+from mpsearch.space.units import scan_model
 
 __all__ = ["export_compressed_tensors", "pack_rows"]
 
@@ -85,7 +86,8 @@ def export_compressed_tensors(model: nn.Module, plan: BitPlan, folder: str | os.
     modules = dict(model.named_modules())
     _check(model, plan, modules)
     rows = {n: int(m.weight.shape[1]) for n, m in modules.items() if n in plan.bits and isinstance(m, nn.Linear)}
-    check_export(plan, "compressed-tensors", row_lengths=rows, allow_changes=False)
+    tied = [u.name for u in scan_model(model)[0] if u.tied and u.name in plan.bits]
+    check_export(plan, "compressed-tensors", row_lengths=rows, allow_changes=False, tied=tied)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # tied: transformers restores it from the embedding

@@ -10,6 +10,10 @@ Each target has rules a plan may break:
 * ``vllm``: compressed-tensors as vLLM runs it: 4 or 8 bits only (its int-weight kernels), group size
   None (per channel), 32, 64 or 128, and the projections vLLM fuses (q/k/v into one matrix,
   gate/up into another) must share one width.
+* both compressed-tensors targets keep a weight the token embedding shares (``lm_head`` tied to
+  ``model.embed_tokens``) in float: on load, transformers and vLLM tie ``lm_head`` back to the
+  float embedding, so a quantized tied ``lm_head`` would be dropped or fail to load. Such a unit
+  goes to 16 bits (GGUF holds it: llama.cpp multiplies by the quantized ``token_embd.weight``).
 
 :func:`check_export` changes what it must, never lowering a width (a unit goes to the narrowest
 width the target allows at or above the planned one, or to 16 bits = kept in float; merged groups
@@ -19,7 +23,7 @@ from a cost table when one is given, and with ``allow_changes=False`` refuses in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
 from mpsearch.core.costs import CostTable
@@ -39,13 +43,14 @@ class ExportTarget:
     widths: frozenset[int]
     group_sizes: frozenset[int | None] | None  # None: any size dividing the row length
     fused: tuple[tuple[str, ...], ...] = ()  # suffixes fused per parent module, e.g. (q_proj, k_proj, v_proj)
+    tied_quantized: bool = True  # whether a weight shared with the token embedding may be quantized
 
 
 TARGETS: dict[str, ExportTarget] = {
     "gguf": ExportTarget("gguf", frozenset({2, 3, 4, 5, 6, 7, 8}), None),
-    "compressed-tensors": ExportTarget("compressed-tensors", frozenset(range(1, 9)), None),
+    "compressed-tensors": ExportTarget("compressed-tensors", frozenset(range(1, 9)), None, tied_quantized=False),
     "vllm": ExportTarget("vllm", frozenset({4, 8}), frozenset({None, 32, 64, 128}),
-                         (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))),
+                         (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")), tied_quantized=False),
 }
 
 
@@ -121,11 +126,14 @@ def _fused_groups(units: list[str], target: ExportTarget) -> list[list[str]]:
 
 
 def check_export(plan: BitPlan, target: str, *, row_lengths: Mapping[str, int] | None = None,
-                 costs: CostTable | None = None, allow_changes: bool = True) -> ExportCheck:
+                 costs: CostTable | None = None, allow_changes: bool = True,
+                 tied: Collection[str] = ()) -> ExportCheck:
     """Fit ``plan`` to ``target`` (one of :data:`TARGETS`) and say what that changed (module docstring).
 
     ``row_lengths`` (unit -> row length) enables the group-size check. With
     ``allow_changes=False`` any needed change raises :class:`PlanMismatchError` listing them all.
+    ``tied`` names the plan's units whose weight the token embedding shares (``lm_head`` of a tied
+    decoder; ``[u.name for u in discover(model).units if u.tied]``).
     """
     if target not in TARGETS:
         raise ConfigError(f"`target` must be one of {sorted(TARGETS)}, but got target={target!r}. Pass e.g. 'gguf'.")
@@ -161,6 +169,11 @@ def check_export(plan: BitPlan, target: str, *, row_lengths: Mapping[str, int] |
                 fused = "/".join(x.rpartition(".")[2] for x in members)
                 changes.append(ExportChange(m, plan.bits[m], top, (previous.reason + "; " if previous else "")
                                             + f"fused with {fused}: widest member"))
+    for unit in sorted(u for u in tied if u in new and new[u] != FLOAT and not rules.tied_quantized):
+        changes = [c for c in changes if c.unit != unit]
+        new[unit] = FLOAT
+        changes.append(ExportChange(unit, plan.bits[unit], FLOAT, f"its weight is the token embedding's, which {target} "
+                                    "keeps in float (a tied lm_head is re-tied to it on load)"))
     changes = [replace(c, cost_delta=_delta(costs, c.unit, c.planned, c.exported)) for c in changes]
     if changes and not allow_changes:
         listed = "; ".join(f"{c.unit}: {c.planned} -> {c.exported} ({c.reason})" for c in changes[:5])

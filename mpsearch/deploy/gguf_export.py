@@ -60,9 +60,15 @@ _PROJ = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "
 _TOP = {"model.embed_tokens": "token_embd", "lm_head": "output"}
 
 
-def gguf_name(module: str) -> str:
+def gguf_name(module: str, *, tied: bool = False) -> str:
     """GGUF tensor name of a Llama-architecture module: ``model.layers.3.self_attn.q_proj`` ->
-    ``blk.3.attn_q.weight``. Unknown names are a :class:`PlanMismatchError`."""
+    ``blk.3.attn_q.weight``. Unknown names are a :class:`PlanMismatchError`.
+
+    ``tied``: ``lm_head`` reads the token embedding (a tied model's GGUF file has no
+    ``output.weight``; llama.cpp multiplies by ``token_embd.weight``), so the unit is that tensor.
+    """
+    if tied and module == "lm_head":
+        return "token_embd.weight"
     if module in _TOP:
         return f"{_TOP[module]}.weight"
     found = _LAYER.match(module)
@@ -106,11 +112,14 @@ def type_for(width: int, row_length: int) -> str:
     return fallback if row_length % GGUF_TYPES[fallback].block == 0 else "f16"
 
 
-def gguf_types(plan: BitPlan, row_lengths: Mapping[str, int]) -> tuple[dict[str, str], list[TypeChange]]:
+def gguf_types(plan: BitPlan, row_lengths: Mapping[str, int], *,
+               tied: bool = False) -> tuple[dict[str, str], list[TypeChange]]:
     """``({gguf tensor name: type}, fallbacks)`` for every unit of ``plan``.
 
     ``row_lengths`` maps each unit to its row length (a Linear's ``in_features``, an embedding's
     width), e.g. ``{n: m.weight.shape[1] for n, m in model.named_modules() if n in plan.bits}``.
+    ``tied``: ``lm_head`` shares the token embedding (the file has no ``output.weight``), so its
+    unit's type is written to ``token_embd.weight``, and no ``output.weight`` entry is made.
     """
     types: dict[str, str] = {}
     changes: list[TypeChange] = []
@@ -118,7 +127,10 @@ def gguf_types(plan: BitPlan, row_lengths: Mapping[str, int]) -> tuple[dict[str,
         if unit not in row_lengths:
             raise PlanMismatchError(f"every plan unit needs its row length, but {unit!r} has none. "
                                     "Pass the row lengths of the model the plan was made for.")
-        width, tensor, row = _width(unit, value), gguf_name(unit), int(row_lengths[unit])
+        width, tensor, row = _width(unit, value), gguf_name(unit, tied=tied), int(row_lengths[unit])
+        if tensor in types:
+            raise PlanMismatchError(f"each GGUF tensor takes one unit's type, but {unit!r} and another unit both "
+                                    f"name {tensor!r}. A tied lm_head is the embedding's unit: drop model.embed_tokens.")
         types[tensor] = type_for(width, row)
         if types[tensor] != WIDTH_TYPE[width]:
             changes.append(TypeChange(unit, tensor, row, WIDTH_TYPE[width], types[tensor]))
