@@ -8,9 +8,15 @@ the model's batch-norm statistics (ZeroQ). Accuracy is measured on the other tes
     python studies/cnn_cifar10.py --data-dir DATA --out results/cnn
     python studies/cnn_cifar10.py --quick --out results/cnn_quick    # embedded data, a smoke run
 
-Each (model, data) pair is a resumable Study in its own folder; every folder's rows are combined
-into OUT/cnn_cifar10.csv and summarized in OUT/cnn_cifar10.md (``--summarize`` rewrites them alone),
-figures to OUT/<model>_<data>[_bc]/study.png.
+Each (model, data, quantizer) is a resumable Study in its own folder; every folder's rows are
+combined into OUT/cnn_cifar10.csv and summarized in OUT/cnn_cifar10.md (``--summarize`` rewrites
+them alone), figures to OUT/<model>_<data>[_<quantizer>][_bc]/study.png.
+
+``--quantizer rtn,gptq,gptq-act`` runs the same grid with each weight quantizer (per-channel
+affine with MSE clipping, rounded to nearest or by GPTQ, act-order for ``gptq-act``), the same
+quantizer for the uniform and the mixed plans. A GPTQ plan's costs price the error GPTQ leaves
+(``build_cost_table(error="gptq")``), or round to nearest's with ``--gptq-costs rtn``; with
+``--gptq-costs both`` each estimator appears twice, its GPTQ-priced table as ``<estimator>-gptqerr``.
 Every plan carries bias corrections measured on its own calibration data (real or distilled;
 ``mpsearch.deploy.bias_correction``) unless ``--no-bias-correction`` is given; the folder name ends in
 ``_bc`` when it does.
@@ -27,8 +33,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mpsearch.core.config import RECOMMENDED, QuantizerConfig
 from mpsearch.core.io import atomic_write_text
 from mpsearch.kernels.activations import calibrate_ranges
+from mpsearch.pricing import build_cost_table
 from mpsearch.sensitivity import ESTIMATORS, Calibration, get_estimator
 from mpsearch.space.discover import discover
 from mpsearch.workflows.study import Study
@@ -38,6 +46,11 @@ from mpsearch.zoo.models import load_pretrained
 
 CNN_ESTIMATORS = ("hessian", "hessian_diag", "hessian_eig", "fisher", "first_order", "gwq", "obs", "lrp", "lim", "zscore", "zeroq")
 SOLVERS = ("ilp", "convex", "lagrange", "dp", "greedy")
+QUANTIZERS = {
+    "rtn": RECOMMENDED,
+    "gptq": QuantizerConfig.from_dict({**RECOMMENDED.to_dict(), "method": "gptq"}),
+    "gptq-act": QuantizerConfig.from_dict({**RECOMMENDED.to_dict(), "method": "gptq", "act_order": True}),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibration", type=int, default=512, help="first N test images calibrate (default: %(default)s)")
     p.add_argument("--distilled", type=int, default=256, help="distilled images for the data-free runs (0: skip)")
     p.add_argument("--activation-bits", type=int, default=8)
+    p.add_argument("--quantizer", default="rtn", help=f"comma list of weight quantizers: {', '.join(QUANTIZERS)} (default: %(default)s)")
+    p.add_argument("--gptq-costs", choices=("gptq", "rtn", "both"), default="gptq",
+                   help="the error a GPTQ plan's costs price: GPTQ's own, round to nearest's, or both as two estimators")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="skip bias correction (default: every plan carries the mean-shift corrections measured on its calibration data)")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate at most N held-out images (0: all)")
@@ -60,17 +76,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--summarize", action="store_true", help="only (re)write the summary of the study folders in --out")
     args = p.parse_args(argv)
+    unknown = sorted(set(args.quantizer.split(",")) - set(QUANTIZERS))
+    if unknown:
+        p.error(f"--quantizer must name some of {list(QUANTIZERS)}, but got {unknown}. Pass e.g. --quantizer rtn,gptq.")
     if args.quick:
         args.models, args.eval_limit, args.distilled = "resnet20", 300, 64
         args.estimators, args.solvers = "hessian,fisher", "ilp,greedy"
     return args
 
 
-def run_one(args, model_name: str, data: str, x, y, x_eval, y_eval) -> pd.DataFrame:
+def priced(args, model, calib, space, names: list[str], folder: Path) -> list[str]:
+    """The estimator labels of a study: for a GPTQ quantizer, each estimator's table priced with the
+    errors ``--gptq-costs`` asks for, written to the study's ``costs/`` folder (where it resumes from)."""
+    if space.quantizer.method != "gptq":
+        return names
+    modes = {"gptq": ("gptq",), "rtn": ("rtn",), "both": ("rtn", "gptq")}[args.gptq_costs]
+    labels = []
+    for name in names:
+        wanted = {mode: name if mode == "rtn" or args.gptq_costs == "gptq" else f"{name}-gptqerr" for mode in modes}
+        missing = {m: lbl for m, lbl in wanted.items() if not (folder / "costs" / f"{lbl}.json").is_file()}
+        if missing:
+            sens = get_estimator(name, progress=not args.quiet).estimate(model, calib, space)
+            for mode, label in missing.items():
+                build_cost_table(model, space, sens, error=mode, calibration=calib).save(folder / "costs" / f"{label}.json")
+        labels += list(wanted.values())
+    return labels
+
+
+def run_one(args, model_name: str, data: str, quantizer: str, x, y, x_eval, y_eval) -> pd.DataFrame:
     from mpsearch.sensitivity.distill import distill_bn_data
 
     model = load_pretrained(model_name, args.data_dir)
-    space = discover(model, bits=tuple(int(b) for b in args.bits.split(",")))
+    space = discover(model, bits=tuple(int(b) for b in args.bits.split(",")), quantizer=QUANTIZERS[quantizer])
     if data == "real":
         calib = Calibration.classification(x, y, batch_size=64)
     else:
@@ -81,9 +118,12 @@ def run_one(args, model_name: str, data: str, x, y, x_eval, y_eval) -> pd.DataFr
     skipped = sorted(set(args.estimators.split(",")) - set(names))
     if skipped:
         print(f"skipping unknown estimators {skipped}", file=sys.stderr)
-    estimators = [get_estimator(n, progress=not args.quiet) for n in names]
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in calib.batches]
-    folder = f"{model_name}_{data}" + ("_bc" if args.bias_correction else "")
+    folder = f"{model_name}_{data}" + (f"_{quantizer}" if quantizer != "rtn" else "") + ("_bc" if args.bias_correction else "")
+    if QUANTIZERS[quantizer].method == "gptq":
+        estimators = priced(args, model, calib, space, names, args.out / folder)
+    else:
+        estimators = [get_estimator(n, progress=not args.quiet) for n in names]
     ranges = calibrate_ranges(model, inputs, space.names)
     study = Study(
         model=model, calibration=calib, space=space, metric=lambda m: accuracy(m, x_eval, y_eval),
@@ -95,25 +135,29 @@ def run_one(args, model_name: str, data: str, x, y, x_eval, y_eval) -> pd.DataFr
     )
     frame = study.run()
     fp32 = accuracy(model, x_eval, y_eval)
-    correction = ", bias-corrected" if args.bias_correction else ""
+    correction = (f", {quantizer}" if quantizer != "rtn" else "") + (", bias-corrected" if args.bias_correction else "")
     study.plot(args.out / folder / "study.png", frame=frame, reference=fp32,
                title=f"{model_name}, {data} calibration{correction}, W/A{args.activation_bits}, {len(x_eval)} held-out images")
     return frame
 
 
 def summarize(out: Path, fp32: dict[str, float]) -> str:
-    """One markdown summary of every study folder under ``out`` (OUT/<model>_<data>[_bc]/results.csv).
+    """One markdown summary of every study folder under ``out`` (OUT/<model>_<data>[_<quantizer>][_bc]/results.csv).
 
-    Per model, data and bias correction: fp32 and uniform W/A8 top-1, then the top-1 of each
-    estimator's ILP plan at each budget (average weight bits in brackets), and how many of the
-    other solvers' plans matched the ILP's widths exactly.
+    Per model, data, quantizer and bias correction: fp32 and uniform W/A8 top-1, then the top-1 of
+    each estimator's ILP plan at each budget (average weight bits in brackets), and how many of the
+    other solvers' plans matched the ILP's widths exactly; then one line per setting comparing
+    uniform W3A8 with the best mixed plan at 3 bits.
     """
     frames, folders = [], {}
     for path in sorted(out.glob("*/results.csv")):
         model, data, *rest = path.parent.name.split("_")
-        folders[(model, data, rest == ["bc"])] = path.parent
+        bc = rest[-1:] == ["bc"]
+        quantizer = rest[0] if rest and rest[0] != "bc" else "rtn"
+        folders[(model, data, quantizer, bc)] = path.parent
         frame = pd.read_csv(path)
-        frame.insert(0, "bias_correction", rest == ["bc"])
+        frame.insert(0, "bias_correction", bc)
+        frame.insert(0, "quantizer", quantizer)
         frame.insert(0, "data", data)
         frame.insert(0, "model", model)
         frames.append(frame)
@@ -123,9 +167,9 @@ def summarize(out: Path, fp32: dict[str, float]) -> str:
     table["fp32"] = table["model"].map(fp32)
     atomic_write_text(out / "cnn_cifar10.csv", table.to_csv(index=False))
     parts = []
-    for (model, data, bc), group in table.groupby(["model", "data", "bias_correction"], sort=False):
+    for (model, data, quantizer, bc), group in table.groupby(["model", "data", "quantizer", "bias_correction"], sort=False):
         ref = fp32.get(model, float('nan'))
-        head = f"**{model}, {data} calibration, {'with' if bc else 'without'} bias correction** (fp32 {ref:.2f} %)"
+        head = f"**{model}, {data} calibration, {quantizer}, {'with' if bc else 'without'} bias correction** (fp32 {ref:.2f} %)"
         uniform = group[group["estimator"] == "uniform"]
         lines = [head, ""]
         if len(uniform):
@@ -142,13 +186,31 @@ def summarize(out: Path, fp32: dict[str, float]) -> str:
             same = sum(
                 1 for r in others.itertuples()
                 if r.budget in ilp.index and isinstance(r.plan_file, str)
-                and _widths(folders[model, data, bc] / r.plan_file) == _widths(folders[model, data, bc] / ilp.at[r.budget, "plan_file"])
+                and _widths(folders[model, data, quantizer, bc] / r.plan_file)
+                == _widths(folders[model, data, quantizer, bc] / ilp.at[r.budget, "plan_file"])
             )
             lines.append(f"| {est} | " + " | ".join(cells) + f" | {same} of {len(others)} |")
         parts.append("\n".join(lines))
+    parts.append(compare(table))
     text = "\n\n".join(parts) + "\n"
     atomic_write_text(out / "cnn_cifar10.md", text)
     return text
+
+
+def compare(table: pd.DataFrame, bits: float = 3.0) -> str:
+    """Uniform W<bits>A8 against the best mixed plan at ``bits`` average weight bits, per setting."""
+    lines = [f"| model | data | quantizer | BC | uniform W{bits:g}A8 | best mixed at {bits:g} bits (estimator, solver, bits) | margin |",
+             "|---|---|---|---|---:|---|---:|"]
+    for (model, data, quantizer, bc), g in table.groupby(["model", "data", "quantizer", "bias_correction"], sort=False):
+        uniform = g[(g["estimator"] == "uniform") & (g["budget"] == bits)]["metric"]
+        mixed = g[(g["estimator"] != "uniform") & (g["budget"] == bits)].dropna(subset=["metric"])
+        if mixed.empty:
+            continue
+        best = mixed.loc[mixed["metric"].idxmax()]
+        u = float(uniform.iloc[0]) if len(uniform) else float("nan")
+        lines.append(f"| {model} | {data} | {quantizer} | {'yes' if bc else 'no'} | {u:.2f} | {best['metric']:.2f} "
+                     f"({best['estimator']}, {best['solver']}, {best['avg_bits']:.2f}) | {best['metric'] - u:+.2f} |")
+    return "\n".join(lines)
 
 
 @functools.cache
@@ -165,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = {}
     for model_name in args.models.split(","):
         if not args.summarize:
-            for data in ("real", "distilled") if args.distilled else ("real",):
-                run_one(args, model_name, data, x, y, x_eval, y_eval)
+            for quantizer in args.quantizer.split(","):
+                for data in ("real", "distilled") if args.distilled else ("real",):
+                    run_one(args, model_name, data, quantizer, x, y, x_eval, y_eval)
         fp32[model_name] = accuracy(load_pretrained(model_name, args.data_dir), x_eval, y_eval)
     print(summarize(args.out, fp32))
     return 0

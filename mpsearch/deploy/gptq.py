@@ -7,7 +7,9 @@ token, padded tokens left out; Conv2d: one row per input patch, laid out as
 :func:`~mpsearch.kernels.quantize.weight_matrix` flattens the kernel, one Hessian per conv group).
 :func:`~mpsearch.kernels.gptq.gptq_quantize` then quantizes the weight, which is replaced in the
 model before the next unit is calibrated. When the unit is the only user of its weight and runs
-once per forward, the forward stops right after its inputs are seen. Only one Hessian is held at
+once per forward, the forward stops right after its inputs are seen; units given the same input
+tensor share one Hessian, and a decoder is run one block at a time
+(:mod:`mpsearch.deploy.gptq_blocks`). Only one Hessian is held at
 a time. The plan's activation quantization, if any, is applied while calibrating, so each unit
 sees the inputs it will see at run time. Nothing is random: the same batches give the same model.
 """
@@ -15,7 +17,7 @@ sees the inputs it will see at run time. Nothing is random: the same batches giv
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -25,6 +27,8 @@ from torch import Tensor, nn
 from mpsearch.core.config import FLOAT_BITS
 from mpsearch.core.errors import ConfigError, DataError
 from mpsearch.core.plan import BitPlan
+from mpsearch.deploy.gptq_blocks import block_chain, calibration_steps, capture_inputs, replay, split_by_block
+from mpsearch.deploy.gptq_blocks import feeds as block_feeds
 from mpsearch.kernels.fake import _check_plan, quantizable_kind
 from mpsearch.kernels.gptq import GPTQResult, HessianAccumulator, gptq_quantize
 from mpsearch.kernels.quantize import QuantizedWeight, matrix_to_weight, weight_matrix
@@ -61,17 +65,20 @@ def _linear_rows(x: Tensor, mask: Tensor | None) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _forward_order(model: nn.Module, names: list[str], batch: Any) -> tuple[list[str], dict[str, int]]:
-    """Planned units in the order the model first calls them on ``batch``, and calls per unit."""
+def _forward_order(model: nn.Module, names: list[str], batch: Any) -> tuple[list[str], dict[str, int], dict[str, Any]]:
+    """Planned units in the order the model first calls them on ``batch``, calls per unit, and the
+    input object each unit got first (units given the very same tensor share their Hessian)."""
     modules = dict(model.named_modules())
     order: list[str] = []
     calls = dict.fromkeys(names, 0)
+    first: dict[str, Any] = {}
 
     def hook(name: str):
-        def record(_module, _inputs):
+        def record(_module, inputs):
             calls[name] += 1
             if name not in order:
                 order.append(name)
+                first[name] = inputs[0] if inputs else None
         return record
 
     with ModelHooks(model, train=None) as hooks:
@@ -79,12 +86,13 @@ def _forward_order(model: nn.Module, names: list[str], batch: Any) -> tuple[list
             hooks.pre(modules[n], hook(n))
         args, kwargs = batch_inputs(batch)
         model(*args, **kwargs)
-    return order + [n for n in names if n not in order], calls
+    return order + [n for n in names if n not in order], calls, first
 
 
-def _calibrate(model: nn.Module, members: list[nn.Module], batches: list[Any],
+def _calibrate(model: nn.Module, members: list[nn.Module], feeds: list[tuple[Callable[[], Any], Tensor | None]],
                stop: bool) -> list[HessianAccumulator]:
-    """Input Hessians (one per conv group) of ``members``, which share one weight."""
+    """Input Hessians (one per conv group) of ``members``, which share one weight, over ``feeds``
+    (forwards to run, each with its token mask)."""
     first = members[0]
     kind = quantizable_kind(first)
     fan_in = weight_matrix(first.weight, kind).shape[1]
@@ -103,14 +111,21 @@ def _calibrate(model: nn.Module, members: list[nn.Module], batches: list[Any],
     with ModelHooks(model, train=None) as hooks:
         for m in members:
             hooks.pre(m, record)
-        for batch in batches:
-            args, kwargs = batch_inputs(batch)
-            current["mask"] = token_mask(batch)
+        for run, mask in feeds:
+            current["mask"] = mask
             try:
-                model(*args, **kwargs)
+                run()
             except _Stop:
                 pass
     return accs
+
+
+def _model_feeds(model: nn.Module, batches: list[Any]) -> list[tuple[Callable[[], Any], Tensor | None]]:
+    out = []
+    for batch in batches:
+        args, kwargs = batch_inputs(batch)
+        out.append(((lambda a=args, k=kwargs: model(*a, **k)), token_mask(batch)))
+    return out
 
 
 def _quantize_unit(module: nn.Module, hessians: list[Tensor], spec: int | Tensor, plan: BitPlan) -> GPTQResult:
@@ -154,7 +169,7 @@ def _plan_specs(model: nn.Module, plan: BitPlan) -> dict[str, int | Tensor]:
 
 @torch.no_grad()
 def run_gptq(model: nn.Module, plan: BitPlan, batches: Iterable[Any] | Any, *,
-             inplace: bool = False) -> tuple[nn.Module, dict[str, GPTQResult]]:
+             inplace: bool = False, mode: str = "auto") -> tuple[nn.Module, dict[str, GPTQResult]]:
     """A copy of ``model`` (the model itself if ``inplace``) with every unit under 16 bits quantized
     by sequential GPTQ, and each quantized unit's :class:`~mpsearch.kernels.gptq.GPTQResult`.
 
@@ -162,12 +177,17 @@ def run_gptq(model: nn.Module, plan: BitPlan, batches: Iterable[Any] | Any, *,
     tokenizer mappings) or an object with ``.batches`` such as a ``Calibration``. ``plan`` must
     have ``quantizer.method == "gptq"``. Units sharing one weight are quantized once, with the
     inputs of all of them. Activation quantization and bias corrections of the plan are not
-    left on the returned model (``fake_quantize_model`` adds them).
+    left on the returned model (``fake_quantize_model`` adds them). ``mode``: ``"block"`` runs a
+    decoder one block at a time (:mod:`mpsearch.deploy.gptq_blocks`; same result, linear instead
+    of quadratic in depth), ``"whole"`` the whole model for every unit, ``"auto"`` blocks when the
+    model has a chain of them.
     """
     if plan.quantizer.method != "gptq":
         raise ConfigError(f"Sequential GPTQ needs a plan whose quantizer has method='gptq', but got "
                           f"method={plan.quantizer.method!r}. Build the plan with QuantizerConfig("
                           "method='gptq', ...) or use fake_quantize_model for round to nearest.")
+    if mode not in ("auto", "block", "whole"):
+        raise ConfigError(f"`mode` must be 'auto', 'block' or 'whole', but got mode={mode!r}. Pass 'auto'.")
     check_plan_for_model(plan, model)
     specs = _plan_specs(model, plan)
     batches = list(getattr(batches, "batches", batches))
@@ -188,26 +208,46 @@ def run_gptq(model: nn.Module, plan: BitPlan, batches: Iterable[Any] | Any, *,
 
         handles = attach_activation_quant(target, plan.activation_bits, plan.activation_ranges)
     results: dict[str, GPTQResult] = {}
+
+    def quantize_step(step: tuple[list[list[str]], bool], feeds: list) -> None:
+        groups, stop = step
+        accs = _calibrate(target, [modules[n] for n in groups[0]], feeds, stop)
+        if accs[0].count == 0:
+            raise DataError(f"GPTQ needs inputs for every quantized unit, but {groups[0][0]!r} received none "
+                            "from the calibration batches. Pass batches that reach it, or plan it at 16 bits.")
+        hessians = [acc.hessian() for acc in accs]
+        for group in groups:
+            results.update(dict.fromkeys(group, _quantize_unit(modules[group[0]], hessians, specs[group[0]], plan)))
+
     try:
-        order, calls = _forward_order(target, [n for names in owners.values() for n in names], batches[0])
-        for name in order:
-            if name in results:
-                continue
-            group = owners[id(modules[name].weight)]
-            stop = len(group) == 1 and calls[name] == 1
-            accs = _calibrate(target, [modules[n] for n in group], batches, stop)
-            if accs[0].count == 0:
-                raise DataError(f"GPTQ needs inputs for every quantized unit, but {name!r} received none "
-                                "from the calibration batches. Pass batches that reach it, or plan it "
-                                "at 16 bits.")
-            hessians = [acc.hessian() for acc in accs]
-            result = _quantize_unit(modules[name], hessians, specs[name], plan)
-            results.update(dict.fromkeys(group, result))
+        names = [n for group in owners.values() for n in group]
+        order, calls, first = _forward_order(target, names, batches[0])
+        steps = calibration_steps(order, owners, modules, calls, first)
+        del first
+        chain = None if mode == "whole" or not steps else block_chain(target, names, batches[0])
+        split = split_by_block(steps, chain, modules)
+        if mode == "block" and split is None:
+            raise ConfigError("mode='block' needs the planned units in a chain of blocks (an nn.ModuleList whose "
+                              "blocks run in order, each on the previous one's output), but this model has none. "
+                              "Pass mode='auto' or 'whole'.")
+        before, per_block, after = split if split is not None else (steps, [], [])
+        for step in before:
+            quantize_step(step, _model_feeds(target, batches))
+        if any(per_block):
+            blocks = chain or []
+            last = max(i for i, s in enumerate(per_block) if s)
+            inputs = capture_inputs(target, blocks[0], batches)
+            for block, block_steps in zip(blocks[:last + 1], per_block):
+                for step in block_steps:
+                    quantize_step(step, block_feeds(block, inputs))
+                inputs = replay(block, inputs) if block is not blocks[last] else []
+        for step in after:
+            quantize_step(step, _model_feeds(target, batches))
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode
+        for m, mode_ in modes:
+            m.training = mode_
     return target, results
 
 
