@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mpsearch.core.config import FLOAT_BITS
 from mpsearch.core.errors import BitsOutOfRangeError, CostTableError
 from mpsearch.core.group_index import GroupIndex
 
@@ -76,9 +77,11 @@ def _check_names_and_bits(items: Sequence[str], bits: Sequence[Any]) -> None:
     if not isinstance(items, GroupIndex) and len(set(items)) != n:
         repeated = sorted(name for name, k in Counter(items).items() if k > 1)
         raise CostTableError(f"cost table item names must be unique, but {repeated[:5]} repeat. Give each item its own name.")
-    if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= 8 for b in bits):
+    if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not (1 <= b <= 8 or b == FLOAT_BITS)
+           for b in bits):
         raise BitsOutOfRangeError(
-            f"cost table bits must be integers within 1..8, but got {tuple(bits)!r}. Use widths such as (2, 3, 4, 8)."
+            f"cost table bits must be integers within 1..8, but got {tuple(bits)!r}. Use widths such as (2, 3, 4, 8); "
+            "16 is also a choice (the unit stays in floating point)."
         )
     if list(bits) != sorted(set(bits)):
         raise CostTableError(

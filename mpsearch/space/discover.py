@@ -38,14 +38,23 @@ DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
 FLOAT_BITS = 16  # "left in floating point" in a plan
 
 
-def check_bits(bits: Iterable[int], *, what: str = "bits", scheme: Scheme | None = None) -> tuple[int, ...]:
-    """Validate a collection of bit widths and return it sorted and deduplicated."""
+def check_bits(bits: Iterable[int], *, what: str = "bits", scheme: Scheme | None = None,
+               allow_float: bool = False) -> tuple[int, ...]:
+    """Validate a collection of bit widths and return it sorted and deduplicated (``allow_float``:
+    16, "keep this unit in floating point", is a width too)."""
     values = tuple(int(b) if isinstance(b, np.integer) else b for b in bits)
-    bad = [b for b in values if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8]
+    bad = [b for b in values if isinstance(b, bool) or not isinstance(b, int)
+           or not (1 <= b <= 8 or (allow_float and b == FLOAT_BITS))]
     if not values or bad:
+        also = ", or 16 (kept in floating point)" if allow_float else ""
         raise BitsOutOfRangeError(
-            f"`{what}` must be integers within 1..8, but got {what}={values!r}. "
+            f"`{what}` must be integers within 1..8{also}, but got {what}={values!r}. "
             "Pass bit choices such as (2, 3, 4, 8)."
+        )
+    if set(values) == {FLOAT_BITS}:
+        raise BitsOutOfRangeError(
+            f"`{what}` must include a width below 16 to quantize anything, but got {what}={values!r}. "
+            "Pass e.g. (4, 8, 16), or leave the model unquantized."
         )
     if scheme == Scheme.SYMMETRIC and 1 in values:
         raise BitsOutOfRangeError(
@@ -219,7 +228,8 @@ def discover(
     ``pins`` and ``ties`` accept exact names or shell-style patterns
     (``"layer1.*.conv1"``); they are resolved to exact names here. By default the
     first and the last unit (in module order) are pinned to 8 bits, as HAWQ and
-    ZeroQ do; pass ``pin_first_last=None`` to search them too. The quantizer
+    ZeroQ do; pass ``pin_first_last=None`` to search them too. A width of 16 among ``bits`` lets
+    the solver keep a unit in floating point (at 16 bits per weight, no scales). The quantizer
     defaults to per-channel affine with MSE-optimal clipping (``RECOMMENDED``).
 
     ``embeddings=True`` searches token embeddings (``nn.Embedding``) too, each row of a table
@@ -235,7 +245,7 @@ def discover(
     [('0', (8,)), ('2', (8,))]
     """
     quantizer = quantizer or RECOMMENDED
-    choices = check_bits(bits, scheme=quantizer.scheme)
+    choices = check_bits(bits, scheme=quantizer.scheme, allow_float=True)
     candidates, floats = scan_model(model, embeddings=embeddings)
     found = []
     skipped: list[str] = []
