@@ -37,6 +37,18 @@ from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.space.discover import SearchSpace, unit_modules
 
 
+def _warn_short_limit(limit: float | None, first_s: float) -> None:
+    import warnings
+
+    from mpsearch.core.errors import MPSearchWarning
+
+    warnings.warn(MPSearchWarning(
+        f"a time limit must leave room for two Hutchinson probes (a standard error needs two), but the first took "
+        f"{first_s:.1f} s against time_limit={limit:g} s, so this estimate takes up to about {2 * first_s:.0f} s. "
+        "Raise --time-limit (time_limit=) well above that, or use a cheaper estimator (--estimator fisher)."
+    ), stacklevel=4)
+
+
 def rademacher(shape: torch.Size, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     bits = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8)
     return (bits.to(dtype) * 2 - 1).to(device)
@@ -146,6 +158,7 @@ class HutchinsonTrace(Estimator):
         reached are left out of the weighted mean.
         """
         deadline = Deadline(self.time_limit)
+        started = time.perf_counter()
         generator = torch.Generator().manual_seed(self.seed)
         hvp = hessian_vector_products(model, data, params)
         n_batches = len(data.batches)
@@ -178,6 +191,8 @@ class HutchinsonTrace(Estimator):
                 squares[k] += sample * sample
                 counts[k] += 1
                 bar.update(1)
+                if probes == 1 and deadline.expired():  # the limit cannot hold: say so now, with the measured cost
+                    _warn_short_limit(self.time_limit, time.perf_counter() - started)
                 if key and probes % self.checkpoint_every == 0:
                     self._save(key, probes, sums, squares, counts, generator.get_state())
                 if probes < 2 * n_batches and probes < self.max_probes:
