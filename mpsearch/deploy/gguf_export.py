@@ -1,17 +1,10 @@
 """A bit plan as llama.cpp GGUF tensor types: names, types, and the ``--tensor-type-file`` of llama-quantize.
 
-llama.cpp stores each weight matrix in one *type*. The k-quants (``q2_K`` .. ``q6_K``) quantize rows
-in super-blocks of 256 weights; ``q4_0``, ``q5_0``, ``q8_0`` and their ``_1`` variants in blocks of 32.
-A type's bits per weight include its block scales, so they are the real storage cost:
-
-    q2_K 2.625  q3_K 3.4375  q4_K 4.5  q5_K 5.5  q6_K 6.5625  q8_0 8.5  f16 16
-    q4_0 4.5    q4_1 5.0     q5_0 5.5  q5_1 6.0
-
-A plan width maps to the k-quant of that width (8 to ``q8_0``, 16 to ``f16``). A row length the
-256-blocks do not divide (SmolLM2's 576) cannot take a k-quant; such a tensor gets the narrowest
-32-block type of at least the plan's width (2..4 -> ``q4_0``, 5 -> ``q5_0``, 6..8 -> ``q8_0``), so
-a fallback never lowers precision; a row length 32 does not divide gets ``f16``.
-:func:`gguf_types` returns both the types and every fallback, so the change is reported, never silent.
+llama.cpp stores each weight matrix in one *type*; the types, their bits per weight (block scales
+included) and the type each plan width gets, with the 32-block fallbacks for row lengths the
+256-weight k-quant blocks cannot take, live in :mod:`mpsearch.core.gguf_types`, shared with the
+pricing stage. :func:`gguf_types` returns both the types and every fallback, so the change is
+reported, never silent.
 
 llama-quantize reads ``NAME=TYPE`` entries separated by white space, where NAME is a regular
 expression searched (not matched) in the lower-cased tensor name, first entry winning. The file
@@ -22,37 +15,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mpsearch.core.errors import DataError, PlanMismatchError
+from mpsearch.core.gguf_types import GGUF_TYPES, WIDTH_TYPE, GgufType, type_for
 from mpsearch.core.io import atomic_write_text
 from mpsearch.core.plan import BitPlan
 
-__all__ = ["GGUF_TYPES", "GgufType", "TypeChange", "gguf_name", "gguf_types", "read_gguf_types",
-           "tensor_type_file", "write_tensor_type_file"]
+__all__ = ["GGUF_TYPES", "GgufType", "TypeChange", "gguf_layout", "gguf_name", "gguf_types", "read_dequantized",
+           "read_gguf_types", "tensor_type_file", "write_tensor_type_file"]
 
-
-@dataclass(frozen=True)
-class GgufType:
-    """A llama.cpp tensor type: its name as llama-quantize spells it, block size and bits per weight."""
-
-    name: str
-    block: int
-    bpw: float
-
-
-GGUF_TYPES: dict[str, GgufType] = {t.name: t for t in (
-    GgufType("q2_K", 256, 2.625), GgufType("q3_K", 256, 3.4375), GgufType("q4_K", 256, 4.5),
-    GgufType("q5_K", 256, 5.5), GgufType("q6_K", 256, 6.5625), GgufType("q4_0", 32, 4.5),
-    GgufType("q4_1", 32, 5.0), GgufType("q5_0", 32, 5.5), GgufType("q5_1", 32, 6.0),
-    GgufType("q8_0", 32, 8.5), GgufType("f16", 1, 16.0), GgufType("f32", 1, 32.0))}
-
-#: Plan width -> the type it asks for.
-WIDTH_TYPE = {2: "q2_K", 3: "q3_K", 4: "q4_K", 5: "q5_K", 6: "q6_K", 7: "q8_0", 8: "q8_0", 16: "f16"}
-#: 32-block fallback of each width: the narrowest 32-block type of at least that width.
-WIDTH_FALLBACK = {2: "q4_0", 3: "q4_0", 4: "q4_0", 5: "q5_0", 6: "q8_0", 7: "q8_0", 8: "q8_0"}
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
 _PROJ = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
@@ -103,15 +79,6 @@ def _width(unit: str, value: int | tuple[int, ...]) -> int:
     return width
 
 
-def type_for(width: int, row_length: int) -> str:
-    """The type a tensor of ``row_length`` gets for a plan ``width`` (module docstring)."""
-    planned = WIDTH_TYPE[width]
-    if row_length % GGUF_TYPES[planned].block == 0:
-        return planned
-    fallback = WIDTH_FALLBACK[width]
-    return fallback if row_length % GGUF_TYPES[fallback].block == 0 else "f16"
-
-
 def gguf_types(plan: BitPlan, row_lengths: Mapping[str, int], *,
                tied: bool = False) -> tuple[dict[str, str], list[TypeChange]]:
     """``({gguf tensor name: type}, fallbacks)`` for every unit of ``plan``.
@@ -154,15 +121,55 @@ def write_tensor_type_file(types: Mapping[str, str], path: str | os.PathLike[str
     return Path(path)
 
 
-def read_gguf_types(path: str | os.PathLike[str]) -> dict[str, str]:
-    """``{tensor name: type name}`` of a GGUF file, as stored (read with the ``gguf`` package)."""
+def _reader(path: str | os.PathLike[str]):
     from gguf import GGUFReader
 
     try:
-        reader = GGUFReader(str(path))
+        return GGUFReader(str(path))
     except (OSError, ValueError) as err:
         raise DataError(f"{path} must be a readable GGUF file, but reading it failed: {err}. "
                         "Pass a file llama-quantize wrote.") from None
-    names = {t.name: t.tensor_type.name for t in reader.tensors}
-    canon = {k.lower(): k for k in GGUF_TYPES}
-    return {name: canon.get(kind.lower(), kind.lower()) for name, kind in names.items()}
+
+
+def _canonical(kind: str) -> str:
+    return {k.lower(): k for k in GGUF_TYPES}.get(kind.lower(), kind.lower())
+
+
+def read_gguf_types(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{tensor name: type name}`` of a GGUF file, as stored (read with the ``gguf`` package)."""
+    return {t.name: _canonical(t.tensor_type.name) for t in _reader(path).tensors}
+
+
+def read_dequantized(path: str | os.PathLike[str], names: set[str] | None = None) -> Iterator[tuple[str, str, np.ndarray]]:
+    """``(tensor name, type, float32 values)`` for each 2-D tensor of a GGUF file (or those in ``names``), decoded
+    with the ``gguf`` package's dequantizers: the weights exactly as llama.cpp will compute with them.
+
+    Arrays are (rows, row length): a Linear's (out_features, in_features), in GGUF's row order
+    (see :func:`gguf_layout`). One tensor is decoded at a time, so a whole model is never held twice.
+    """
+    from gguf.quants import dequantize
+
+    for tensor in _reader(path).tensors:
+        if len(tensor.shape) != 2 or (names is not None and tensor.name not in names):
+            continue
+        rows, cols = int(tensor.shape[1]), int(tensor.shape[0])
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(rows, cols)
+        yield tensor.name, _canonical(tensor.tensor_type.name), np.ascontiguousarray(values, dtype=np.float32)
+
+
+def gguf_layout(module: str, values: np.ndarray, n_head: int, n_kv_head: int) -> np.ndarray:
+    """A Hugging Face weight-shaped array of ``module`` in GGUF's row order.
+
+    llama.cpp's converter reorders the output rows of ``q_proj`` and ``k_proj`` for its rotary
+    embedding (within each head, the even and odd halves are interleaved); every other tensor keeps
+    its order. Use it to line up per-weight values (sensitivities) with tensors read from a GGUF file.
+    """
+    suffix = module.rpartition(".")[2]
+    if suffix not in ("q_proj", "k_proj"):
+        return values
+    heads = n_head if suffix == "q_proj" else n_kv_head
+    rows = values.shape[0]
+    if rows % (2 * heads):
+        raise PlanMismatchError(f"{module} must have a multiple of 2 * {heads} heads' rows, but has {rows}. "
+                                "Pass the model's num_attention_heads and num_key_value_heads.")
+    return values.reshape(heads, 2, rows // heads // 2, *values.shape[1:]).swapaxes(1, 2).reshape(values.shape)

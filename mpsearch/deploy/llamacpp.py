@@ -112,12 +112,14 @@ def build_tools(cache_dir: str | os.PathLike[str] | None = None, *, jobs: int = 
 
 def quantize(source: str | os.PathLike[str], out: str | os.PathLike[str], base_type: str, *,
              tensor_type_file: str | os.PathLike[str] | None = None, imatrix_file: str | os.PathLike[str] | None = None,
-             threads: int = 2, bin_dir: str | os.PathLike[str] | None = None) -> str:
+             pure: bool = False, threads: int = 2, bin_dir: str | os.PathLike[str] | None = None) -> str:
     """Run llama-quantize ``source`` -> ``out`` at ``base_type`` (e.g. ``Q4_K_M``, ``Q8_0``, ``F32``); its log.
 
     ``--allow-requantize`` is always passed, so an already quantized file can be the source.
+    ``pure`` (``--pure``) gives every weight the base type, not llama.cpp's mix (a row length the type
+    cannot take still gets llama.cpp's fallback).
     """
-    cmd = [str(find_tools(bin_dir) / "llama-quantize"), "--allow-requantize"]
+    cmd = [str(find_tools(bin_dir) / "llama-quantize"), "--allow-requantize"] + (["--pure"] if pure else [])
     if tensor_type_file is not None:
         cmd += ["--tensor-type-file", str(tensor_type_file)]
     if imatrix_file is not None:
