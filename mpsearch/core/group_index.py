@@ -43,7 +43,7 @@ class GroupIndex(Sequence[str]):
         empty = [(u, c) for u, c in zip(self.units, self.counts) if c <= 0]
         if empty:
             raise CostTableError(
-                f"group index counts must be positive, but {empty[0][0]!r} has {empty[0][1]}. "
+                f"group index units need positive group counts, but {empty[0][0]!r} has {empty[0][1]}. "
                 "Give each unit its number of groups (at least 1)."
             )
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)

@@ -442,7 +442,7 @@ def valid_doc() -> dict:
         (lambda d: d["meta"].update(float_units=5), r"meta `float_units` must be a list of unit names, but got 5\. Fix"),
         (lambda d: d["meta"].update(float_units=["mid"]), r"cannot also be searched, but \['mid'\] are both\. Remove"),
         (lambda d: d.update(items={"units": ["a"], "counts": ["3"]}), r"`items\.counts` must be a list of integers"),
-        (lambda d: d.update(items={"units": ["a", "b"], "counts": [2, 0]}), r"group index counts must be positive, but 'b' "
+        (lambda d: d.update(items={"units": ["a", "b"], "counts": [2, 0]}), r"group index units need positive group counts, but 'b' "
                                                                           r"has 0"),
     ],
 )
