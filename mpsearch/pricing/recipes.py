@@ -24,24 +24,26 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.config import QuantizerConfig, num_groups
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import ConfigError, CostTableError
 from mpsearch.core.storage import group_overhead_bits
-from mpsearch.kernels.quantize import dequantize, quantize, weight_matrix
+from mpsearch.kernels.quantize import weight_matrix
+from mpsearch.kernels.weighted_errors import weighted_group_errors
 from mpsearch.pricing.tables import cost_table_from_groups, cost_table_from_space
 from mpsearch.sensitivity._tensors import weights_requiring_grad
 from mpsearch.sensitivity.blockwise import block_input_hessians
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.sensitivity.salience import fisher_diagonal
-from mpsearch.sensitivity.salience_obs import input_hessians
+from mpsearch.sensitivity.salience_obs import input_hessians, layer_input_rows
 from mpsearch.space.discover import SearchSpace, unit_modules
+from mpsearch.space.hooks import ModelHooks
 
-__all__ = ["code_budget", "error_weighted_costs", "fisher_values", "input_values", "recipe_tables"]
+__all__ = ["code_budget", "error_weighted_costs", "fisher_values", "input_values", "recipe_tables", "token_fisher_values"]
 
 
 def code_budget(code_bits: float, quantizer: QuantizerConfig) -> Budget:
@@ -83,6 +85,54 @@ def fisher_values(model: nn.Module, data: Calibration, space: SearchSpace, *, mi
     return [weight_matrix(v, u.kind) for v, u in zip(values, space.units)]
 
 
+def token_fisher_values(model: nn.Module, data: Calibration, space: SearchSpace, *,
+                        progress: bool = False) -> list[torch.Tensor]:
+    """Per weight, ``mean_t (dl/dy_ti)^2 x_tj^2`` over calibration tokens t: an (out, fan_in) float64 tensor per unit.
+
+    ``y = W x`` is the unit's output at token t and ``l`` the summed next-token loss of the
+    batch, so ``g_t x_t^T`` is token t's share of the weight gradient. The sum of squares of those
+    shares is the empirical Fisher diagonal with the cross-token terms dropped: on the loss scale
+    (comparable across units, unlike ``[X^T X]_jj``), with one term per token instead of one per
+    window, so it is far less noisy than :func:`fisher_values` from the same windows, at the cost
+    of one backward pass per batch (no per-window passes). Computed as ``(g^2)^T (x^2)`` per call.
+    """
+    modules = unit_modules(model, space)
+    sums = [torch.zeros(u.out_features, u.fan_in, dtype=torch.float64) for u in space.units]
+    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def hook_for(i: int):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            seen.append((i, inputs[0].detach(), output))
+        return hook
+
+    tokens = 0
+    with weights_requiring_grad(model, [m.weight for m in modules]), ModelHooks(model) as hooks:
+        for i, m in enumerate(modules):
+            hooks.forward(m, hook_for(i))
+        for batch, size in tqdm(list(zip(data.batches, data.sizes)), desc="token fisher", disable=not progress, leave=False):
+            seen.clear()
+            loss = data.loss_fn(model, batch)
+            n = _predicted_tokens(batch, size)
+            grads = torch.autograd.grad(loss * n, [out for _, _, out in seen], allow_unused=True)
+            for (i, x, _), g in zip(seen, grads):
+                if g is None:
+                    continue
+                kind = space.units[i].kind
+                x2 = layer_input_rows(modules[i], kind, x).float().square_()
+                g2 = g.detach().reshape(-1, g.shape[-1]).float().square_()
+                sums[i].add_(torch.mm(g2.t(), x2).double())
+            tokens += n
+        seen.clear()
+    return [s_.div_(max(tokens, 1)) for s_ in sums]
+
+
+def _predicted_tokens(batch: Any, size: int) -> int:
+    """Tokens whose loss a causal-LM batch averages: B * (T - 1) for int (B, T) windows, else the batch size."""
+    if isinstance(batch, torch.Tensor) and batch.dim() == 2 and not batch.is_floating_point():
+        return int(batch.shape[0] * (batch.shape[1] - 1))
+    return int(size)
+
+
 def error_weighted_costs(model: nn.Module, space: SearchSpace, values: Sequence[torch.Tensor]
                          ) -> tuple[dict[str, np.ndarray], dict[str, dict[int, float]]]:
     """Group costs (groups, bits) and unit costs {bits: cost} of ``sum_j s_j (Q_b(W) - W)_j^2``.
@@ -99,23 +149,15 @@ def error_weighted_costs(model: nn.Module, space: SearchSpace, values: Sequence[
     groups: dict[str, np.ndarray] = {}
     units: dict[str, dict[int, float]] = {}
     for unit, module, s in zip(space.units, unit_modules(model, space), values):
-        w = weight_matrix(module.weight.detach(), unit.kind).float()
-        s = s.double().reshape(1, -1) if s.ndim == 1 else s.double()
-        if s.shape[-1] != unit.fan_in or s.shape[0] not in (1, unit.out_features):
+        w = weight_matrix(module.weight.detach(), unit.kind)
+        if s.shape[-1:] != (unit.fan_in,) or s.dim() > 2 or (s.dim() == 2 and s.shape[0] not in (1, unit.out_features)):
             raise CostTableError(f"values of {unit.name!r} must be ({unit.out_features}, {unit.fan_in}) or ({unit.fan_in},), "
                                  f"but have {tuple(s.shape)}. Compute them on the same space.")
-        n = num_groups(unit.fan_in, config) if config.group_size is not None else 1
-        width = unit.fan_in if n == 1 else int(config.group_size)  # type: ignore[arg-type]
-        table = np.full((unit.out_features * n, len(bits)), np.nan)
-        units[unit.name] = {}
-        for j, b in enumerate(bits):
-            if b not in unit.bits:
-                continue
-            weighted = (dequantize(quantize(w, b, config)) - w).double().square() * s
-            per_group = F.pad(weighted, (0, n * width - unit.fan_in)).reshape(unit.out_features, n, width).sum(dim=2)
-            table[:, j] = per_group.reshape(-1).numpy()
-            units[unit.name][b] = float(per_group.sum())
+        table = np.full((unit.out_features * num_groups(unit.fan_in, config), len(bits)), np.nan)
+        own = [j for j, b in enumerate(bits) if b in unit.bits]
+        table[:, own] = weighted_group_errors(w, [bits[j] for j in own], config, s)
         groups[unit.name] = table
+        units[unit.name] = {bits[j]: float(table[:, j].sum()) for j in own}
     return groups, units
 
 

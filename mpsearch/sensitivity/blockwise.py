@@ -29,7 +29,7 @@ loss's gradient through every later block and have ``("whole",)``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -45,7 +45,8 @@ from mpsearch.sensitivity.salience_obs import input_hessians, layer_input_rows, 
 from mpsearch.space.discover import SearchSpace, unit_modules
 from mpsearch.space.hooks import ModelHooks
 
-__all__ = ["MODES", "BlockOBS", "InputDiagonal", "block_input_hessians", "decoder_blocks", "scoring_modes"]
+__all__ = ["MODES", "BlockOBS", "InputDiagonal", "block_input_hessians", "capture_block_inputs", "decoder_blocks", "replay_block",
+           "scoring_modes"]
 
 MODES = ("whole", "block")
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
@@ -56,9 +57,9 @@ def scoring_modes(estimator: Estimator) -> tuple[str, ...]:
     return tuple(getattr(estimator, "modes", ("whole",)))
 
 
-def decoder_blocks(model: nn.Module, space: SearchSpace) -> list[nn.Module]:
-    """The decoder blocks: the children of the ``nn.ModuleList`` that holds the most searched units."""
-    names = set(space.names)
+def decoder_blocks(model: nn.Module, space: SearchSpace | Iterable[str]) -> list[nn.Module]:
+    """The decoder blocks: the children of the ``nn.ModuleList`` that holds the most searched units (or named modules)."""
+    names = set(space.names if isinstance(space, SearchSpace) else space)
     best: tuple[int, list[nn.Module]] = (0, [])
     for prefix, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 1:
@@ -75,7 +76,7 @@ class _StopForward(Exception):
     """Raised by the capture hook: nothing after the first block needs to run."""
 
 
-def _capture(model: nn.Module, first: nn.Module, data: Calibration) -> list[tuple[tuple, dict]]:
+def capture_block_inputs(model: nn.Module, first: nn.Module, data: Calibration) -> list[tuple[tuple, dict]]:
     """(args, kwargs) of the first block for every calibration batch, the cache switched off."""
     captured: list[tuple[tuple, dict]] = []
 
@@ -102,7 +103,7 @@ def _hidden(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _replay(block: nn.Module, inputs: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
+def replay_block(block: nn.Module, inputs: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
     """Run one block on each captured batch; its outputs replace the hidden states for the next block."""
     nxt = []
     for args, kwargs in inputs:
@@ -151,10 +152,10 @@ def block_input_hessians(
             run()
         on_block(list(indices), stats, rows)
 
-    state = {"inputs": _capture(model, blocks[0], data)}
+    state = {"inputs": capture_block_inputs(model, blocks[0], data)}
     for b, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress, leave=False)):
         def step(block: nn.Module = block) -> None:
-            state["inputs"] = _replay(block, state["inputs"])
+            state["inputs"] = replay_block(block, state["inputs"])
         if per_block[b]:
             collect(per_block[b], step)
         else:

@@ -34,8 +34,8 @@ def test_unit_weights_give_plain_group_errors(setup):
     groups, units = error_weighted_costs(model, space, ones)
     plain = quantization_group_errors(model, space)
     for u in space.units:
-        np.testing.assert_allclose(groups[u.name], plain[u.name], rtol=1e-12)
-        assert units[u.name][3] == pytest.approx(plain[u.name][:, 1].sum(), rel=1e-12)
+        np.testing.assert_allclose(groups[u.name], plain[u.name], rtol=1e-5, atol=1e-12)
+        assert units[u.name][3] == pytest.approx(plain[u.name][:, 1].sum(), rel=1e-6)
 
 
 def test_weighted_sum_by_hand(setup):
@@ -48,7 +48,7 @@ def test_weighted_sum_by_hand(setup):
     d2 = (dequantize(quantize(w, 2, QUANT)) - w).double().square() * values[3]
     row, block = 5, 1  # group index row * n_blocks + block
     n_blocks = unit.fan_in // 16
-    assert groups[unit.name][row * n_blocks + block, 0] == pytest.approx(float(d2[row, 16:32].sum()), rel=1e-12)
+    assert groups[unit.name][row * n_blocks + block, 0] == pytest.approx(float(d2[row, 16:32].sum()), rel=1e-5)
 
 
 def test_tables_agree_and_budget(setup):
