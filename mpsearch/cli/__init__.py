@@ -1,4 +1,5 @@
-"""The ``mpsearch`` command line: ``mpsearch.cli.main`` for the verbs, ``mpsearch.cli.hw`` for ``hw``."""
+"""The ``mpsearch`` command line: ``mpsearch.cli.main`` runs the verbs, ``parsers`` declares them;
+``llm`` serves causal LMs, ``quantizer`` the ``--quantizer rtn|gptq`` options, ``hw`` and ``export`` their verbs."""
 
 from mpsearch.cli.main import main
 

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from mpsearch.cli.inputs import calibration_count, load_model, with_bias_correction
+from mpsearch.cli.quantizer import describe, plan_with_quantizer
 
 
 def _images(data_dir: Any, n_calib: int, limit: int | None):
@@ -42,6 +43,10 @@ def run_evaluate(args: argparse.Namespace, data_dir: Any) -> int:
 
     plan = BitPlan.load(args.plan) if args.plan is not None else None
     meta = plan.meta if plan is not None else {}
+    if plan is None and (args.quantizer or args.act_order or args.damp is not None):
+        raise ConfigError("--quantizer, --act-order and --damp round a plan's weights, but no --plan was given. "
+                          "Pass --plan PATH, or drop them for the fp32 model.")
+    plan = plan_with_quantizer(args, plan) if plan is not None else None
     if args.bias_correction and plan is None:
         raise ConfigError("--bias-correction corrects a plan's quantized layers, but no --plan was given. "
                           "Pass --plan PATH, or drop --bias-correction for the fp32 model.")
@@ -49,6 +54,9 @@ def run_evaluate(args: argparse.Namespace, data_dir: Any) -> int:
     if args.bias_correction and n_calib == 0 and not plan.bias_correction:
         raise ConfigError("--bias-correction is measured on the calibration images, but --calib 0 leaves none. "
                           "Pass --calib 256 (the first 256 images calibrate, the rest are evaluated).")
+    if plan is not None and plan.quantizer.method == "gptq" and n_calib == 0:
+        raise ConfigError("a GPTQ plan is rounded with the calibration images, but --calib 0 leaves none. "
+                          "Pass --calib 256 (the first 256 images calibrate, the rest are evaluated), or --quantizer rtn.")
     x_calib, x_eval, y_eval, which = _images(data_dir, n_calib, args.limit)
     model = load_model(args, args.model, data_dir, meta)
     if plan is None:
@@ -64,10 +72,11 @@ def run_evaluate(args: argparse.Namespace, data_dir: Any) -> int:
         else:
             plan = with_bias_correction(model, plan, x_calib)
     size = plan_size(model, plan)
-    gptq = getattr(plan.quantizer, "method", "rtn") == "gptq" and x_calib is not None  # GPTQ rounds with calibration inputs
+    gptq = plan.quantizer.method == "gptq"  # GPTQ rounds with the calibration images
     top1 = evaluate_plan(model, plan, x_eval, y_eval, batches=[x_calib] if gptq else None)
     corrected = ", bias-corrected" if plan.bias_correction else ""
-    print(f"top-1 {top1:.2f} % on {which}; {size.average_bits:.3f} bits/weight (scales included{corrected}); "
+    rounding = f"; {describe(plan.quantizer)} on images 0-{n_calib - 1}" if gptq else ""
+    print(f"top-1 {top1:.2f} % on {which}{rounding}; {size.average_bits:.3f} bits/weight (scales included{corrected}); "
           f"{size.total_bytes / 1024:.1f} KiB in all ({size.quantized_bytes / 1024:.1f} KiB quantized, "
           f"{size.float_bytes / 1024:.1f} KiB float)")
     return 0

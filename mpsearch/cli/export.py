@@ -3,6 +3,7 @@
     mpsearch export --plan plan.json --model smollm2.gguf --format gguf --out mixed.gguf
     mpsearch export --plan plan.json --model HF_DIR --format compressed-tensors --out ct/ [--target vllm]
     mpsearch export --plan plan.json --model HF_DIR --format mpsearch --out packed/
+    mpsearch export --plan plan.json --model HF_DIR --format mpsearch --quantizer gptq --text prose.txt --out packed/
 
 The check's report (every unit changed to fit the format, with its predicted cost when --costs is
 given) is printed first; --strict refuses any change instead.
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from mpsearch.cli.llm_args import add_text_options
+from mpsearch.cli.quantizer import add_quantizer_options, plan_with_quantizer
 
 FORMATS = ("gguf", "compressed-tensors", "mpsearch")
 
@@ -31,6 +35,9 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-type", default="Q8_0", help="gguf: llama-quantize type for tensors the plan leaves out")
     p.add_argument("--imatrix", type=Path, default=None, help="gguf: importance matrix for llama-quantize")
     p.add_argument("--llamacpp-bin", type=Path, default=None, help="gguf: folder of the llama.cpp tools")
+    add_quantizer_options(p, what="mpsearch format only; gptq packs the codes GPTQ finds on the calibration windows "
+                                  "of --text (default: the plan's own)")
+    add_text_options(p, calibration=False)
     p.set_defaults(func=cmd_export)
 
 
@@ -42,11 +49,16 @@ def _gguf_rows(path: Path) -> dict[str, int]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from mpsearch.core.costs import CostTable
-    from mpsearch.core.errors import DataError
+    from mpsearch.core.errors import ConfigError, DataError
     from mpsearch.core.plan import BitPlan
     from mpsearch.deploy.export_check import check_export
 
-    plan = BitPlan.load(args.plan)
+    meta = BitPlan.load(args.plan).meta
+    plan = plan_with_quantizer(args, BitPlan.load(args.plan))
+    if plan.quantizer.method == "gptq" and args.format != "mpsearch":
+        how = "llama-quantize rounds them itself" if args.format == "gguf" else "it holds round-to-nearest weights"
+        raise ConfigError(f"--format {args.format} cannot hold GPTQ's weights ({how}), but the plan's quantizer is gptq. "
+                          "Pass --quantizer rtn, or --format mpsearch for the packed GPTQ model.")
     costs = CostTable.load(args.costs) if args.costs is not None else None
     if args.format == "gguf":
         from mpsearch.core.io import check_output_file
@@ -81,11 +93,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     model, tokenizer = load_causal_lm(args.model)
     if args.format == "mpsearch":
+        from mpsearch.cli.llm import gptq_batches, text_file
         from mpsearch.deploy.apply import apply
         from mpsearch.deploy.export import export
 
-        export(apply(model, plan), plan, args.out)
-        print(f"wrote {args.out}")
+        batches, how = gptq_batches(args, tokenizer, text_file(args, meta), meta) if plan.quantizer.method == "gptq" \
+            else (None, "round to nearest")
+        export(apply(model, plan, batches=batches), plan, args.out)
+        print(f"wrote {args.out} ({how})")
         return 0
     from mpsearch.deploy.compressed_tensors_export import export_compressed_tensors
 

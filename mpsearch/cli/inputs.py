@@ -20,7 +20,9 @@ HESSIAN_DEFAULTS = {"tol": 0.1, "max_probes": 200}
 DEFAULT_CALIB = 256
 
 ESTIMATOR_HELP = (
-    "sensitivity estimator, any registered name: {names} (default: %(default)s). The default is the best "
+    "sensitivity estimator, any registered name: {names} (default: {default}; for a causal LM xtx, the mean "
+    "squared input of each weight's column, scored one decoder block at a time and priced per group as "
+    "sum_j xtx_j (Q(W) - W)_j^2). The default is the best "
     "cheap one in the fidelity study (docs/estimators.md, 'How well they predict real damage'): fisher ranks "
     "the units of ResNet-20/56 by their real 2-bit damage with Spearman 0.85/0.63 and its 3-bit plans reach "
     "86.4/89.7 %% top-1, in 6-11 s; first_order is as cheap and close (0.86/0.57, 86.7/88.5 %%, 2.5-4 s) but "
@@ -28,6 +30,16 @@ ESTIMATOR_HELP = (
     "probes: stopped early by --time-limit it can plan worse than uniform quantization. Scores that ignore "
     "the loss (zscore, lim, lrp) rank units poorly."
 )
+
+
+def parse_bits(text: str) -> tuple[int, ...]:
+    """``--bits 2,3,4,8`` as a tuple of ints."""
+    from mpsearch.core.errors import BitsOutOfRangeError
+
+    try:
+        return tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise BitsOutOfRangeError(f"--bits must be a comma list of integers, but got {text!r}. Pass e.g. --bits 2,3,4,8.") from None
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -72,20 +84,34 @@ def model_meta(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return {"model": model, **({"model_file": str(args.model_file)} if args.model_file is not None else {})}
 
 
-def build_estimator(args: argparse.Namespace, checkpoint: Path):
-    """The ``--estimator``, with the options that apply to it; Hessian-only flags elsewhere are refused."""
-    from mpsearch.core.errors import ConfigError
-    from mpsearch.sensitivity.base import get_estimator
+def build_estimator(args: argparse.Namespace, checkpoint: Path, *, mode: str = "whole"):
+    """The ``--estimator`` (default fisher), with the options that apply to it; Hessian-only flags elsewhere,
+    and ``--time-limit`` for an estimator that makes one pass and cannot stop early, are refused. ``mode``
+    goes to the estimators that score one decoder block at a time or the whole model (xtx, obs_block)."""
+    import inspect
 
+    from mpsearch.core.errors import ConfigError
+    from mpsearch.sensitivity.base import ESTIMATORS, get_estimator
+
+    name = args.estimator or DEFAULT_ESTIMATOR
     given = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in HESSIAN_DEFAULTS if getattr(args, k) is not None]
-    if args.estimator != "hessian" and given:
-        raise ConfigError(f"--tol and --max-probes set the Hessian's probing, but --estimator {args.estimator} was "
+    if name != "hessian" and given:
+        raise ConfigError(f"--tol and --max-probes set the Hessian's probing, but --estimator {name} was "
                           f"given with {', '.join(given)}. Drop them, or pass --estimator hessian.")
-    options: dict[str, Any] = {"seed": args.seed, "progress": not args.quiet, "time_limit": args.time_limit}
-    if args.estimator == "hessian":  # the only estimator that checkpoints its probes
+    options: dict[str, Any] = {"seed": args.seed, "progress": not args.quiet}
+    accepted = inspect.signature(ESTIMATORS.get(name)).parameters
+    if "mode" in accepted:
+        options["mode"] = mode
+    if "time_limit" in accepted:
+        options["time_limit"] = args.time_limit
+    elif args.time_limit is not None:
+        raise ConfigError(f"--time-limit stops an estimate that samples or iterates, but --estimator {name} makes one "
+                          f"pass over the calibration data and cannot stop early; got --time-limit {args.time_limit:g}. "
+                          "Drop --time-limit, or pass fewer --windows.")
+    if name == "hessian":  # the only estimator that checkpoints its probes
         options.update({k: v if (v := getattr(args, k)) is not None else d for k, d in HESSIAN_DEFAULTS.items()},
                        checkpoint=checkpoint)
-    return get_estimator(args.estimator, **options)
+    return get_estimator(name, **options)
 
 
 def calibration_count(args: argparse.Namespace, meta: Mapping[str, Any] | None) -> int:
@@ -137,6 +163,17 @@ def warnings_on_stderr(command: str) -> Iterator[None]:
         yield
 
 
-__all__ = ["DEFAULT_ESTIMATOR", "ESTIMATOR_HELP", "ESTIMATOR_NAMES", "add_model_options", "bias_corrected_for_table", "build_estimator",
-           "calibration_count",
-           "load_model", "model_meta", "warnings_on_stderr", "with_bias_correction"]
+__all__ = [
+    "DEFAULT_ESTIMATOR",
+    "ESTIMATOR_HELP",
+    "ESTIMATOR_NAMES",
+    "add_model_options",
+    "bias_corrected_for_table",
+    "build_estimator",
+    "calibration_count",
+    "load_model",
+    "model_meta",
+    "parse_bits",
+    "warnings_on_stderr",
+    "with_bias_correction",
+]

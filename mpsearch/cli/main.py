@@ -10,6 +10,12 @@
     mpsearch hw calibrate --out lut.json      # time the packed kernels on this machine
     mpsearch hw add --costs costs.json --lut lut.json --out costs_hw.json   # + latency_ms, bops, bytes_packed
 
+Causal LMs (``--model`` a model folder or a .gguf file; mpsearch/cli/llm.py):
+
+    mpsearch sensitivity --model smollm2/ --text prose.txt --group-size 128 --out costs.json
+    mpsearch search --costs costs.json --budget 3.1875 --solver slim --out plan.json
+    mpsearch evaluate --model smollm2/ --plan plan.json [--quantizer gptq]   # perplexity, mean logit KL
+
 Errors on user input print one line naming the rule, the value and the fix, and exit with status 2
 (bad flags included). Ctrl-C exits with 130 and SIGTERM with 143, after the same cleanup: an
 interrupted `sensitivity` keeps its finished probes for the next run.
@@ -22,10 +28,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mpsearch.cli.args import Parser, Terminated, budget_values, fraction, int_at_least, seconds, sigterm_as_interrupt
-
-EPILOG = "Data: --data-dir takes a folder with cifar10_test.npz and the resnet*.th checkpoints " \
-    "(or set MPSEARCH_DATA_DIR); without it the embedded ResNet-20 and 1,000 test images are used."
+from mpsearch.cli.args import Terminated, sigterm_as_interrupt
 
 
 def _data_dir(args: argparse.Namespace):
@@ -34,27 +37,23 @@ def _data_dir(args: argparse.Namespace):
     return args.data_dir if args.data_dir is not None else default_data_dir()
 
 
-def parse_bits(text: str) -> tuple[int, ...]:
-    from mpsearch.core.errors import BitsOutOfRangeError
-
-    try:
-        return tuple(int(b) for b in text.split(",") if b.strip())
-    except ValueError:
-        raise BitsOutOfRangeError(f"--bits must be a comma list of integers, but got {text!r}. Pass e.g. --bits 2,3,4,8.") from None
-
-
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from mpsearch.cli.inputs import load_model
+    from mpsearch.cli.quantizer import chosen_quantizer
+    from mpsearch.core.config import RECOMMENDED
     from mpsearch.core.io import check_output_dir
     from mpsearch.workflows.quickstart import format_table, run_quickstart
     from mpsearch.zoo.data import load_cifar10_split
 
-    check_output_dir(args.out)  # before minutes of work
+    args.model = args.model or "resnet20"
+    quantizer = chosen_quantizer(args, RECOMMENDED)  # flags checked before minutes of work
+    check_output_dir(args.out)
     load_cifar10_split(_data_dir(args), args.calib, what="--calib")  # the same check as the run's, in CLI terms
     result = run_quickstart(
         data_dir=_data_dir(args), out_dir=args.out, model_name=args.model, n_calib=args.calib,
         model=load_model(args, args.model, _data_dir(args)), model_file=args.model_file,
         seed=args.seed, budgets=args.budgets, bias_correction=args.bias_correction, progress=not args.quiet,
+        quantizer=quantizer,
     )
     print()
     print(format_table(result.table))
@@ -65,7 +64,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from mpsearch.cli.inputs import build_estimator, load_model, model_meta
+    from mpsearch.cli.inputs import DEFAULT_CALIB, build_estimator, load_model, model_meta, parse_bits
+    from mpsearch.cli.llm import is_causal_lm, refuse_llm_options, run_llm_sensitivity
     from mpsearch.core.io import check_output_file
     from mpsearch.pricing.tables import build_cost_table
     from mpsearch.sensitivity import Calibration
@@ -75,20 +75,20 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     checkpoint = Path(str(args.out) + ".ckpt.npz")  # an interrupted run resumes from here when rerun
     check_output_file(args.out)  # before minutes of work
     check_output_file(checkpoint, what="the checkpoint file")
+    args.model = args.model or "resnet20"
+    if is_causal_lm(args.model):
+        return _interruptible(lambda: run_llm_sensitivity(args, checkpoint), checkpoint)
+    refuse_llm_options(args)
     data_dir = _data_dir(args)
-    data = load_cifar10_split(data_dir, args.calib, min_eval=0, what="--calib")
+    data = load_cifar10_split(data_dir, args.calib or DEFAULT_CALIB, min_eval=0, what="--calib")
     x, y = data.x_calib, data.y_calib
     model = load_model(args, args.model, data_dir)
     space = discover_quietly(model, bits=parse_bits(args.bits), pin_first_last=None if args.no_pins else 8)
     if notice := space.float_notice():
         print(f"note: {notice}", file=sys.stderr)
     estimator = build_estimator(args, checkpoint)
-    try:
-        sens = estimator.estimate(model, Calibration.classification(x, y, batch_size=args.batch_size), space)
-    except KeyboardInterrupt as stop:
-        stop.mpsearch_detail = (f"finished probes kept in {checkpoint}; rerun the same command to resume"  # type: ignore[attr-defined]
-                                if checkpoint.is_file() else "nothing was saved; rerun the same command to start again")
-        raise
+    calib = Calibration.classification(x, y, batch_size=args.batch_size or 64)
+    sens = _interruptible(lambda: estimator.estimate(model, calib, space), checkpoint)
     costs = build_cost_table(model, space, sens, meta={**model_meta(args, args.model), "calibration": len(x)})
     costs.save(args.out)
     quality = costs.meta.get("estimate_quality")
@@ -98,7 +98,18 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interruptible(run, checkpoint: Path):
+    """``run()``; on Ctrl-C or SIGTERM, say whether finished probes were kept for the next run."""
+    try:
+        return run()
+    except KeyboardInterrupt as stop:
+        stop.mpsearch_detail = (f"finished probes kept in {checkpoint}; rerun the same command to resume"  # type: ignore[attr-defined]
+                                if checkpoint.is_file() else "nothing was saved; rerun the same command to start again")
+        raise
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    from mpsearch.cli.quantizer import table_with_quantizer
     from mpsearch.core.budget import Budget
     from mpsearch.core.costs import CostTable
     from mpsearch.core.errors import ConfigError
@@ -107,13 +118,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     from mpsearch.solvers import solve
 
     check_output_file(args.out)
-    costs = CostTable.load(args.costs)
+    costs = table_with_quantizer(args, CostTable.load(args.costs))
     if costs.meta.get("float_modules"):  # only then: the space module imports torch
         from mpsearch.space.discover import float_notice_of
 
         if notice := float_notice_of(costs):
             print(f"note: {notice}", file=sys.stderr)
     warn_if_noisy(costs.meta.get("estimate_quality"))
+    if args.bias_correction and costs.meta.get("model_kind") == "causal_lm":
+        raise ConfigError("--bias-correction is measured on CIFAR images, but the cost table is a causal LM's "
+                          f"({costs.meta.get('model')}). Drop --bias-correction.")
     if (args.uniform is None) == (not args.budget):
         raise ConfigError(f"search needs --budget (solve) or --uniform BITS (one width, no solve), but got "
                           f"{'neither' if args.uniform is None else 'both'}. Pass one of them, e.g. --budget 3 or --uniform 4.")
@@ -136,13 +150,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
+    from mpsearch.cli.quantizer import table_with_quantizer
     from mpsearch.core.costs import CostTable
     from mpsearch.solvers.front_dir import check_front_dir
     from mpsearch.solvers.pareto import pareto
     from mpsearch.workflows.quickstart import default_sweep
 
     out = check_front_dir(args.out_dir, overwrite=args.overwrite)  # before the solves
-    costs = CostTable.load(args.costs)
+    costs = table_with_quantizer(args, CostTable.load(args.costs))
     values = args.budgets if args.budgets is not None else default_sweep(costs, args.kind)
     front = pareto(costs, values, solver=args.solver, kind=args.kind, progress=not args.quiet)
     if not front.front:  # every budget infeasible: say so instead of writing an empty front
@@ -155,7 +170,12 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mpsearch.cli.evaluate import run_evaluate
+    from mpsearch.cli.llm import is_causal_lm, recorded_lm, refuse_llm_options, run_llm_evaluate
 
+    args.model = args.model or recorded_lm(args.plan) or "resnet20"
+    if is_causal_lm(args.model):
+        return run_llm_evaluate(args)
+    refuse_llm_options(args)
     return run_evaluate(args, _data_dir(args))
 
 
@@ -170,130 +190,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from importlib.metadata import version
+    """The ``mpsearch`` parser (:mod:`mpsearch.cli.parsers`) wired to this module's verbs."""
+    from mpsearch.cli.parsers import build_parser as build
 
-    from mpsearch.cli.inputs import DEFAULT_ESTIMATOR, ESTIMATOR_HELP, ESTIMATOR_NAMES, add_model_options
-
-    parser = Parser(
-        prog="mpsearch", description="Mixed-precision bit-allocation search for neural-network quantization.",
-        epilog=EPILOG,
-    )
-    parser.add_argument("--version", action="version", version=f"mpsearch {version('mpsearch')}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
-        if model:
-            p.add_argument("--model", default="resnet20", help="resnet20 (embedded), resnet32, resnet44, resnet56 (default: %(default)s)")
-            p.add_argument("--data-dir", type=Path, default=None, help="folder with cifar10_test.npz and the checkpoints")
-            add_model_options(p)
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("quickstart", help="run the whole pipeline on the embedded ResNet-20", epilog=EPILOG,
-                       description="Load a pretrained CIFAR ResNet, estimate Hessian sensitivities, solve mixed plans at "
-                       "several average-bit budgets, measure every plan's top-1, and write plans (JSON), a table (CSV) "
-                       "and the Pareto front (PNG).")
-    common(p)
-    p.add_argument("--out", type=Path, default=Path("mpsearch-out"), help="output folder (default: %(default)s)")
-    p.add_argument("--calib", type=int_at_least(1, "--calib", 256), default=256,
-                   help="calibration images, taken first; the rest are evaluated (default: %(default)s)")
-    p.add_argument("--budgets", type=budget_values, default="2.5,3,3.5,4",
-                   help="average-bit budgets of the mixed plans (default: %(default)s)")
-    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
-                   help="measure plans without bias correction (by default each plan carries its layers' mean output "
-                        "shifts measured on the calibration images)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_quickstart)
-
-    p = sub.add_parser("sensitivity", help="estimate per-layer sensitivities and write a cost table (JSON)",
-                       description="Score each layer's sensitivity on calibration images (the first --calib) with "
-                       "--estimator; cost of a layer at b bits = score * ||Q_b(W) - W||^2, or the estimator's own "
-                       "per-width cost.", epilog=EPILOG)
-    common(p)
-    p.add_argument("--out", type=Path, required=True, help="cost table JSON to write")
-    p.add_argument("--calib", type=int_at_least(1, "--calib", 256), default=256, help="calibration images (default: %(default)s)")
-    p.add_argument("--batch-size", type=int_at_least(1, "--batch-size", 64), default=64,
-                   help="calibration images per batch (for hessian: per Hessian-vector product) (default: %(default)s)")
-    p.add_argument("--bits", default="2,3,4,8", help="bit choices (default: %(default)s)")
-    p.add_argument("--no-pins", action="store_true", help="also search the first and last layer (pinned to 8 bits by default)")
-    p.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=ESTIMATOR_NAMES, metavar="NAME",
-                   help=ESTIMATOR_HELP.format(names=", ".join(ESTIMATOR_NAMES)))
-    p.add_argument("--tol", type=fraction, default=None,
-                   help="hessian only: relative standard error at which probing stops (default: 0.1)")
-    p.add_argument("--max-probes", type=int_at_least(2, "--max-probes", 200), default=None,
-                   help="hessian only: at most this many probes; two at least, for a standard error (default: 200)")
-    p.add_argument("--time-limit", type=seconds, default=None,
-                   help="seconds; the estimate then stops and uses what it has measured (hessian: checked before every "
-                        "probe once two have run)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_sensitivity)
-
-    p = sub.add_parser("search", help="find the best plan under a budget (writes plan JSON)",
-                       description="Solve the cost table under one or more budgets. A budget reads like 3 or 3bits "
-                       "(average bits per weight, scales included), 48KiB or 120000B (bytes), or KIND=VALUE.")
-    common(p, model=False)
-    p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
-    p.add_argument("--budget", action="append", default=[], help="repeat for several budgets at once")
-    p.add_argument("--uniform", type=int, default=None, metavar="BITS",
-                   help="instead of --budget: every unit at BITS without solving (pinned units keep their width)")
-    p.add_argument("--bias-correction", action="store_true",
-                   help="store in the plan each layer's mean output shift, measured on the cost table's calibration "
-                        "images (lifts 2-3-bit top-1 by 3-7 points on ResNet-20); needs the model and the images")
-    p.add_argument("--model", default=None, help="with --bias-correction: the model (default: the cost table's)")
-    p.add_argument("--data-dir", type=Path, default=None, help="with --bias-correction: folder with cifar10_test.npz "
-                   "and the checkpoints")
-    p.add_argument("--calib", type=int_at_least(1, "--calib", 256), default=None,
-                   help="with --bias-correction: the first N images calibrate (default: the cost table's count)")
-    add_model_options(p)
-    p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
-    p.add_argument("--time-limit", type=seconds, default=None, help="seconds; returns the best plan found so far")
-    p.add_argument("--out", type=Path, required=True, help="plan JSON to write")
-    p.set_defaults(func=cmd_search)
-
-    p = sub.add_parser("pareto", help="sweep budgets and write the Pareto front (CSV, PNG, plans)",
-                       description="Solve once per budget and keep the non-dominated plans.")
-    common(p, model=False)
-    p.add_argument("--costs", type=Path, required=True, help="cost table from `mpsearch sensitivity`")
-    p.add_argument("--budgets", type=budget_values, default=None, help="START:STOP:STEP or a comma list (default: 2:8:0.25 average bits "
-                   "up to the largest useful budget; for other kinds 16 values from the smallest to the largest)")
-    p.add_argument("--kind", default="avg_bits", help="budget kind swept: avg_bits, bytes, or a resource "
-                   "column such as latency_ms, bops, bytes_packed (see `mpsearch hw add`) (default: %(default)s)")
-    p.add_argument("--x", default="avg_bits", choices=("avg_bits", "mib"), help="x axis of the plot")
-    p.add_argument("--solver", default="ilp", help="(default: %(default)s)")
-    p.add_argument("--out-dir", type=Path, required=True, help="folder for pareto.csv, pareto.png, plans/ and a manifest; "
-                   "one front per folder")
-    p.add_argument("--overwrite", action="store_true", help="replace the front already in --out-dir (only the files its "
-                   "manifest lists are removed)")
-    p.set_defaults(func=cmd_pareto)
-
-    p = sub.add_parser("study", help="run estimators x solvers x budgets from a TOML config",
-                       description="Run a search study described by a TOML file (see mpsearch/workflows/study_config.py for "
-                       "every key) and write results.csv, study.png/svg, the cost tables and the plans into its "
-                       "out_dir. An interrupted study resumes where it stopped.")
-    p.add_argument("config", type=Path, help="study config (TOML)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_study)
-
-    from mpsearch.cli.hw import add_hw_parser
-
-    add_hw_parser(sub)
-    from mpsearch.cli.export import add_export_parser
-
-    add_export_parser(sub)
-
-    p = sub.add_parser("evaluate", help="measure a plan's top-1 accuracy and size (fp32 without --plan)", epilog=EPILOG,
-                       description="Apply a plan (fake-quant reference) to a pretrained model and measure top-1 on CIFAR-10. "
-                       "Without --plan, measure the fp32 model.")
-    common(p)
-    p.add_argument("--plan", type=Path, default=None, help="plan JSON (omit for the fp32 model)")
-    p.add_argument("--calib", type=int_at_least(0, "--calib", 256), default=None,
-                   help="the first N images calibrate and are not evaluated; top-1 is measured on the rest (default: "
-                        "the plan's calibration count, else 256; 0 evaluates every image)")
-    p.add_argument("--limit", type=int_at_least(1, "--limit", 500), default=None,
-                   help="evaluate only the first N held-out images")
-    p.add_argument("--bias-correction", action="store_true",
-                   help="measure the plan's bias correction on the calibration images first (if it carries none)")
-    p.set_defaults(func=cmd_evaluate)
-    return parser
+    return build({"quickstart": cmd_quickstart, "sensitivity": cmd_sensitivity, "search": cmd_search,
+                  "pareto": cmd_pareto, "study": cmd_study, "evaluate": cmd_evaluate})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

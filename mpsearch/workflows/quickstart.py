@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mpsearch.core.budget import Budget
+from mpsearch.core.config import RECOMMENDED, QuantizerConfig
 from mpsearch.core.costs import CostTable
 from mpsearch.core.errors import DataError
 from mpsearch.core.io import atomic_write_text
@@ -63,6 +64,8 @@ def run_quickstart(
     model_file: str | os.PathLike[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    quantizer: QuantizerConfig | None = None,
+    front_budgets: Sequence[float] = FRONT_BUDGETS,
 ) -> QuickstartResult:
     """Run the whole pipeline and write costs, plans, a CSV table and the Pareto figure into ``out_dir``.
 
@@ -72,6 +75,12 @@ def run_quickstart(
 
     ``model`` replaces the pretrained ``model_name`` (e.g. a user's checkpoint of that architecture,
     read from ``model_file``, which the cost table and plans then record).
+
+    ``quantizer`` (default :data:`~mpsearch.core.config.RECOMMENDED`) is the quantizer of the search
+    space and of every plan. Costs are priced with its round-to-nearest errors whatever its
+    ``method``; with ``method="gptq"`` every plan is measured (and bias-corrected) after GPTQ on
+    the calibration images, and the saved plans record it. ``front_budgets`` are the average-bit
+    budgets of the Pareto front (each plan on it is measured), ``budgets`` among them or not.
     """
     import pandas as pd
 
@@ -88,7 +97,8 @@ def run_quickstart(
     timings["load_and_fp32"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    space = discover_quietly(model)
+    space = discover_quietly(model, quantizer=quantizer or RECOMMENDED)
+    gptq = [x_cal] if space.quantizer.method == "gptq" else None  # GPTQ rounds with the calibration images
     if notice := space.float_notice():
         log(f"note: {notice}")
     calib = Calibration.classification(x_cal, y_cal, batch_size=calib_batch)
@@ -105,7 +115,7 @@ def run_quickstart(
     def finish(plan):
         if not bias_correction:
             return plan
-        return plan.with_bias_correction(measure_bias_correction(model, plan, [x_cal]))
+        return plan.with_bias_correction(measure_bias_correction(model, plan, [x_cal]))  # GPTQ too: same batches
 
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = [{
@@ -115,9 +125,9 @@ def run_quickstart(
     for b in uniform:
         choice = costs.uniform_choice(b)
         plan = finish(costs.plan(choice, solver="uniform", budget=f"uniform {b}-bit"))
-        rows.append(_row(f"uniform W{b}", model, plan, costs, choice, x_eval, y_eval, out))
+        rows.append(_row(f"uniform W{b}", model, plan, costs, choice, x_eval, y_eval, out, gptq))
         baselines[f"uniform W{b}"] = (rows[-1]["avg_bits"], rows[-1]["top1"])
-    front_budgets = sorted(set(default_sweep(costs, "avg_bits", FRONT_BUDGETS)) | {float(b) for b in budgets})
+    front_budgets = sorted(set(default_sweep(costs, "avg_bits", front_budgets)) | {float(b) for b in budgets})
     front = pareto(costs, front_budgets, solver="ilp", progress=progress)
     measured: list[float | None] = []
     for result in front.results:
@@ -126,10 +136,11 @@ def run_quickstart(
             measured.append(None)
             continue
         if value in {float(b) for b in budgets}:
-            rows.append(_row(f"mixed {value:g} bits", model, finish(result.plan), costs, result.choice, x_eval, y_eval, out))
+            rows.append(_row(f"mixed {value:g} bits", model, finish(result.plan), costs, result.choice, x_eval, y_eval, out,
+                             gptq))
             measured.append(rows[-1]["top1"])
         else:
-            measured.append(evaluate_plan(model, finish(result.plan), x_eval, y_eval))
+            measured.append(evaluate_plan(model, finish(result.plan), x_eval, y_eval, batches=gptq))
     front.add_measurement("top1", measured)
     timings["plans_and_eval"] = time.perf_counter() - t0
 
@@ -147,7 +158,7 @@ def plan_size_fp32(model: torch.nn.Module) -> int:
     )
 
 
-def _row(label, model, plan, costs, choice, x_eval, y_eval, out: Path) -> dict[str, Any]:
+def _row(label, model, plan, costs, choice, x_eval, y_eval, out: Path, batches=None) -> dict[str, Any]:
     size = plan_size(model, plan)
     slug = label.replace(" ", "_").replace(".", "p")
     plan.save(out / "plans" / f"{slug}.json")
@@ -156,7 +167,7 @@ def _row(label, model, plan, costs, choice, x_eval, y_eval, out: Path) -> dict[s
         "avg_bits": costs.average_bits(choice),
         "KiB": size.total_bytes / 1024,
         "predicted_cost": costs.objective(choice),
-        "top1": evaluate_plan(model, plan, x_eval, y_eval),
+        "top1": evaluate_plan(model, plan, x_eval, y_eval, batches=batches),
     }
 
 
