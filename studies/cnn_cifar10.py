@@ -68,8 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quantizer", default="rtn", help=f"comma list of weight quantizers: {', '.join(QUANTIZERS)} (default: %(default)s)")
     p.add_argument("--gptq-costs", choices=("gptq", "rtn", "both"), default="gptq",
                    help="the error a GPTQ plan's costs price: GPTQ's own, round to nearest's, or both as two estimators")
-    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
-                   help="skip bias correction (default: every plan carries the mean-shift corrections measured on its calibration data)")
+    p.add_argument("--bias-correction", choices=("on", "off", "both"), default="on",
+                   help="every plan carries the mean-shift corrections measured on its calibration data (on), none (off), "
+                        "or run both settings (default: %(default)s)")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_const", const="off", help="--bias-correction off")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate at most N held-out images (0: all)")
     p.add_argument("--out", type=Path, default=Path("results/cnn_cifar10"))
     p.add_argument("--quick", action="store_true", help="embedded data, ResNet-20, few estimators: a smoke run")
@@ -85,25 +87,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def priced(args, model, calib, space, names: list[str], folder: Path) -> list[str]:
-    """The estimator labels of a study: for a GPTQ quantizer, each estimator's table priced with the
-    errors ``--gptq-costs`` asks for, written to the study's ``costs/`` folder (where it resumes from)."""
-    if space.quantizer.method != "gptq":
-        return names
-    modes = {"gptq": ("gptq",), "rtn": ("rtn",), "both": ("rtn", "gptq")}[args.gptq_costs]
+_ESTIMATES: dict[tuple[str, str, str], object] = {}  # (model, data, estimator) -> Sensitivity, shared by quantizers and corrections
+
+
+def priced(args, model, model_name: str, data: str, calib, space, names: list[str], folder: Path) -> list[str]:
+    """The estimator labels of a study, each estimator's table written to the study's ``costs/`` folder
+    (where it resumes from): for a GPTQ quantizer priced with the errors ``--gptq-costs`` asks for.
+    One estimate per model, data and estimator serves every quantizer and correction setting."""
+    modes = {"gptq": ("gptq",), "rtn": ("rtn",), "both": ("rtn", "gptq")}[args.gptq_costs] if space.quantizer.method == "gptq" else ("rtn",)
     labels = []
     for name in names:
         wanted = {mode: name if mode == "rtn" or args.gptq_costs == "gptq" else f"{name}-gptqerr" for mode in modes}
         missing = {m: lbl for m, lbl in wanted.items() if not (folder / "costs" / f"{lbl}.json").is_file()}
         if missing:
-            sens = get_estimator(name, progress=not args.quiet).estimate(model, calib, space)
+            key = (model_name, data, name)
+            if key not in _ESTIMATES:
+                _ESTIMATES[key] = get_estimator(name, progress=not args.quiet).estimate(model, calib, space)
+            sens = _ESTIMATES[key]
             for mode, label in missing.items():
                 build_cost_table(model, space, sens, error=mode, calibration=calib).save(folder / "costs" / f"{label}.json")
         labels += list(wanted.values())
     return labels
 
 
-def run_one(args, model_name: str, data: str, quantizer: str, x, y, x_eval, y_eval) -> pd.DataFrame:
+def run_one(args, model_name: str, data: str, quantizer: str, bc: bool, x, y, x_eval, y_eval) -> pd.DataFrame:
     from mpsearch.sensitivity.distill import distill_bn_data
 
     model = load_pretrained(model_name, args.data_dir)
@@ -119,11 +126,8 @@ def run_one(args, model_name: str, data: str, quantizer: str, x, y, x_eval, y_ev
     if skipped:
         print(f"skipping unknown estimators {skipped}", file=sys.stderr)
     inputs = [b[0] if isinstance(b, (tuple, list)) else b for b in calib.batches]
-    folder = f"{model_name}_{data}" + (f"_{quantizer}" if quantizer != "rtn" else "") + ("_bc" if args.bias_correction else "")
-    if QUANTIZERS[quantizer].method == "gptq":
-        estimators = priced(args, model, calib, space, names, args.out / folder)
-    else:
-        estimators = [get_estimator(n, progress=not args.quiet) for n in names]
+    folder = f"{model_name}_{data}" + (f"_{quantizer}" if quantizer != "rtn" else "") + ("_bc" if bc else "")
+    estimators = priced(args, model, model_name, data, calib, space, names, args.out / folder)
     ranges = calibrate_ranges(model, inputs, space.names)
     study = Study(
         model=model, calibration=calib, space=space, metric=lambda m: accuracy(m, x_eval, y_eval),
@@ -131,11 +135,11 @@ def run_one(args, model_name: str, data: str, quantizer: str, x, y, x_eval, y_ev
         uniform=[int(b) for b in args.uniform.split(",")] if data == "real" else [],
         out_dir=args.out / folder, metric_name="top-1 %", progress=not args.quiet,
         activation_bits=args.activation_bits, activation_ranges=ranges,
-        bias_correction=inputs if args.bias_correction else None,
+        bias_correction=inputs if bc else None,
     )
     frame = study.run()
     fp32 = accuracy(model, x_eval, y_eval)
-    correction = (f", {quantizer}" if quantizer != "rtn" else "") + (", bias-corrected" if args.bias_correction else "")
+    correction = (f", {quantizer}" if quantizer != "rtn" else "") + (", bias-corrected" if bc else "")
     study.plot(args.out / folder / "study.png", frame=frame, reference=fp32,
                title=f"{model_name}, {data} calibration{correction}, W/A{args.activation_bits}, {len(x_eval)} held-out images")
     return frame
@@ -227,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = {}
     for model_name in args.models.split(","):
         if not args.summarize:
+            corrections = {"on": (True,), "off": (False,), "both": (True, False)}[args.bias_correction]
             for quantizer in args.quantizer.split(","):
-                for data in ("real", "distilled") if args.distilled else ("real",):
-                    run_one(args, model_name, data, quantizer, x, y, x_eval, y_eval)
+                for bc in corrections:
+                    for data in ("real", "distilled") if args.distilled else ("real",):
+                        run_one(args, model_name, data, quantizer, bc, x, y, x_eval, y_eval)
         fp32[model_name] = accuracy(load_pretrained(model_name, args.data_dir), x_eval, y_eval)
     print(summarize(args.out, fp32))
     return 0
