@@ -67,6 +67,8 @@ def test_packed_and_exported_models_equal_fake_quant_in_every_backend(config: Qu
         loaded = load(folder, tiny_decoder(tied=True, seed=7), backend=backend)  # other weights: all from the file
         assert loaded.model.embed_tokens.tied is loaded.lm_head
         assert _close(_logits(loaded), reference), backend
+    rebuilt = load(folder, backend="torch")  # no float model: the recorded architecture, the file's tensors
+    assert rebuilt.model.embed_tokens.tied is rebuilt.lm_head and _close(_logits(rebuilt), reference)
 
 
 def test_the_packed_model_holds_one_copy_of_the_shared_codes(tmp_path) -> None:
@@ -114,3 +116,17 @@ def test_gptq_refuses_a_quantized_embedding_unit() -> None:
     plan = BitPlan(bits=_plan(model, QuantizerConfig(), embeddings=True).bits, quantizer=QuantizerConfig(method="gptq"))
     with pytest.raises(PlanMismatchError, match=r"GPTQ quantizes a layer from the inputs.*\['model.embed_tokens'\]"):
         fake_quantize_model(model, plan, batches=[IDS])
+
+
+def test_a_gptq_plan_packs_the_tied_unit_from_gptq_codes() -> None:
+    from mpsearch.deploy.apply import set_backend
+
+    model = tiny_decoder(tied=True)
+    plan = BitPlan(bits=_plan(model, QuantizerConfig()).bits, quantizer=QuantizerConfig(method="gptq"))
+    fq = fake_quantize_model(model, plan, batches=[IDS])
+    reference = _logits(fq)
+    packed = apply(model, plan, backend="torch", batches=[IDS])
+    assert _close(_logits(packed), reference)
+    assert torch.equal(packed.model.embed_tokens(IDS[0]), fq.lm_head.weight[IDS[0]])  # GPTQ's codes, looked up
+    set_backend(packed, "numba")  # the table follows its layer's backend change
+    assert packed.model.embed_tokens.backend == "numba" and _close(_logits(packed), reference)
