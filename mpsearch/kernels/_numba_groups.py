@@ -83,30 +83,36 @@ def _block(b, packed, off, xp, xo):
 
 @njit(**OPTS)
 def _prepare(x, present, G, ng):
-    """x in block order for each width present: xp (9, K//128 * 128), tail, group sums, exponent."""
+    """x in block order for each width present, zero-padded to whole 128-code blocks:
+    xp (9, ceil(K/128) * 128), group sums, exponent."""
     K = x.shape[0]
-    x2 = x.reshape((1, K))
-    xp = np.zeros((9, (K // 128) * 128), np.float32)
-    xt = np.empty(K - (K // 128) * 128, np.float32)
+    kp = -(-K // 128) * 128
+    xpad = np.zeros((1, kp), np.float32)
+    xpad[0, :K] = x
+    xp = np.zeros((9, kp), np.float32)
     xs = np.empty(ng, np.float32)
     exponent = np.zeros(1, np.int32)
     for b in range(1, 9):
         if present[b]:
-            p, t, s, e = prepare_x(x2, _slot_scales(_EXPS[b]), G, ng)
+            p, _, s, e = prepare_x(xpad, _slot_scales(_EXPS[b]), G, ng)
             xp[b] = p
-            xt[:] = t[0]
             xs[:] = s[0]
             exponent[0] = e[0]
-    return xp, xt, xs, exponent
+    return xp, xs, exponent
 
 
 @njit(parallel=True, **OPTS)
 def gemv(packed, row_off, group_bits, scale, zero, x, G, present, rows_per_task, workers):
-    """y = W x, (out,) float32, for G a multiple of 128 (or one group per row of K codes)."""
+    """y = W x, (out,) float32, for G a multiple of 128 (or one group per row of K codes).
+
+    A group's last, partial block is decoded whole: the codes past the group's end (the next
+    group's bytes) meet x zero-padded past K, so they add exact zeros. Only a block that would
+    read past the end of ``packed`` is decoded code by code.
+    """
     out, ng = group_bits.shape
     K = x.shape[0]
-    xp, xt, xs, exponent = _prepare(x, present, G, ng)
-    kfull = K - xt.shape[0]
+    xp, xs, exponent = _prepare(x, present, G, ng)
+    end = packed.shape[0]
     y = np.empty(out, np.float32)
     ntasks = (out + rows_per_task - 1) // rows_per_task
     claimed = np.empty(1, np.int64)
@@ -119,27 +125,41 @@ def gemv(packed, row_off, group_bits, scale, zero, x, G, present, rows_per_task,
             for o in range(task * rows_per_task, min(out, (task + 1) * rows_per_task)):
                 acc = vzero()
                 corr = np.float32(0)
-                tail = np.float32(0)
                 p = row_off[o]
                 for g in range(ng):
                     b = np.int64(group_bits[o, g])
                     k0 = g * G
                     length = min(G, K - k0)
-                    nblk = length // 128
+                    nb = (length * b + 7) // 8
                     s = scale_at(scale[o], g)
+                    xb = xp[b]
                     part = vzero()
-                    for i in range(nblk):
-                        part = vadd(part, _block(b, packed, p + i * 16 * b, xp[b], k0 + 128 * i))
+                    for i in range((length + 127) // 128):
+                        off = p + i * 16 * b
+                        if off + 16 * b <= end:
+                            part = vadd(part, _block(b, packed, off, xb, k0 + 128 * i))
+                        else:
+                            part = vadd(part, _tail_block(packed[p:p + nb], i, length, b,
+                                                          xb, k0 + 128 * i))
                     acc = vmuladd(part, vsplat(s), acc)
                     corr += s * np.float32(zero[o, g]) * xs[g]
-                    nb = (length * b + 7) // 8
-                    for t in range(nblk * 128, length):
-                        code = _code_at(packed[p:p + nb], t, b)
-                        tail += s * np.float32(code) * xt[k0 + t - kfull]
                     p += nb
-                y[o] = vsum(acc) - corr + tail
+                y[o] = vsum(acc) - corr
     _unscale(y.reshape((1, out)), exponent)
     return y
+
+
+@njit(**OPTS)
+def _tail_block(grp, i, length, b, xb, xo):
+    """The 16-lane partial products of block i of a group, code by code (lane l, slot j holds
+    code 8l + j times x in the kernel's slot scaling, as the block code does)."""
+    acc = np.zeros(16, np.float32)
+    for t in range(128 * i, min(length, 128 * i + 128)):
+        r = t - 128 * i
+        lane, j = r // 8, r % 8
+        acc[lane] += np.float32(_code_at(grp, t, b)) * np.float32(2.0 ** _EXPS[b][j]) \
+            * xb[xo + 16 * j + lane]
+    return vload(acc, 0)
 
 
 @njit(parallel=True, **OPTS)
