@@ -32,6 +32,7 @@ from torch import nn
 from mpsearch.core.config import RECOMMENDED, QuantizerConfig, Scheme
 from mpsearch.core.errors import BitsOutOfRangeError, FloatModulesWarning, SearchSpaceError
 from mpsearch.space.fused import FUSED_SIBLINGS, fused_ties
+from mpsearch.space.notices import float_modules_notice, float_notice_of
 from mpsearch.space.units import FloatModule, check_plan_for_model, scan_model, unquantizable
 
 DEFAULT_BITS: tuple[int, ...] = (2, 3, 4, 8)
@@ -93,15 +94,6 @@ class QuantUnit:
     @property
     def pinned(self) -> bool:
         return len(self.bits) == 1
-
-
-def _float_notice(model_name: str, modules: Sequence[FloatModule], n_searched: int, limit: int = 5) -> str:
-    n = sum(m.n_weights for m in modules)
-    shown = "; ".join(m.describe() for m in modules[:limit])
-    more = f"; and {len(modules) - limit} more" if len(modules) > limit else ""
-    return (f"{len(modules)} module(s) of {model_name} cannot be quantized and stay in floating point "
-            f"({n:,} weights, {100 * n / (n + n_searched):.0f} % of the weight matrices): {shown}{more}. "
-            "Plans leave them untouched; bit budgets cover only the searched units.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +160,7 @@ class SearchSpace:
     def float_notice(self) -> str | None:
         """The sentences naming the modules that stay in floating point and the tied ones
         quantized with a unit, or None when there are neither."""
-        parts = [_float_notice(self.model_name, self.float_modules, self.n_weights) if self.float_modules else None,
+        parts = [float_modules_notice(self.model_name, self.float_modules, self.n_weights) if self.float_modules else None,
                  self.tie_notice()]
         return " ".join(p for p in parts if p) or None
 
@@ -181,7 +173,7 @@ class SearchSpace:
                          f"floating point: {', '.join(map(repr, self.float_units[:5]))}"
                          + (" ..." if len(self.float_units) > 5 else ""))
         if self.float_modules:
-            lines.append(_float_notice(self.model_name, self.float_modules, self.n_weights))
+            lines.append(float_modules_notice(self.model_name, self.float_modules, self.n_weights))
         notice = self.tie_notice()
         if notice:
             lines.append(notice)
@@ -198,16 +190,6 @@ def discover_quietly(model: nn.Module, **options) -> SearchSpace:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FloatModulesWarning)
         return discover(model, **options)
-
-
-def float_notice_of(costs) -> str | None:
-    """The float-modules sentence from a :class:`~mpsearch.core.costs.CostTable` (``mpsearch search`` has no model)."""
-    try:
-        modules = [FloatModule(**r) for r in costs.meta.get("float_modules") or []]
-    except TypeError:  # a hand-edited table: nothing reliable to say
-        return None
-    name = str(costs.meta.get("model", "the model"))
-    return _float_notice(name, modules, int(costs.n_weights.sum())) if modules else None
 
 
 def discover(
