@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,23 +47,71 @@ from torch import nn  # noqa: E402
 from mpsearch.core.config import QuantizerConfig  # noqa: E402
 from mpsearch.core.plan import BitPlan  # noqa: E402
 from mpsearch.deploy.apply import apply  # noqa: E402
+from mpsearch.deploy.evaluate import fake_quantize_model  # noqa: E402
 from mpsearch.deploy.export import export  # noqa: E402
-from mpsearch.kernels.fake import fake_quantize_model, quantizable_kind  # noqa: E402
+from mpsearch.kernels.fake import quantizable_kind  # noqa: E402
+from mpsearch.kernels.quantize import weight_matrix  # noqa: E402
+from mpsearch.space.discover import discover_quietly  # noqa: E402
 
 OUT = Path(__file__).parent / "data" / "deployed.json"
 
 
 def units(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if n and quantizable_kind(m) is not None]
+    """The quantizable units, token embeddings included (a tied one is its ``lm_head``)."""
+    return [u.name for u in discover_quietly(model, embeddings=True).units]
 
 
-def plans(model: nn.Module, group: int | None) -> dict[str, BitPlan]:
+def _mixed_layer(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """Layer-wise 2/4 bits, about 3 on average: units largest first, each to the width that
+    has fewer weights so far."""
+    sizes = {n: model.get_submodule(n).weight.numel() for n in names}
+    at = {2: 0, 4: 0}
+    bits = {}
+    for n in sorted(names, key=lambda n: -sizes[n]):
+        b = 4 if at[4] <= at[2] else 2
+        bits[n], at[b] = b, at[b] + sizes[n]
+    return bits
+
+
+def _mixed_groups(model: nn.Module, names: list[str], group: int) -> dict[str, Any]:
+    """Group-wise 2/3/4 bits, 3 on average: a unit's groups ranked by their largest |w| (a
+    range that quantizes worse), top third at 4 bits, bottom third at 2. Token tables (which
+    pack at one width) at 3."""
+    bits: dict[str, Any] = {}
+    for n in names:
+        module = model.get_submodule(n)
+        if isinstance(module, nn.Embedding):
+            bits[n] = 3
+            continue
+        w = weight_matrix(module.weight.detach(), quantizable_kind(module)).float()
+        n_groups = -(-w.shape[1] // group)
+        amax = torch.nn.functional.pad(w.abs(), (0, n_groups * group - w.shape[1])).view(
+            w.shape[0], n_groups, group).amax(dim=2).reshape(-1)
+        rank = torch.empty_like(amax, dtype=torch.long)
+        rank[amax.argsort()] = torch.arange(amax.numel())
+        bits[n] = tuple((2 + 3 * rank // amax.numel()).tolist())
+    return bits
+
+
+def plans(model: nn.Module, group: int | None, group_wise: int) -> dict[str, BitPlan]:
+    """The packed variants: uniform 4 and 2 bits, layer-wise and group-wise mixes of 3 bits on
+    average (fixed rules, not searched plans)."""
     names = units(model)
     q = QuantizerConfig(group_size=group)
     return {"uniform4": BitPlan(bits=dict.fromkeys(names, 4), quantizer=q),
             "uniform2": BitPlan(bits=dict.fromkeys(names, 2), quantizer=q),
-            "mixed24": BitPlan(bits={n: 2 if i % 2 else 4 for i, n in enumerate(names)},
-                               quantizer=q)}
+            "mixed3-layer": BitPlan(bits=_mixed_layer(model, names), quantizer=q),
+            "mixed3-group": BitPlan(bits=_mixed_groups(model, names, group_wise),
+                                    quantizer=QuantizerConfig(group_size=group_wise))}
+
+
+def average_bits(model: nn.Module, plan: BitPlan) -> float:
+    total = weighted = 0
+    for n, b in plan.bits.items():
+        numel = model.get_submodule(n).weight.numel()
+        total += numel
+        weighted += numel * (sum(b) / len(b) if isinstance(b, tuple) else b)
+    return round(weighted / total, 3)
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -77,14 +126,15 @@ def state_bytes(model: nn.Module) -> int:
         return buf.tell()
 
 
-def export_bytes(model_q: nn.Module, plan: BitPlan) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = export(model_q, plan, Path(tmp) / "m")
-        return sum(f.stat().st_size for f in folder.iterdir())
+def export_folder(model_q: nn.Module, plan: BitPlan, folder: Path) -> tuple[Path, int]:
+    folder = export(model_q, plan, folder)
+    return folder, sum(f.stat().st_size for f in folder.iterdir())
 
 
-def variants(model: nn.Module, group: int | None) -> tuple[dict[str, nn.Module], dict[str, dict]]:
-    """The models to time, and per variant its facts (bytes, agreement with fake-quant)."""
+def variants(model: nn.Module, group: int | None, group_wise: int, where: Path
+             ) -> tuple[dict[str, nn.Module], dict[str, dict]]:
+    """The models to time, and per variant its facts (bytes, agreement with fake-quant, the
+    exported folder the memory probe loads)."""
     models: dict[str, nn.Module] = {"fp32": model, "bf16": _copy(model).to(torch.bfloat16)}
     facts: dict[str, dict] = {"fp32": {"bytes": state_bytes(model)},
                               "bf16": {"bytes": state_bytes(models["bf16"])}}
@@ -99,11 +149,13 @@ def variants(model: nn.Module, group: int | None) -> tuple[dict[str, nn.Module],
         models["torchao-int4wo"], facts["torchao-int4wo"] = m, {"bytes": state_bytes(m)}
     except Exception as err:  # not installed, or no CPU kernel for this model
         facts["torchao-int4wo"] = {"skipped": f"{type(err).__name__}: {err}"[:200]}
-    for name, plan in plans(model, group).items():
+    for name, plan in plans(model, group, group_wise).items():
         q = apply(model, plan, backend="numba")
+        folder, size = export_folder(q, plan, where / name)
         models[name] = q
-        facts[name] = {"bytes": export_bytes(q, plan), "plan": name,
-                       "fake": fake_quantize_model(_copy(model), plan.bits, plan.quantizer)}
+        facts[name] = {"bytes": size, "avg_bits": average_bits(model, plan),
+                       "group_size": plan.quantizer.group_size, "folder": str(folder),
+                       "fake": fake_quantize_model(model, plan)}
     return models, facts
 
 
@@ -113,10 +165,11 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def time_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+def time_rounds(calls: dict[str, Callable[[], Any]], rounds: int,
+                warm: int = 2) -> dict[str, list[float]]:
     for call in calls.values():  # warm-up: compile, prepare, fill caches
-        call()
-        call()
+        for _ in range(warm):
+            call()
     times: dict[str, list[float]] = {k: [] for k in calls}
     cpu: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
@@ -149,18 +202,41 @@ def agreement(out: Callable[[nn.Module], torch.Tensor], models: dict[str, nn.Mod
             f["max_rel_diff_to_fake_quant"] = float((got - want).abs().max() / want.abs().max())
 
 
-def bench_model(title: str, model: nn.Module, group: int | None, inputs: dict[str, Any],
-                run: Callable[[nn.Module, Any], torch.Tensor], rounds: int) -> dict[str, Any]:
+def bench_model(title: str, model: nn.Module, groups: tuple[int | None, int],
+                inputs: dict[str, Any], run: Callable[[nn.Module, Any], torch.Tensor],
+                rounds: int, where: Path, extra: Callable[[dict[str, nn.Module]], dict] | None = None
+                ) -> dict[str, Any]:
     with torch.inference_mode():
-        models, facts = variants(model, group)
+        models, facts = variants(model, *groups, where / title)
         first = next(iter(inputs.values()))
         agreement(lambda m: run(m, first).float(), models, facts)
         result: dict[str, Any] = {"variants": facts, "times": {}}
         for label, x in inputs.items():
             calls = {k: _call(run, m, _cast(x, k)) for k, m in models.items()}
             result["times"][label] = summarize(time_rounds(calls, rounds))
+        if extra is not None:
+            result["times"].update(extra(models))
+    del models
+    result["memory"] = memory(title, facts)
     print(f"{title}: done", file=sys.stderr)
     return result
+
+
+def memory(title: str, facts: dict[str, dict]) -> dict[str, Any]:
+    """RSS of loading the fp32 model and each exported packed model, each in a fresh process."""
+    script = str(Path(__file__).with_name("deployed_memory.py"))
+    out = {}
+    for name, f in [("fp32", {}), *((k, v) for k, v in facts.items() if "folder" in v)]:
+        what = title if name == "fp32" else f["folder"]
+        for backend in ("numba", "torch") if name != "fp32" else ("",):
+            proc = subprocess.run([sys.executable, script, "fp32" if name == "fp32" else "packed",
+                                   what, backend], capture_output=True, text=True, check=False)
+            lines = proc.stdout.strip().splitlines()
+            out[f"{name}@{backend}" if backend else name] = json.loads(lines[-1]) \
+                if proc.returncode == 0 and lines else {"error": proc.stderr.strip()[-300:]}
+    for f in facts.values():
+        f.pop("folder", None)
+    return out
 
 
 def _call(run: Callable[[nn.Module, Any], torch.Tensor], m: nn.Module, x: Any) -> Callable[[], Any]:
@@ -173,69 +249,78 @@ def _cast(x: Any, variant: str) -> Any:
     return x
 
 
-def resnet(rounds: int) -> dict[str, Any]:
+def resnet(rounds: int, where: Path) -> dict[str, Any]:
     from mpsearch.zoo.models import load_pretrained
 
     model = load_pretrained("resnet20", os.environ.get("MPSEARCH_DATA_DIR"))
     torch.manual_seed(0)
     inputs = {"batch1": torch.randn(1, 3, 32, 32), "batch64": torch.randn(64, 3, 32, 32)}
-    return bench_model("resnet20", model, None, inputs, lambda m, x: m(x), rounds)
+    return bench_model("resnet20", model, (None, 64), inputs, lambda m, x: m(x), rounds, where)
 
 
-def minilm(rounds: int) -> dict[str, Any]:
+def minilm(rounds: int, where: Path) -> dict[str, Any]:
     from mpsearch.zoo.minilm import load_minilm
 
     model, _ = load_minilm()
     torch.manual_seed(0)
     inputs = {"1x128": torch.randint(1000, 20000, (1, 128)),
               "16x128": torch.randint(1000, 20000, (16, 128))}
-    return bench_model("minilm", model, 128, inputs,
-                       lambda m, ids: m(input_ids=ids).last_hidden_state, rounds)
+    return bench_model("minilm", model, (128, 128), inputs,
+                       lambda m, ids: m(input_ids=ids).last_hidden_state, rounds, where)
 
 
-def smollm2(rounds: int) -> dict[str, Any]:
+def smollm2(rounds: int, where: Path, new_tokens: int) -> dict[str, Any]:
     from mpsearch.zoo.llm import load_smollm2
 
     model, _ = load_smollm2()
     torch.manual_seed(0)
     prompt = torch.randint(100, 40000, (1, 256))
 
-    def decode(m: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        return m.generate(ids, max_new_tokens=128, min_new_tokens=128, do_sample=False)
+    def decode(models: dict[str, nn.Module]) -> dict[str, Any]:
+        def gen(m: nn.Module) -> Any:
+            return m.generate(prompt[:, :16], max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False)
+        for m in models.values():  # warm-up: the batch-1 kernels compile and prepare
+            m.generate(prompt[:, :16], max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        t = time_rounds({k: (lambda m=m: gen(m)) for k, m in models.items()},
+                        max(1, rounds // 2), warm=0)
+        return {f"decode16+{new_tokens}": {
+            k: {**v, "tokens_per_s": round(new_tokens * 1e3 / v["median_ms"], 2)}
+            for k, v in summarize(t).items()}}
 
-    out = bench_model("smollm2", model, 64, {"prefill256": prompt},
-                      lambda m, ids: m(input_ids=ids).logits, rounds)
-    with torch.inference_mode():
-        models, _ = variants(model, 64)
-        t = time_rounds({k: (lambda m=m: decode(m, prompt[:, :16])) for k, m in models.items()},
-                        max(1, rounds // 4))
-    out["times"]["decode16+128"] = {k: {**v, "tokens_per_s": round(128e3 / v["median_ms"], 2)}
-                                 for k, v in summarize(t).items()}
-    return out
+    return bench_model("smollm2", model, (128, 128), {"prefill256": prompt},
+                       lambda m, ids: m(input_ids=ids).logits, rounds, where, decode)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="ResNet-20 and MiniLM, 5 rounds")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--models", default="resnet20,minilm,smollm2")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=OUT, help="where the JSON goes")
     args = ap.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 15)
     doc: dict[str, Any] = {"quick": args.quick, "rounds": rounds,
                            "torch_threads": torch.get_num_threads(),
                            "cpu": platform.processor() or platform.machine(),
                            "loadavg_start": os.getloadavg()}
-    doc["resnet20"] = resnet(rounds)
-    doc["minilm"] = minilm(rounds)
-    if not args.quick:
-        try:
-            doc["smollm2"] = smollm2(rounds)
-        except Exception as err:  # package missing: say so in the output
-            doc["smollm2"] = {"skipped": f"{type(err).__name__}: {err}"[:300]}
+    wanted = args.models.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        if "resnet20" in wanted:
+            doc["resnet20"] = resnet(rounds, Path(tmp))
+        if "minilm" in wanted:
+            doc["minilm"] = minilm(rounds, Path(tmp))
+        if "smollm2" in wanted and not args.quick:
+            try:
+                doc["smollm2"] = smollm2(max(2, rounds // 3), Path(tmp), args.new_tokens)
+            except Exception as err:  # package missing: say so in the output
+                doc["smollm2"] = {"skipped": f"{type(err).__name__}: {err}"[:300]}
     doc["loadavg_end"] = os.getloadavg()
     text = json.dumps(doc, indent=1)
     print(text)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
     return 0
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpsearch.core.config import FLOAT_BITS, QuantizerConfig, Scheme, num_groups
+from mpsearch.core.config import FLOAT_BITS, QuantizerConfig
 from mpsearch.core.errors import DataError, PlanMismatchError
 from mpsearch.kernels.packing import _pack_tensor, _unpack_tensor
 from mpsearch.kernels.quantize import (
@@ -174,12 +174,3 @@ def dequantize_groups(packed: Tensor, scale: Tensor, zero: Tensor, group_bits: T
     w = (grouped - zero.to(torch.float32)[..., None]) * scale.to(torch.float32)[..., None]
     return w.reshape(out, n * width)[:, :K].contiguous()
 
-
-def symmetric(config: QuantizerConfig) -> bool:
-    """Whether the zero-points are implied by the widths (symmetric) rather than stored."""
-    return Scheme(config.scheme) is Scheme.SYMMETRIC
-
-
-def groups_of(K: int, config: QuantizerConfig) -> int:
-    """Groups per row (1 without a group size)."""
-    return num_groups(K, config)

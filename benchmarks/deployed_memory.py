@@ -1,0 +1,70 @@
+"""Resident memory of loading one model, measured in a fresh process (run by deployed.py).
+
+    python benchmarks/deployed_memory.py fp32 resnet20|minilm|smollm2
+    python benchmarks/deployed_memory.py packed FOLDER numba|torch   # export.load, no float model
+
+Prints one JSON line: ``rss_imports_mib`` (after importing torch, transformers and mpsearch),
+``rss_loaded_mib`` (after loading and one forward) and ``peak_mib`` (the process's high-water
+mark, ``ru_maxrss``), so ``peak_mib - rss_imports_mib`` is what loading and running cost. The
+``numba`` backend also loads Numba and its compiled kernels (LLVM), about 200 MiB of its own;
+``torch`` runs the same packed model on PyTorch ops only.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def fp32_model(name: str):
+    if name == "resnet20":
+        from mpsearch.zoo.models import load_pretrained
+
+        return load_pretrained("resnet20")
+    if name == "minilm":
+        from mpsearch.zoo.minilm import load_minilm
+
+        return load_minilm()[0]
+    from mpsearch.zoo.llm import load_smollm2
+
+    return load_smollm2()[0]
+
+
+def probe(model):
+    import torch
+
+    if type(model).__name__ == "CifarResNet":
+        return model(torch.zeros(1, 3, 32, 32))
+    return model(input_ids=torch.ones(1, 8, dtype=torch.long))
+
+
+def main() -> int:
+    import torch
+    import transformers  # noqa: F401  (imported by both kinds; counted in the baseline)
+
+    from mpsearch.deploy.export import load
+
+    kind, what = sys.argv[1], sys.argv[2]
+    base = rss_mib()
+    with torch.inference_mode():
+        model = fp32_model(what) if kind == "fp32" else load(what, backend=sys.argv[3])
+        probe(model)
+    doc = {"kind": kind, "rss_imports_mib": round(base, 1), "rss_loaded_mib": round(rss_mib(), 1),
+           "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
