@@ -19,7 +19,7 @@ from mpsearch.core.errors import ConfigError, PlanMismatchError
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy import dispatch
 from mpsearch.deploy.bias_shift import add_bias_correction
-from mpsearch.deploy.embedding import QuantEmbedding, tied_names, without_tables
+from mpsearch.deploy.embedding import QuantEmbedding, check_table_activations, tied_names, without_tables
 from mpsearch.deploy.gptq import gptq_quantized_weights
 from mpsearch.deploy.group_modules import GroupQuantConv2d, GroupQuantLinear, group_map, unit_rows
 from mpsearch.deploy.modules import (
@@ -157,6 +157,7 @@ def build_packed(model: nn.Module, plan: BitPlan, backend: str, *, inplace: bool
     """:func:`apply`; with ``empty``, packed layers are left zeroed (for :func:`load` to fill)."""
     check_backend(backend)
     check_plan_for_model(plan, model)
+    check_table_activations(model, plan)
     widths = unit_widths(model, plan, groups=True)
     check_packable(model, widths, backend)
     mixed = {n: v for n, v in plan.bits.items() if isinstance(v, tuple) and len(set(v)) > 1}

@@ -164,10 +164,18 @@ def without_tables(model: nn.Module, plan: BitPlan) -> BitPlan:
                    activation_ranges={n: r for n, r in plan.activation_ranges.items() if n in keep})
 
 
+def check_table_activations(model: nn.Module, plan: BitPlan) -> None:
+    """Refuse activation bits on an embedding unit: its input is token ids, which quantizing would change."""
+    bad = sorted(n for n in plan_tables(model, plan) if plan.activation_bits.get(n, FLOAT_BITS) != FLOAT_BITS)
+    if bad:
+        raise PlanMismatchError(f"activation bits quantize a unit's input, which for an embedding is token ids, but the "
+                                f"plan gives {bad} activation bits. Leave embedding units out of activation_bits (or 16).")
+
+
 def tied_names(model: nn.Module, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """For each of ``names`` that is a unit whose weight other modules read, those modules."""
     wanted = set(names)
     return {u.name: u.tied for u in scan_model(model, embeddings=True)[0] if u.name in wanted and u.tied}
 
 
-__all__ = ["QuantEmbedding", "plan_tables", "tied_names", "without_tables"]
+__all__ = ["QuantEmbedding", "check_table_activations", "plan_tables", "tied_names", "without_tables"]

@@ -19,7 +19,7 @@ from mpsearch.core.config import FLOAT_BITS, group_sizes
 from mpsearch.core.errors import ConfigError
 from mpsearch.core.plan import BitPlan
 from mpsearch.deploy.bias_shift import add_bias_correction
-from mpsearch.deploy.embedding import without_tables
+from mpsearch.deploy.embedding import check_table_activations, without_tables
 from mpsearch.deploy.gptq import gptq_quantize_model
 from mpsearch.kernels.fake import fake_quantize_model as _fake_quantize_units
 from mpsearch.kernels.fake import quantizable_kind
@@ -56,6 +56,7 @@ def fake_quantize_model(model: nn.Module, plan: BitPlan, *, inplace: bool = Fals
     units raise :class:`~mpsearch.core.errors.PlanMismatchError`).
     """
     check_plan_for_model(plan, model)
+    check_table_activations(model, plan)
     specs = unit_bit_specs(model, plan)
     tables = _embedding_specs(model, specs, plan)
     if plan.quantizer.method == "gptq":

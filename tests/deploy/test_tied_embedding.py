@@ -130,3 +130,12 @@ def test_a_gptq_plan_packs_the_tied_unit_from_gptq_codes() -> None:
     assert torch.equal(packed.model.embed_tokens(IDS[0]), fq.lm_head.weight[IDS[0]])  # GPTQ's codes, looked up
     set_backend(packed, "numba")  # the table follows its layer's backend change
     assert packed.model.embed_tokens.backend == "numba" and _close(_logits(packed), reference)
+
+
+def test_activation_bits_on_an_embedding_unit_are_refused() -> None:
+    model = tiny_decoder(tied=False)
+    bits = _plan(model, QuantizerConfig(), embeddings=True).bits
+    plan = BitPlan(bits=bits, activation_bits={"model.embed_tokens": 8}, activation_ranges={"model.embed_tokens": (0.0, 259.0)})
+    for run in (lambda: fake_quantize_model(model, plan), lambda: apply(model, plan)):
+        with pytest.raises(PlanMismatchError, match=r"for an embedding is token ids.*\['model.embed_tokens'\]"):
+            run()
