@@ -61,6 +61,12 @@ def units(model: nn.Module) -> list[str]:
     return [u.name for u in discover_quietly(model, embeddings=True).units]
 
 
+def one_width_units(model: nn.Module) -> set[str]:
+    """Units packed at one width in every plan: token tables, and layers a table is tied to."""
+    return {u.name for u in discover_quietly(model, embeddings=True).units
+            if u.tied or isinstance(model.get_submodule(u.name), nn.Embedding)}
+
+
 def _mixed_layer(model: nn.Module, names: list[str]) -> dict[str, int]:
     """Layer-wise 2/4 bits, about 3 on average: units largest first, each to the width that
     has fewer weights so far."""
@@ -75,12 +81,13 @@ def _mixed_layer(model: nn.Module, names: list[str]) -> dict[str, int]:
 
 def _mixed_groups(model: nn.Module, names: list[str], group: int) -> dict[str, Any]:
     """Group-wise 2/3/4 bits, 3 on average: a unit's groups ranked by their largest |w| (a
-    range that quantizes worse), top third at 4 bits, bottom third at 2. Token tables (which
-    pack at one width) at 3."""
+    range that quantizes worse), top third at 4 bits, bottom third at 2. Token tables and the
+    layers tied to them (which pack at one width) at 3."""
     bits: dict[str, Any] = {}
+    single = one_width_units(model)
     for n in names:
         module = model.get_submodule(n)
-        if isinstance(module, nn.Embedding):
+        if n in single:
             bits[n] = 3
             continue
         w = weight_matrix(module.weight.detach(), quantizable_kind(module)).float()
