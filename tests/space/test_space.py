@@ -120,7 +120,8 @@ def test_one_bit_pin_with_symmetric_quantizer_is_rejected() -> None:
 
 @pytest.mark.parametrize("bits", [(0, 4), (2, 9), (), (2.0, 4), (True, 4), ("4",), (4, 17)])
 def test_bad_bits(bits: tuple) -> None:
-    with pytest.raises(BitsOutOfRangeError, match=r"`bits` must be integers within 1\.\.8, or 16 \(kept in floating point\), but got bits="):
+    rule = r"`bits` must be integers within 1\.\.8, or 16 \(kept in floating point\), but got bits="
+    with pytest.raises(BitsOutOfRangeError, match=rule):
         discover(ConvNet(), bits=bits)
     with pytest.raises(BitsOutOfRangeError, match=r"`bits` must include a width below 16 to quantize anything, but got bits=\(16,\)"):
         discover(ConvNet(), bits=(16,))
