@@ -208,7 +208,9 @@ def discover(
     """Find the quantizable units of ``model`` and build a :class:`SearchSpace`.
 
     ``pins`` and ``ties`` accept exact names or shell-style patterns
-    (``"layer1.*.conv1"``); they are resolved to exact names here. By default the
+    (``"layer1.*.conv1"``); they are resolved to exact names here. ``include``,
+    ``exclude`` and ``pins`` also match a unit's aliases and tied names (excluding
+    ``model.embed_tokens`` leaves its tied ``lm_head`` in float too). By default the
     first and the last unit (in module order) are pinned to 8 bits, as HAWQ and
     ZeroQ do; pass ``pin_first_last=None`` to search them too. A width of 16 among ``bits`` lets
     the solver keep a unit in floating point (at 16 bits per weight, no scales). The quantizer
