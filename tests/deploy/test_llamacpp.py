@@ -64,7 +64,8 @@ def test_llama_perplexity_runs_an_exported_mix(smollm2_reference):
     rows["model.embed_tokens"] = 576
     plan = BitPlan(bits={u: list(type_menu(n))[k % len(type_menu(n))] for k, (u, n) in enumerate(rows.items())})
     types, changes = gguf_types(plan, rows)
-    assert not changes  # menu widths are types the rows can take
+    assert types == {gguf_name(u): type_for(plan.bits[u], n) for u, n in rows.items()}
+    assert {c.written for c in changes} == {"iq4_nl", "q5_0"}  # 576-wide rows at widths 4 and 5, reported
     write_tensor_type_file(types, folder / "types.txt")
     mix = folder / "mix.gguf"
     llamacpp.quantize(reference, mix, "Q8_0", tensor_type_file=folder / "types.txt")
