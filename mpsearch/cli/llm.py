@@ -206,14 +206,32 @@ def gptq_batches(args: argparse.Namespace, tokenizer: Any, text: Path, meta: Map
     return calib.batches, f"GPTQ on {n} calibration windows of {seq_len} tokens (seed {seed})"
 
 
+def measured(model: Any, reference: Any, windows: Any, *, quiet: bool, chunk: int = 8) -> tuple[float, float | None]:
+    """(perplexity of ``model``, mean logit KL from ``reference`` or None) over ``windows``, a few windows at a
+    time under a progress bar: per-chunk NLLs weighted by their tokens and KLs by their positions give
+    the same figures as :func:`~mpsearch.deploy.lm_metrics.perplexity` and ``logit_kl`` on all windows at once."""
+    import math
+
+    from tqdm.auto import tqdm
+
+    from mpsearch.deploy.lm_metrics import logit_kl, perplexity
+
+    nll = tokens = kl = 0.0
+    for start in tqdm(range(0, len(windows), chunk), desc="held-out windows", disable=quiet, leave=False):
+        part = windows[start:start + chunk]
+        score = perplexity(model, part)
+        nll, tokens = nll + score.nll * score.tokens, tokens + score.tokens
+        if reference is not None:
+            kl += logit_kl(reference, model, part) * len(part)
+    return math.exp(nll / tokens), (kl / len(windows) if reference is not None else None)
+
+
 def run_llm_evaluate(args: argparse.Namespace) -> int:
     """Perplexity and mean next-token KL from the float model on the held-out windows of the text."""
     from mpsearch.cli.quantizer import describe, plan_with_quantizer
     from mpsearch.core.errors import ConfigError
     from mpsearch.core.plan import BitPlan
     from mpsearch.deploy.evaluate import fake_quantize_model, plan_size
-    from mpsearch.deploy.lm_metrics import logit_kl, perplexity
-
     refuse_cnn_options(args, "evaluate")
     plan = BitPlan.load(args.plan) if args.plan is not None else None
     if plan is None and (args.quantizer or args.act_order or args.damp is not None):
@@ -227,22 +245,21 @@ def run_llm_evaluate(args: argparse.Namespace) -> int:
     held_out = windows_from(tokenizer, text, "evaluation", seq_len=seq_len, n=None, seed=0)[: args.limit]
     which = (f"{len(held_out)} held-out windows of {seq_len} tokens ({len(held_out) * (seq_len - 1):,} predicted tokens; "
              f"lines {_PARTS['evaluation']} of {text})")
-    reference = perplexity(model, held_out)
+    reference = measured(model, None, held_out, quiet=args.quiet)[0]
     if plan is None:
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"perplexity {reference.perplexity:.3f} on {which}; float, {n_params:,} parameters")
+        print(f"perplexity {reference:.3f} on {which}; float, {n_params:,} parameters")
         return 0
     batches, how = gptq_batches(args, tokenizer, text, meta) if plan.quantizer.method == "gptq" else (None, "rtn")
     quantized = fake_quantize_model(model, plan, batches=batches)
-    score = perplexity(quantized, held_out)
-    kl = logit_kl(model, quantized, held_out)
+    score, kl = measured(quantized, model, held_out, quiet=args.quiet)
     size = plan_size(model, plan)
-    print(f"perplexity {score.perplexity:.3f} (float {reference.perplexity:.3f}), mean logit KL {kl:.4g} nats, on {which}; "
+    print(f"perplexity {score:.3f} (float {reference:.3f}), mean logit KL {kl:.4g} nats, on {which}; "
           f"quantizer {describe(plan.quantizer)}{'' if how == 'rtn' else '; ' + how}; {size.average_bits:.3f} bits/weight "
           f"(scales included); {size.total_bytes / 2**20:.2f} MiB in all ({size.quantized_bytes / 2**20:.2f} MiB quantized, "
           f"{size.float_bytes / 2**20:.2f} MiB float)")
     return 0
 
 
-__all__ = ["CNN_MODELS", "calibration", "gptq_batches", "is_causal_lm", "load_lm", "refuse_cnn_options",
+__all__ = ["CNN_MODELS", "calibration", "gptq_batches", "is_causal_lm", "load_lm", "measured", "refuse_cnn_options",
            "refuse_llm_options", "run_llm_evaluate", "run_llm_sensitivity", "text_file", "window_settings", "windows_from"]
