@@ -115,7 +115,11 @@ def windows_from(tokenizer: Any, path: Path, part: str, *, seq_len: int, n: int 
     from mpsearch.core.errors import DataError
     from mpsearch.zoo.text import read_paragraphs, split_lines, text_windows, token_stream
 
-    lines = split_lines(read_paragraphs(path), part)
+    try:
+        lines = split_lines(read_paragraphs(path), part)
+    except UnicodeDecodeError as err:
+        raise DataError(f"--text must be UTF-8 text, but {path} is not ({err.reason} at byte {err.start:,}). Pass a "
+                        "plain-text file, one paragraph a line.") from None
     if not lines:
         raise DataError(f"--text must hold {part} lines (lines {_PARTS[part]}), but {path} has none. Pass a text of at "
                         "least 10 non-blank lines: every tenth one is held out for evaluation.")

@@ -135,13 +135,16 @@ def test_block_wise_obs_and_layer_granularity(lm, tmp_path, capsys):
     (["--granularity", "layer"], ["--granularity layer", "no --group-size", "--group-size 128"]),
     (["--time-limit", "5"], ["--time-limit", "--estimator xtx", "cannot stop early"]),
     (["--text", "{short}"], ["evaluation lines"]),
+    (["--text", "{binary}"], ["--text must be UTF-8 text", "invalid start byte"]),
 ])
 def test_llm_sensitivity_refusals(lm, tmp_path, capsys, argv, words):
     folder, text, _ = lm
     (tmp_path / "empty").mkdir()
     short = tmp_path / "short.txt"
     short.write_text("abc\n" * 5)
-    values = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "short": short}
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"abc\n\xff\xfe\x00" * 50)
+    values = {"missing": tmp_path / "missing", "empty": tmp_path / "empty", "short": short, "binary": binary}
     argv = [a.format(**values) for a in argv]
     base = ["sensitivity", "--model", str(folder), "--text", str(text), "--seq-len", str(SEQ), "--windows", "2",
             "--out", str(tmp_path / "c.json"), "--quiet"]
@@ -149,7 +152,7 @@ def test_llm_sensitivity_refusals(lm, tmp_path, capsys, argv, words):
         if flag in argv:
             i = base.index(flag)
             del base[i:i + 2]
-    if argv[0] == "--text":  # a text with calibration lines but no held-out ones: evaluate says so
+    if argv == ["--text", str(short)]:  # a text with calibration lines but no held-out ones: evaluate says so
         base[0] = "evaluate"
         del base[base.index("--out"):base.index("--out") + 2]
     assert main(base + argv) == 2
