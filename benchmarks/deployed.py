@@ -246,6 +246,30 @@ def memory(title: str, facts: dict[str, dict]) -> dict[str, Any]:
     return out
 
 
+def memory_only(title: str, model: nn.Module, groups: tuple[int | None, int],
+                where: Path) -> dict[str, Any]:
+    """Only the memory probes: export each packed variant, load it in fresh processes."""
+    facts = {}
+    for name, plan in plans(model, *groups).items():
+        facts[name] = {"folder": str(export_folder(apply(model, plan, backend="numba"), plan,
+                                                   where / title / name)[0])}
+    return {"memory": memory(title, facts)}
+
+
+def _fp32(title: str) -> nn.Module:
+    if title == "resnet20":
+        from mpsearch.zoo.models import load_pretrained
+
+        return load_pretrained("resnet20", os.environ.get("MPSEARCH_DATA_DIR"))
+    if title == "minilm":
+        from mpsearch.zoo.minilm import load_minilm
+
+        return load_minilm()[0]
+    from mpsearch.zoo.llm import load_smollm2
+
+    return load_smollm2()[0]
+
+
 def _call(run: Callable[[nn.Module, Any], torch.Tensor], m: nn.Module, x: Any) -> Callable[[], Any]:
     return lambda: run(m, x)
 
@@ -306,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="resnet20,minilm,smollm2")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--out", type=Path, default=OUT, help="where the JSON goes")
+    ap.add_argument("--memory-only", action="store_true", help="only the load-memory probes")
     args = ap.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 15)
     doc: dict[str, Any] = {"quick": args.quick, "rounds": rounds,
@@ -313,6 +338,14 @@ def main(argv: list[str] | None = None) -> int:
                            "cpu": platform.processor() or platform.machine(),
                            "loadavg_start": os.getloadavg()}
     wanted = args.models.split(",")
+    if args.memory_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            for title, groups in (("resnet20", (None, 64)), ("minilm", (128, 128)),
+                                  ("smollm2", (128, 128))):
+                if title in wanted:
+                    doc[title] = memory_only(title, _fp32(title), groups, Path(tmp))
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         if "resnet20" in wanted:
             doc["resnet20"] = resnet(rounds, Path(tmp))

@@ -5,7 +5,7 @@
 
 Prints one JSON line: ``rss_imports_mib`` (after importing torch, transformers and mpsearch),
 ``rss_loaded_mib`` (after loading and one forward) and ``peak_mib`` (the process's high-water
-mark, ``ru_maxrss``), so ``peak_mib - rss_imports_mib`` is what loading and running cost. The
+mark, ``VmHWM``), so ``peak_mib - rss_imports_mib`` is what loading and running cost. The
 ``numba`` backend also loads Numba and its compiled kernels (LLVM), about 200 MiB of its own;
 ``torch`` runs the same packed model on PyTorch ops only.
 """
@@ -13,16 +13,17 @@ mark, ``ru_maxrss``), so ``peak_mib - rss_imports_mib`` is what loading and runn
 from __future__ import annotations
 
 import json
-import resource
 import sys
 from pathlib import Path
 
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident MiB now (VmRSS) or at its peak (VmHWM). Not ``ru_maxrss``: a
+    child started from a large parent inherits the parent's high-water mark there."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -61,7 +62,7 @@ def main() -> int:
         model = fp32_model(what) if kind == "fp32" else load(what, backend=sys.argv[3])
         probe(model)
     doc = {"kind": kind, "rss_imports_mib": round(base, 1), "rss_loaded_mib": round(rss_mib(), 1),
-           "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+           "peak_mib": round(rss_mib("VmHWM"), 1)}
     print(json.dumps(doc))
     return 0
 
