@@ -70,14 +70,15 @@ def cmd_export(args: argparse.Namespace) -> int:
                             "reference .gguf of the model the plan was made for.")
         check_output_file(args.out)
         tensors = _gguf_rows(args.model)
-        rows = {u: tensors[gguf_name(u)] for u in plan.bits if gguf_name(u) in tensors}
+        tied = "output.weight" not in tensors  # lm_head reads token_embd.weight
+        rows = {u: tensors[gguf_name(u, tied=tied)] for u in plan.bits if gguf_name(u, tied=tied) in tensors}
         missing = sorted(set(plan.bits) - set(rows))
         if missing:
             raise DataError(f"every plan unit must be a tensor of {args.model.name}, but {missing[:5]} are not. "
                             "Pass the GGUF file of the model the plan was made for.")
         check = check_export(plan, "gguf", row_lengths=rows, costs=costs, allow_changes=not args.strict)
         print(check.report())
-        types, fallbacks = gguf_types(check.plan, rows)
+        types, fallbacks = gguf_types(check.plan, rows, tied=tied)
         for f in fallbacks:
             print(f"  {f.tensor}: row length {f.row_length} takes no {f.planned}; written as {f.written}")
         type_file = write_tensor_type_file(types, args.out.with_name(args.out.name + ".tensor-types.txt"))
@@ -103,9 +104,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {args.out} ({how})")
         return 0
     from mpsearch.deploy.compressed_tensors_export import export_compressed_tensors
+    from mpsearch.space.discover import discover_quietly
 
     rows = {n: int(m.weight.shape[1]) for n, m in model.named_modules() if n in plan.bits and isinstance(m, nn.Linear)}
-    check = check_export(plan, args.target, row_lengths=rows, costs=costs, allow_changes=not args.strict)
+    tied = [u.name for u in discover_quietly(model).units if u.tied]
+    check = check_export(plan, args.target, row_lengths=rows, costs=costs, allow_changes=not args.strict, tied=tied)
     print(check.report())
     export_compressed_tensors(model, check.plan, args.out, tokenizer=tokenizer)
     print(f"wrote {args.out}")
