@@ -13,7 +13,7 @@ Text: ``python_docs_prose.txt`` under the standard split (calibration from lines
 non-overlapping 256-token windows; the numbers of windows are printed and written into the table.
 
 Quantizers: affine, per group of G consecutive inputs, fp16 scale + uint8 zero per group; round
-to nearest (RTN) or GPTQ (sequential, block by block, :mod:`mpsearch.sensitivity.block_gptq`, on
+to nearest (RTN) or GPTQ (sequential, block by block, :mod:`mpsearch.deploy.gptq_blocks`, on
 --gptq-windows calibration windows). Budgets are *code* bits: the scale overhead is the
 same at every width, so each mixed plan gets ``avg_bits <= B + overhead`` and stores exactly as
 much as uniform B-bit with that G (576 inputs make 4.5 groups of 128, so the overhead is measured
@@ -52,7 +52,6 @@ from mpsearch.core.io import atomic_write_text
 from mpsearch.deploy.evaluate import fake_quantize_model
 from mpsearch.deploy.lm_metrics import perplexity
 from mpsearch.pricing.recipes import recipe_tables, token_fisher_values
-from mpsearch.sensitivity.block_gptq import gptq_blockwise
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.solvers import get_solver
 from mpsearch.solvers.slim import PerUnitBudget
@@ -127,7 +126,7 @@ class Runner:
     def measure(self, plan, quantizer: str) -> float:
         if quantizer == "gptq":
             plan = dataclasses.replace(plan, quantizer=dataclasses.replace(plan.quantizer, method="gptq"))
-            quantized = gptq_blockwise(self.model, plan, self.gptq_calib)
+            quantized = fake_quantize_model(self.model, plan, batches=self.gptq_calib)  # block by block
         else:
             quantized = fake_quantize_model(self.model, plan)
         ppl = perplexity(quantized, self.windows).perplexity
