@@ -44,7 +44,7 @@ def _warn_short_limit(limit: float | None, first_s: float) -> None:
 
     warnings.warn(MPSearchWarning(
         f"a time limit must leave room for two Hutchinson probes (a standard error needs two), but the first took "
-        f"{first_s:.1f} s against time_limit={limit:g} s, so this estimate takes up to about {2 * first_s:.0f} s. "
+        f"{first_s:.3g} s against time_limit={limit:g} s, so this estimate takes up to about {2 * first_s:.2g} s. "
         "Raise --time-limit (time_limit=) well above that, or use a cheaper estimator (--estimator fisher)."
     ), stacklevel=4)
 

@@ -29,7 +29,7 @@ def test_a_limit_below_one_probe_warns_with_the_measured_cost() -> None:
     caught, details = run(1e-6)
     assert len(caught) == 1
     message = str(caught[0].message)
-    match = re.search(r"the first took ([\d.]+) s against time_limit=1e-06 s, so this estimate takes up to about (\d+) s\. "
+    match = re.search(r"the first took ([\d.e+-]+) s against time_limit=1e-06 s, so this estimate takes up to about ([\d.e+-]+) s\. "
                       r"Raise --time-limit", message)
     assert match, message
     assert float(match.group(1)) > 0 and message.startswith("a time limit must leave room for two Hutchinson probes")
