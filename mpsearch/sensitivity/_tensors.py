@@ -17,7 +17,7 @@ from torch import nn
 from mpsearch.core.config import QuantizerConfig, group_sizes
 from mpsearch.core.errors import DataError
 from mpsearch.kernels.quantize import num_groups, weight_matrix
-from mpsearch.space.discover import SearchSpace
+from mpsearch.space.discover import QuantUnit, SearchSpace
 from mpsearch.space.hooks import model_mode
 
 
@@ -67,11 +67,20 @@ def unit_reduce(per_weight: Sequence[torch.Tensor], space: SearchSpace) -> tuple
     scores: dict[str, float] = {}
     groups: dict[str, np.ndarray] | None = {} if space.quantizer.group_size is not None else None
     for unit, values in zip(space.units, per_weight):
-        mat = weight_matrix(values.detach(), unit.kind)
-        scores[unit.name] = float(mat.double().mean())
+        scores[unit.name], group = reduce_one(unit, values, space.quantizer)
         if groups is not None:
-            groups[unit.name] = group_reduce(mat, space.quantizer, "mean")
+            groups[unit.name] = group
     return scores, groups
+
+
+def reduce_one(unit: QuantUnit, values: torch.Tensor, quantizer: QuantizerConfig) -> tuple[float, np.ndarray | None]:
+    """One unit's mean and (when ``quantizer`` has a group size) its per-group means, as :func:`unit_reduce` gives them.
+
+    Estimators that produce one unit's per-weight values at a time reduce them at once with this,
+    so the per-weight values of the whole model never sit in memory together.
+    """
+    mat = weight_matrix(values.detach(), unit.kind)
+    return float(mat.double().mean()), (group_reduce(mat, quantizer, "mean") if quantizer.group_size is not None else None)
 
 
 def batch_length(batch: Any) -> int:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from mpsearch.core.errors import ConfigError
 from mpsearch.kernels.quantize import weight_matrix
-from mpsearch.sensitivity._tensors import unit_reduce
+from mpsearch.sensitivity._tensors import reduce_one
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.sensitivity.salience_obs import input_hessians, layer_input_rows, obs_salience
@@ -192,15 +192,17 @@ class _InputEstimator(Estimator):
     def estimate(self, model: nn.Module, data: Calibration, space: SearchSpace) -> Sensitivity:
         start = time.perf_counter()
         modules = unit_modules(model, space)
-        values: list[torch.Tensor | None] = [None] * len(space.units)
+        reduced: list[tuple[float, Any] | None] = [None] * len(space.units)
         seen = [0] * len(space.units)
 
         def reduce(indices: list[int], stats: list[torch.Tensor], rows: list[int]) -> None:
+            # per-weight values are reduced at once: the whole model's never sit in memory together
             for i, stat, n in zip(indices, stats, rows):
                 unit = space.units[i]
                 w2d = weight_matrix(modules[i].weight.detach(), unit.kind)
                 v = self.per_weight(w2d, stat, n) if n else torch.zeros(w2d.shape, dtype=torch.float64)
-                values[i], seen[i] = (v.reshape(unit.weight_shape) if unit.kind != "conv1d" else v.t()), n
+                reduced[i] = reduce_one(unit, v.reshape(unit.weight_shape) if unit.kind != "conv1d" else v.t(), space.quantizer)
+                seen[i] = n
 
         if self.mode == "block":
             block_input_hessians(model, data, space, on_block=reduce, diagonal=self.diagonal, progress=self.progress)
@@ -208,7 +210,9 @@ class _InputEstimator(Estimator):
             hessians, rows = input_hessians(model, data, space, self.progress)
             stats = [h.diagonal().clone() for h in hessians] if self.diagonal else hessians
             reduce(list(range(len(space.units))), stats, rows)
-        scores, groups = unit_reduce([v for v in values if v is not None], space)
+        scores = {u.name: r[0] for u, r in zip(space.units, reduced) if r is not None}
+        groups = ({u.name: r[1] for u, r in zip(space.units, reduced) if r is not None}
+                  if space.quantizer.group_size is not None else None)
         details = {"mode": self.mode, "rows": dict(zip(space.names, seen)), "calibration_samples": data.n_samples,
                    "unreached": [u.name for u, n in zip(space.units, seen) if n == 0]}
         return Sensitivity(method=self.name, scores=scores, settings=self.settings(), seconds=time.perf_counter() - start,
