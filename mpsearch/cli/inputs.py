@@ -15,14 +15,16 @@ DEFAULT_ESTIMATOR = "fisher"
 #: The registered estimators (mpsearch.sensitivity.base.ESTIMATORS), named here so that parsing the
 #: command line does not import torch; a test keeps the two equal.
 ESTIMATOR_NAMES = ("first_order", "fisher", "gwq", "hessian", "hessian_diag", "hessian_eig", "lim", "lrp", "obs",
-                   "obs_block", "xtx", "zeroq", "zeroq_bc", "zscore")
+                   "obs_block", "token_fisher", "xtx", "zeroq", "zeroq_bc", "zscore")
 HESSIAN_DEFAULTS = {"tol": 0.1, "max_probes": 200}
 DEFAULT_CALIB = 256
 
 ESTIMATOR_HELP = (
-    "sensitivity estimator, any registered name: {names} (default: {default}; for a causal LM xtx, the mean "
-    "squared input of each weight's column, scored one decoder block at a time and priced per group as "
-    "sum_j xtx_j (Q(W) - W)_j^2). The default is the best "
+    "sensitivity estimator, any registered name: {names} (default: {default}; for a causal LM token_fisher, "
+    "the token-level Fisher diagonal mean_t (dl/dy_t)^2 x_t^2 on the loss scale, priced per group as "
+    "sum_j s_j (Q(W) - W)_j^2 and solved globally; xtx, the mean squared input of each weight's column, is "
+    "forward-only and runs one decoder block at a time, but its scores are not on one scale across layers: "
+    "solve it with --solver slim). The default is the best "
     "cheap one in the fidelity study (docs/estimators.md, 'How well they predict real damage'): fisher ranks "
     "the units of ResNet-20/56 by their real 2-bit damage with Spearman 0.85/0.63 and its 3-bit plans reach "
     "86.4/89.7 %% top-1, in 6-11 s; first_order is as cheap and close (0.86/0.57, 86.7/88.5 %%, 2.5-4 s) but "

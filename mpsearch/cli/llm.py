@@ -181,17 +181,21 @@ def run_llm_sensitivity(args: argparse.Namespace, checkpoint: Path) -> int:
     grouped = args.group_size is not None and args.granularity != "layer"
     print(f"{len(space)} linear units of {args.model}, {n} calibration windows of {seq_len} tokens from {text.name}",
           file=sys.stderr)
-    if name == "xtx":  # the error-weighted recipe: exact per-weight costs, not a group mean times an error
+    if name in ("token_fisher", "xtx"):  # the error-weighted recipe: exact per-weight costs, not a group mean times an error
         import time
 
-        from mpsearch.pricing.recipes import error_weighted_costs, input_values
+        from mpsearch.pricing.recipes import error_weighted_costs, input_values, token_fisher_values
         from mpsearch.pricing.tables import cost_table_from_groups, cost_table_from_space
 
         start = time.perf_counter()
-        values = input_values(model, calib, space, mode="block", progress=not args.quiet)
+        if name == "xtx":
+            values = input_values(model, calib, space, mode="block", progress=not args.quiet)
+        else:
+            values = token_fisher_values(model, calib, space, progress=not args.quiet)
         seconds = time.perf_counter() - start
         groups, units = error_weighted_costs(model, space, values)
-        info = {"estimator": "xtx", "recipe": "error-weighted", "estimator_seconds": seconds, **meta}
+        del values
+        info = {"estimator": name, "recipe": "error-weighted", "estimator_seconds": seconds, **meta}
         costs = cost_table_from_groups(space, groups, meta=info) if grouped else cost_table_from_space(space, units, meta=info)
     else:
         sens = estimator.estimate(model, calib, space)

@@ -14,7 +14,7 @@ from mpsearch.cli.args import int_at_least
 DEFAULT_SEQ_LEN = 256
 DEFAULT_WINDOWS = 32
 DEFAULT_BATCH = 4
-DEFAULT_ESTIMATOR = "xtx"
+DEFAULT_ESTIMATOR = "token_fisher"
 
 
 def add_text_options(p: argparse.ArgumentParser, *, calibration: bool) -> None:

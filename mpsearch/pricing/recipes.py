@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from mpsearch.core.budget import Budget
 from mpsearch.core.config import QuantizerConfig, num_groups
@@ -39,9 +38,9 @@ from mpsearch.sensitivity._tensors import weights_requiring_grad
 from mpsearch.sensitivity.blockwise import block_input_hessians
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.sensitivity.salience import fisher_diagonal
-from mpsearch.sensitivity.salience_obs import input_hessians, layer_input_rows
+from mpsearch.sensitivity.salience_obs import input_hessians
+from mpsearch.sensitivity.token_fisher import token_fisher_values
 from mpsearch.space.discover import SearchSpace, unit_modules
-from mpsearch.space.hooks import ModelHooks
 
 __all__ = ["code_budget", "error_weighted_costs", "fisher_values", "input_values", "recipe_tables", "token_fisher_values"]
 
@@ -83,54 +82,6 @@ def fisher_values(model: nn.Module, data: Calibration, space: SearchSpace, *, mi
     with weights_requiring_grad(model, params):
         values = fisher_diagonal(model, data, params, micro_batch=micro_batch, progress=progress)
     return [weight_matrix(v, u.kind) for v, u in zip(values, space.units)]
-
-
-def token_fisher_values(model: nn.Module, data: Calibration, space: SearchSpace, *,
-                        progress: bool = False) -> list[torch.Tensor]:
-    """Per weight, ``mean_t (dl/dy_ti)^2 x_tj^2`` over calibration tokens t: an (out, fan_in) float64 tensor per unit.
-
-    ``y = W x`` is the unit's output at token t and ``l`` the summed next-token loss of the
-    batch, so ``g_t x_t^T`` is token t's share of the weight gradient. The sum of squares of those
-    shares is the empirical Fisher diagonal with the cross-token terms dropped: on the loss scale
-    (comparable across units, unlike ``[X^T X]_jj``), with one term per token instead of one per
-    window, so it is far less noisy than :func:`fisher_values` from the same windows, at the cost
-    of one backward pass per batch (no per-window passes). Computed as ``(g^2)^T (x^2)`` per call.
-    """
-    modules = unit_modules(model, space)
-    sums = [torch.zeros(u.out_features, u.fan_in, dtype=torch.float64) for u in space.units]
-    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-
-    def hook_for(i: int):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            seen.append((i, inputs[0].detach(), output))
-        return hook
-
-    tokens = 0
-    with weights_requiring_grad(model, [m.weight for m in modules]), ModelHooks(model) as hooks:
-        for i, m in enumerate(modules):
-            hooks.forward(m, hook_for(i))
-        for batch, size in tqdm(list(zip(data.batches, data.sizes)), desc="token fisher", disable=not progress, leave=False):
-            seen.clear()
-            loss = data.loss_fn(model, batch)
-            n = _predicted_tokens(batch, size)
-            grads = torch.autograd.grad(loss * n, [out for _, _, out in seen], allow_unused=True)
-            for (i, x, _), g in zip(seen, grads):
-                if g is None:
-                    continue
-                kind = space.units[i].kind
-                x2 = layer_input_rows(modules[i], kind, x).float().square_()
-                g2 = g.detach().reshape(-1, g.shape[-1]).float().square_()
-                sums[i].add_(torch.mm(g2.t(), x2).double())
-            tokens += n
-        seen.clear()
-    return [s_.div_(max(tokens, 1)) for s_ in sums]
-
-
-def _predicted_tokens(batch: Any, size: int) -> int:
-    """Tokens whose loss a causal-LM batch averages: B * (T - 1) for int (B, T) windows, else the batch size."""
-    if isinstance(batch, torch.Tensor) and batch.dim() == 2 and not batch.is_floating_point():
-        return int(batch.shape[0] * (batch.shape[1] - 1))
-    return int(size)
 
 
 def error_weighted_costs(model: nn.Module, space: SearchSpace, values: Sequence[torch.Tensor]

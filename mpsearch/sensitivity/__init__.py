@@ -31,6 +31,7 @@ from mpsearch.sensitivity.perturbation import PerturbationKL
 from mpsearch.sensitivity.relevance import LayerRelevance
 from mpsearch.sensitivity.salience import FirstOrderSalience, FisherDiagonal, GradientOutliers
 from mpsearch.sensitivity.salience_obs import OBSSalience
+from mpsearch.sensitivity.token_fisher import TokenFisher
 
 __all__ = [
     "ESTIMATORS",
@@ -52,6 +53,7 @@ __all__ = [
     "PowerIterationEigen",
     "Sensitivity",
     "SensitivityCache",
+    "TokenFisher",
     "ZScoreOutliers",
     "bn_statistics_loss",
     "cached_estimate",

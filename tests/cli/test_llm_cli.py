@@ -45,22 +45,31 @@ def _api_pieces(folder, text):
     return model, calib, held_out
 
 
-def test_sensitivity_table_equals_the_error_weighted_recipe(lm):
+@pytest.mark.parametrize("estimator", ["token_fisher", "xtx"])
+def test_sensitivity_table_equals_the_error_weighted_recipe(lm, tmp_path, estimator):
+    """The default (token Fisher) and xtx: each table is the library's error-weighted recipe on the same windows."""
     from mpsearch.core.config import QuantizerConfig, Scheme
-    from mpsearch.pricing.recipes import input_values, recipe_tables
+    from mpsearch.pricing.recipes import input_values, recipe_tables, token_fisher_values
     from mpsearch.sensitivity.calibration import Calibration
     from mpsearch.space.discover import discover_quietly
 
     folder, text, costs_file = lm
+    if estimator != "token_fisher":  # the fixture's table is the default's
+        costs_file = tmp_path / "costs.json"
+        assert main(["sensitivity", "--model", str(folder), "--text", str(text), "--group-size", str(G), "--windows",
+                     str(WINDOWS), "--seq-len", str(SEQ), "--bits", "2,3,4", "--estimator", estimator,
+                     "--out", str(costs_file), "--quiet"]) == 0
     costs = CostTable.load(costs_file)
     meta = costs.meta
     assert (meta["model_kind"], meta["estimator"], meta["recipe"], meta["granularity"]) == \
-        ("causal_lm", "xtx", "error-weighted", "group")
+        ("causal_lm", estimator, "error-weighted", "group")
     assert (meta["text"], meta["windows"], meta["seq_len"], meta["seed"]) == (str(text), WINDOWS, SEQ, 0)
     model, calib, _ = _api_pieces(folder, text)
     space = discover_quietly(model, bits=(2, 3, 4), pin_first_last=None, exclude=["lm_head"],
                              quantizer=QuantizerConfig(scheme=Scheme.AFFINE, group_size=G))
-    group, _ = recipe_tables(model, space, input_values(model, Calibration.causal_lm(calib), space))
+    data = Calibration.causal_lm(calib)
+    values = (token_fisher_values if estimator == "token_fisher" else input_values)(model, data, space)
+    group, _ = recipe_tables(model, space, values)
     assert "lm_head" not in costs.items.units and len(costs.items.units) == 14  # 7 linear layers in each of 2 blocks
     np.testing.assert_allclose(costs.cost, group.cost, rtol=1e-6)
     np.testing.assert_array_equal(costs.storage_bits, group.storage_bits)
@@ -133,7 +142,7 @@ def test_block_wise_obs_and_layer_granularity(lm, tmp_path, capsys):
     (["--seq-len", "100000"], ["0 window(s)", "a smaller --seq-len"]),
     (["--calib", "16"], ["--calib apply to the CIFAR models", "is a causal LM"]),
     (["--granularity", "layer"], ["--granularity layer", "no --group-size", "--group-size 128"]),
-    (["--time-limit", "5"], ["--time-limit", "--estimator xtx", "cannot stop early"]),
+    (["--time-limit", "5"], ["--time-limit", "--estimator token_fisher", "cannot stop early"]),
     (["--text", "{short}"], ["evaluation lines"]),
     (["--text", "{binary}"], ["--text must be UTF-8 text", "invalid start byte"]),
 ])
