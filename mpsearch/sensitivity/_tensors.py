@@ -79,7 +79,7 @@ def reduce_one(unit: QuantUnit, values: torch.Tensor, quantizer: QuantizerConfig
     Estimators that produce one unit's per-weight values at a time reduce them at once with this,
     so the per-weight values of the whole model never sit in memory together.
     """
-    mat = weight_matrix(values.detach(), unit.kind)
+    mat = weight_matrix(values.detach().cpu(), unit.kind)
     return float(mat.double().mean()), (group_reduce(mat, quantizer, "mean") if quantizer.group_size is not None else None)
 
 

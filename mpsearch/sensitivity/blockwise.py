@@ -135,8 +135,8 @@ def block_input_hessians(
         (per_block[owner[id(m)]] if id(m) in owner else outside).append(i)
 
     def collect(indices: Sequence[int], run: Callable[[], None]) -> None:
-        stats = [torch.zeros(space.units[i].fan_in, *(() if diagonal else (space.units[i].fan_in,)), dtype=torch.float64)
-                 for i in indices]
+        stats = [torch.zeros(space.units[i].fan_in, *(() if diagonal else (space.units[i].fan_in,)), dtype=torch.float64,
+                             device=modules[i].weight.device) for i in indices]  # where the block runs
         rows = [0] * len(indices)
 
         def hook_for(k: int, kind: str):
@@ -200,7 +200,7 @@ class _InputEstimator(Estimator):
             for i, stat, n in zip(indices, stats, rows):
                 unit = space.units[i]
                 w2d = weight_matrix(modules[i].weight.detach(), unit.kind)
-                v = self.per_weight(w2d, stat, n) if n else torch.zeros(w2d.shape, dtype=torch.float64)
+                v = self.per_weight(w2d, stat, n) if n else torch.zeros(w2d.shape, dtype=torch.float64, device=w2d.device)
                 reduced[i] = reduce_one(unit, v.reshape(unit.weight_shape) if unit.kind != "conv1d" else v.t(), space.quantizer)
                 seen[i] = n
 

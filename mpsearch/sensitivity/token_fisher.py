@@ -60,16 +60,19 @@ def _readers(model: nn.Module, space: SearchSpace) -> list[tuple[int, nn.Module]
             for m in (own, *(named[t] for t in u.tied if t in named))]
 
 
-def token_fisher_values(model: nn.Module, data: Calibration, space: SearchSpace, *,
+def token_fisher_values(model: nn.Module, data: Calibration, space: SearchSpace, *, skip_first: int = 0,
                         progress: bool = False) -> list[torch.Tensor]:
     """Per weight, ``mean_t (dl/dy_ti)^2 x_tj^2`` over calibration tokens t: an (out, fan_in) float64 tensor per unit.
 
     ``l`` is the summed loss of the batch (its mean loss times :func:`predicted_tokens`).
     An embedding table gets ``mean_t [id_t = v] (dl/dy_ti)^2`` in row v; a weight read by several
     modules (a tied embedding and ``lm_head``) sums the shares of every read. Computed as
-    ``(g^2)^T (x^2)`` per call.
+    ``(g^2)^T (x^2)`` per call. ``skip_first`` drops the shares of the first positions of every
+    window (token-shaped (B, T, ...) calls only); their tokens still shape the others' gradients.
     """
     _check_kinds(space)
+    if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
+        raise ConfigError(f"`skip_first` must be a number of positions >= 0, but got skip_first={skip_first!r}. Pass e.g. 1.")
     readers = _readers(model, space)
     sums = [torch.zeros(u.out_features, u.fan_in, dtype=torch.float64) for u in space.units]
     seen: list[tuple[int, nn.Module, torch.Tensor, torch.Tensor]] = []
@@ -92,7 +95,10 @@ def token_fisher_values(model: nn.Module, data: Calibration, space: SearchSpace,
             for (i, module, x, _), g in zip(seen, grads):
                 if g is None:
                     continue
-                g2 = g.detach().reshape(-1, g.shape[-1]).float().square_()
+                g = g.detach()
+                if skip_first and g.dim() == 3:  # (B, T, out): drop the first positions of each window
+                    g, x = g[:, skip_first:], x[:, skip_first:]
+                g2 = g.reshape(-1, g.shape[-1]).float().square_()
                 if isinstance(module, nn.Embedding):  # rows (vocab, dim): each token's share lands on its own row
                     sums[i].index_add_(0, x.reshape(-1), g2.double())
                     continue

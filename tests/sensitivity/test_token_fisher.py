@@ -27,15 +27,15 @@ def _weight_detached(module, inputs, out):
     return torch.nn.functional.linear(inputs[0], module.weight.detach(), module.bias)
 
 
-def _brute_force(model, windows: torch.Tensor, readers: list[str]) -> torch.Tensor:
-    """sum over reads r and tokens t of (dl/dW through read r at token t only)^2 / predicted tokens."""
+def _brute_force(model, windows: torch.Tensor, readers: list[str], first: int = 0) -> torch.Tensor:
+    """sum over reads r and tokens t >= first of (dl/dW through read r at token t only)^2 / predicted tokens."""
     calib = Calibration.causal_lm(windows, batch_size=len(windows))
     B, T = windows.shape
     weight = model.get_submodule(readers[0]).weight
     total = torch.zeros(weight.shape, dtype=torch.float64)
     for reader in readers:
         for b in range(B):
-            for t in range(T):
+            for t in range(first, T):
                 mask = torch.zeros(B, T, 1)
                 mask[b, t] = 1.0
                 handles = [model.get_submodule(r).register_forward_hook(
@@ -74,6 +74,19 @@ def test_embedding_values_equal_brute_force(tied):
         unused = torch.ones(260, dtype=torch.bool)
         unused[windows.reshape(-1)] = False
         assert float(got[unused].abs().sum()) == 0.0
+
+
+def test_skip_first_drops_the_first_positions_shares():
+    model = tiny_decoder(seed=6, layers=1, hidden_size=32).eval()
+    space = discover_quietly(model, bits=(2, 4), pin_first_last=None, exclude=["lm_head"], quantizer=GROUPED)
+    windows = torch.randint(0, 260, (2, 6), generator=torch.Generator().manual_seed(3))
+    calib = Calibration.causal_lm(windows, batch_size=2)
+    values = token_fisher_values(model, calib, space, skip_first=2)
+    unit = space.units[-1]  # the down projection
+    torch.testing.assert_close(values[-1], _brute_force(model, windows, [unit.name], first=2), rtol=1e-4, atol=1e-12)
+    assert float(values[-1].sum()) < float(token_fisher_values(model, calib, space)[-1].sum())
+    with pytest.raises(ConfigError, match="skip_first"):
+        token_fisher_values(model, calib, space, skip_first=-1)
 
 
 def test_scores_are_the_means_of_the_values():
