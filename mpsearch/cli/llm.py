@@ -196,6 +196,10 @@ def run_llm_sensitivity(args: argparse.Namespace, checkpoint: Path) -> int:
         groups, units = error_weighted_costs(model, space, values)
         del values
         info = {"estimator": name, "recipe": "error-weighted", "estimator_seconds": seconds, **meta}
+        if name == "token_fisher":
+            from mpsearch.sensitivity.token_fisher import SKIP_FIRST
+
+            info["skip_first"] = SKIP_FIRST  # positions of each window left out of the Fisher
         costs = cost_table_from_groups(space, groups, meta=info) if grouped else cost_table_from_space(space, units, meta=info)
     else:
         sens = estimator.estimate(model, calib, space)

@@ -58,7 +58,7 @@ def test_embedding_values_equal_brute_force(tied):
     model = tiny_decoder(seed=3, tied=tied, layers=1, hidden_size=32).eval()
     space = discover_quietly(model, bits=(2, 4), pin_first_last=None, embeddings=True, quantizer=GROUPED)
     windows = torch.randint(0, 260, (2, 6), generator=torch.Generator().manual_seed(1))
-    values = token_fisher_values(model, Calibration.causal_lm(windows, batch_size=1), space)
+    values = token_fisher_values(model, Calibration.causal_lm(windows, batch_size=1), space, skip_first=0)
     if tied:
         unit = next(u for u in space.units if u.tied)
         assert (unit.name, unit.tied) == ("lm_head", ("model.embed_tokens",))
@@ -84,7 +84,9 @@ def test_skip_first_drops_the_first_positions_shares():
     values = token_fisher_values(model, calib, space, skip_first=2)
     unit = space.units[-1]  # the down projection
     torch.testing.assert_close(values[-1], _brute_force(model, windows, [unit.name], first=2), rtol=1e-4, atol=1e-12)
-    assert float(values[-1].sum()) < float(token_fisher_values(model, calib, space)[-1].sum())
+    assert float(values[-1].sum()) < float(token_fisher_values(model, calib, space)[-1].sum())  # default: skip 1
+    torch.testing.assert_close(token_fisher_values(model, calib, space)[-1], _brute_force(model, windows, [unit.name], first=1),
+                               rtol=1e-4, atol=1e-12)
     with pytest.raises(ConfigError, match="skip_first"):
         token_fisher_values(model, calib, space, skip_first=-1)
 
