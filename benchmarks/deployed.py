@@ -8,14 +8,16 @@ a shared machine hits them all), the forward of:
 
 * ``fp32``, ``bf16`` (the model cast), ``int8-dynamic`` (``torch.ao.quantization.quantize_dynamic``
   on the Linear layers; convolutions stay fp32 there), ``torchao-int4wo`` if torchao imports;
-* mpsearch packed on the ``numba`` backend: ``uniform4``, ``uniform2`` and ``mixed24`` (every
-  second unit at 2 bits, the others at 4: about 3 bits on average, a fixed plan, not a searched
-  one). Every quantizable unit is packed, first and last layers included; G = 128 where the
-  fan-in allows it, else one group per row.
+* mpsearch packed on the ``numba`` backend: ``uniform4``, ``uniform2``, ``mixed3-layer`` (units
+  at 2 or 4 bits, about 3 on average) and ``mixed3-group`` (each group at 2, 3 or 4 bits, 3 on
+  average); fixed rules, not searched plans. Every quantizable unit is packed, token embeddings
+  and first and last layers included.
 
 Reported: median, min and max ms per call, the median's ratio to fp32's, bytes on disk
 (safetensors of the state dict; mpsearch's ``export`` folder), and for packed models the
-largest output difference to the fake-quant model, relative to its largest output.
+largest output difference to the fake-quant model, relative to its largest output; the load
+memory of each packed model in a fresh process; and ``targets``, the ratios the deployment
+targets are read from.
 
     python benchmarks/deployed.py --quick   # ResNet-20 and MiniLM, fewer rounds
     python benchmarks/deployed.py           # all models, more rounds
@@ -323,6 +325,45 @@ def smollm2(rounds: int, where: Path, new_tokens: int) -> dict[str, Any]:
                        lambda m, ids: m(input_ids=ids).logits, rounds, where, decode)
 
 
+PACKED = ("uniform4", "uniform2", "mixed3-layer", "mixed3-group")
+
+
+def targets(doc: dict[str, Any]) -> dict[str, Any]:
+    """The deployment targets, read off the timings: CPU-ms ratios (steadier than wall on a shared machine)."""
+    out: dict[str, Any] = {}
+
+    def ratios(model: str, label: str, against: tuple[str, ...]) -> dict[str, Any]:
+        t = doc[model]["times"][label]
+        return {k: {f"ratio_{a}": round(t[f"{k}@cpu"]["median_ms"] / t[f"{a}@cpu"]["median_ms"], 3) for a in against}
+                for k in PACKED if f"{k}@cpu" in t}
+
+    def sizes(model: str) -> dict[str, float]:
+        v = doc[model]["variants"]
+        return {k: round(v[k]["bytes"] / v["bf16"]["bytes"], 3) for k in PACKED if k in v}
+
+    def peaks(model: str) -> dict[str, Any]:
+        m = doc[model]["memory"]
+        return {k: m[k].get("peak_mib") for k in m if k != "fp32"} | {"fp32": m.get("fp32", {}).get("peak_mib")}
+
+    if "times" in doc.get("resnet20", {}):
+        for label in ("batch1", "batch64"):
+            out[f"resnet20 {label} packed / fp32 (CPU ms, target <= 1.2)"] = {
+                k: v["ratio_fp32"] for k, v in ratios("resnet20", label, ("fp32",)).items()}
+        out["resnet20 bytes / bf16 bytes"], out["resnet20 load peak MiB"] = sizes("resnet20"), peaks("resnet20")
+    if "times" in doc.get("minilm", {}):
+        out["minilm 1x128 packed / fp32 and int8 (CPU ms, target < 1)"] = ratios("minilm", "1x128", ("fp32", "int8-dynamic"))
+        out["minilm bytes / bf16 bytes"], out["minilm load peak MiB"] = sizes("minilm"), peaks("minilm")
+    if "times" in doc.get("smollm2", {}):
+        out["smollm2 prefill256 packed / fp32 and int8 (CPU ms)"] = ratios("smollm2", "prefill256", ("fp32", "int8-dynamic"))
+        decode = next((v for k, v in doc["smollm2"]["times"].items() if k.startswith("decode")), {})
+        if "fp32" in decode:
+            out["smollm2 decode tokens/s / fp32's (wall, target >= 2 for mixed3)"] = {
+                k: round(v["tokens_per_s"] / decode["fp32"]["tokens_per_s"], 3) for k, v in decode.items()
+                if not k.endswith("@cpu") and k != "fp32"}
+        out["smollm2 bytes / bf16 bytes"], out["smollm2 load peak MiB"] = sizes("smollm2"), peaks("smollm2")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="ResNet-20 and MiniLM, 5 rounds")
@@ -357,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:  # package missing: say so in the output
                 doc["smollm2"] = {"skipped": f"{type(err).__name__}: {err}"[:300]}
     doc["loadavg_end"] = os.getloadavg()
+    doc["targets"] = targets(doc)
     text = json.dumps(doc, indent=1)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
