@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mpsearch.core.errors import DataError, MPSearchError
+from mpsearch.core.errors import ConfigError, DataError, MPSearchError
 from mpsearch.sensitivity._attention import estimate_guard
 from mpsearch.sensitivity._input_checks import FIX_IMAGES, shape_of
 from mpsearch.sensitivity.calibration import Calibration, cross_entropy
@@ -71,6 +71,18 @@ def check_against_model(model: nn.Module, data: Calibration) -> None:
                         "first samples. Check the inputs and the model's weights for NaN or overflow.")
 
 
+def refuse_embedding_units(estimator: Any, model: nn.Module, space: Any) -> None:
+    """An estimator without ``embeddings`` support refuses a space whose units include an embedding table."""
+    if getattr(estimator, "embeddings", True) or not hasattr(space, "units"):
+        return
+    named = dict(model.named_modules())
+    tables = [u.name for u in space.units if isinstance(named.get(u.name), nn.Embedding)]
+    if tables:
+        raise ConfigError(f"the {estimator.name} estimator scores layers that multiply their inputs by a weight matrix, but "
+                          f"the space holds embedding unit(s) {tables}, whose rows are looked up. Use a gradient estimator "
+                          "(token_fisher, fisher, first_order, hessian_diag), or discover the space without embeddings=True.")
+
+
 def checked(estimate: Callable) -> Callable:
     """Wrap an estimator's ``estimate`` so the data is checked once, before any work (nested calls skip it)."""
 
@@ -82,6 +94,7 @@ def checked(estimate: Callable) -> Callable:
             raise DataError(f"`data` must be a Calibration, but got {type(data).__name__}. "
                             "Build one with Calibration.classification(inputs, labels).")
         check_against_model(model, data)
+        refuse_embedding_units(self, model, space)
         token = _checking.set(True)
         try:
             with estimate_guard(self, model, data, space):  # double backward: differentiable attention, memory warning

@@ -74,7 +74,9 @@ class Estimator:
     ``needs_labels`` (needs a loss over labeled batches rather than any ``loss_fn``),
     ``double_backward`` (takes Hessian-vector products and keeps every batch's gradient graph: attention is
     switched to a twice-differentiable kind for the estimate, ``_attention``),
-    ``contract_skip`` (why the generic contract suite cannot feed it, or None), and
+    ``contract_skip`` (why the generic contract suite cannot feed it, or None),
+    ``embeddings`` (scores embedding-table units: False for estimators built on a layer's input
+    activations, which a table lookup does not have; ``estimate`` then refuses them), and
     ``quick_options`` (settings cheap enough for the contract tests).
     """
 
@@ -83,6 +85,7 @@ class Estimator:
     needs_labels: bool = False
     double_backward: bool = False
     contract_skip: str | None = None
+    embeddings: bool = True
     quick_options: ClassVar[Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -170,6 +170,7 @@ class _InputEstimator(Estimator):
     """Shared plumbing of the input-statistics estimators: mode, statistics, reduction to units and groups."""
 
     supports_groups = True
+    embeddings = False  # statistics of input activations
     modes: ClassVar[tuple[str, ...]] = MODES
     diagonal = True
     quick_options: ClassVar[Mapping[str, Any]] = {"mode": "whole"}  # the contract's network has no decoder blocks

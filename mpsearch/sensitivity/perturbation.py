@@ -73,6 +73,7 @@ class PerturbationKL(Estimator):
     >>> # costs = build_cost_table(model, space, sens)  # uses sens.unit_costs
     """
 
+    embeddings = False  # quantizes one weight-matrix layer at a time
     name = "zeroq"
 
     def __init__(self, *, metric: str = "auto", seed: int = 0, progress: bool = True, time_limit: float | None = None) -> None:

@@ -103,6 +103,7 @@ class OBSSalience(Estimator):
         >>> # sens = est.estimate(model, calib, space)   # calib batches only need to reach the units
     """
 
+    embeddings = False  # statistics of input activations
     name = "obs"
     supports_groups = True
 

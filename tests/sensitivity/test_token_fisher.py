@@ -112,3 +112,14 @@ def test_convolutions_are_refused_with_the_estimator_to_use():
     with pytest.raises(ConfigError, match=r"token Fisher .* is a conv2d .*--estimator fisher"):
         TokenFisher(progress=False).estimate(model, Calibration.classification(x, y, batch_size=4),
                                              discover_quietly(model, pin_first_last=None))
+
+
+@pytest.mark.parametrize("name", ["xtx", "obs_block", "obs", "zeroq", "zeroq_bc"])
+def test_estimators_without_embedding_support_refuse_a_table_clearly(name):
+    """Input-statistics and per-layer quantizing estimators cannot score a lookup table: one clear error, before work."""
+    model = tiny_decoder(seed=0, tied=False, layers=1, hidden_size=32)
+    space = discover_quietly(model, bits=(2, 4), pin_first_last=None, embeddings=True)
+    calib = Calibration.causal_lm(torch.randint(0, 260, (2, 8), generator=torch.Generator().manual_seed(0)), batch_size=2)
+    with pytest.raises(ConfigError, match=rf"the {name} estimator .* embedding unit\(s\) \['model.embed_tokens'\].*token_fisher"):
+        get_estimator(name, progress=False).estimate(model, calib, space)
+    assert get_estimator("token_fisher", progress=False).estimate(model, calib, space).scores["model.embed_tokens"] > 0
