@@ -52,6 +52,9 @@ from mpsearch.core.io import atomic_write_text
 from mpsearch.deploy.evaluate import fake_quantize_model
 from mpsearch.deploy.lm_metrics import perplexity
 from mpsearch.pricing.recipes import recipe_tables, token_fisher_values
+from mpsearch.pricing.tables import build_cost_table
+from mpsearch.sensitivity._tensors import reduce_one
+from mpsearch.sensitivity.base import Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.solvers import get_solver
 from mpsearch.solvers.slim import PerUnitBudget
@@ -85,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--values", type=Path, default=None, help="file caching the Fisher values of sample 0 (read if present)")
     p.add_argument("--reference", type=float, default=None,
                    help="the reference perplexity measured by another run on the same windows (skips measuring it again)")
+    p.add_argument("--gptq-costs", action="store_true",
+                   help="price GPTQ's group-wise plans with the error GPTQ leaves instead of round to nearest's (group "
+                        "Fisher score x GPTQ's share of the layer-output error, build_cost_table(error='gptq')): rows "
+                        "'group-wise, GPTQ costs'")
     p.add_argument("--quick", action="store_true", help="G=128, budgets 2.5 and 3, uniform 3, 8 + 8 windows, no stability")
     args = p.parse_args(argv)
     if args.data_dir is None:
@@ -175,17 +182,37 @@ def run_group_size(runner: Runner, G: int, values, args) -> None:
     print(f"G={G}: {group.n_items} groups, tables in {time.perf_counter() - start:.0f} s", flush=True)
     widths = tuple(int(b) for b in args.widths.split(","))
     for quantizer in args.quantizers.split(","):
-        for b in (int(x) for x in args.uniform.split(",")):
+        for b in (int(x) for x in floats(args.uniform)):
             runner.row(G, quantizer, f"uniform W{b}", float(b), layer, np.full(layer.n_items, layer.bits.index(b)))
-        for budget in (float(x) for x in args.budgets.split(",")):
-            sub = columns(group, tuple(w for w in widths if w in BITS))
-            runner.row(G, quantizer, "group-wise", budget, sub, solve(sub, "lagrange", budget)[0])
+        priced = gptq_priced(runner, space, values, widths) if quantizer == "gptq" and args.gptq_costs else None
+        for budget in floats(args.budgets):
+            if priced is not None:
+                runner.row(G, quantizer, "group-wise, GPTQ costs", budget, priced, solve(priced, "lagrange", budget)[0])
+            else:
+                sub = columns(group, tuple(w for w in widths if w in BITS))
+                runner.row(G, quantizer, "group-wise", budget, sub, solve(sub, "lagrange", budget)[0])
             if budget in floats(args.slim_budgets):
                 near = columns(group, window(budget))
                 choice, result = solve(near, PerUnitBudget(), budget)
                 runner.row(G, quantizer, "slim", budget, near, choice, status=result.status.value)
             if quantizer == "rtn" and budget in floats(args.layer_budgets):
                 runner.row(G, quantizer, "layer-wise", budget, layer, solve(layer, "ilp", budget)[0])
+
+
+def gptq_priced(runner: Runner, space, values, widths: tuple[int, ...]) -> CostTable:
+    """The group table priced with GPTQ's error: each group's mean token-Fisher value times its share of the
+    layer-output error GPTQ leaves at that width (whole unit at the width, inputs of the float model), on
+    GPTQ's calibration windows."""
+    start = time.perf_counter()
+    quant = dataclasses.replace(space.quantizer, method="gptq")
+    gspace = discover_quietly(runner.model, bits=tuple(w for w in widths if w in BITS), pin_first_last=None,
+                              exclude=["lm_head"], quantizer=quant)
+    reduced = {u.name: reduce_one(u, v, quant) for u, v in zip(space.units, values)}
+    sens = Sensitivity(method="token_fisher", scores={n: r[0] for n, r in reduced.items()}, settings={}, seconds=0.0,
+                       details={}, group_scores={n: r[1] for n, r in reduced.items()})
+    table = build_cost_table(runner.model, gspace, sens, error="gptq", calibration=runner.gptq_calib)
+    print(f"GPTQ-error table: {table.n_items} groups in {time.perf_counter() - start:.0f} s", flush=True)
+    return table
 
 
 def stability(runner: Runner, tokenizer, calib_text, G: int, args, first_values) -> None:
