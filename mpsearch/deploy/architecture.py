@@ -45,11 +45,23 @@ def meta_parameters() -> Iterator[None]:
             param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         register(self, name, param)
 
+    # Initializers are skipped as well: on meta tensors they would still dispatch through torch's
+    # Python reference kernels, which import the compiler stack (about 80 MiB of modules).
+    skipped = {name: fn for name, fn in vars(nn.init).items() if name.endswith("_") and not name.startswith("_") and callable(fn)}
     nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    for name in skipped:
+        setattr(nn.init, name, _untouched)
     try:
         yield
     finally:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
+        for name, fn in skipped.items():
+            setattr(nn.init, name, fn)
+
+
+def _untouched(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    """An initializer that leaves its tensor as it is (the weights are filled from the checkpoint)."""
+    return tensor
 
 
 def skeleton(arch: dict[str, Any]) -> nn.Module:
