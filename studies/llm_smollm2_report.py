@@ -51,7 +51,7 @@ def plot(table: pd.DataFrame, reference: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"uniform": "s:", "group-wise": "o-", "slim": "^--", "layer-wise": "d-."}
-    rows = table[table["method"] != "stability"].assign(kind=lambda t: t["method"].str.split(" ").str[0])
+    rows = table[table["method"] != "stability"].assign(kind=lambda t: t["method"].str.replace(r" W\d+$", "", regex=True))
     for (G, quantizer, kind), part in rows.groupby(["G", "quantizer", "kind"]):
         part = part.sort_values("code_bits")
         ax.plot(part["code_bits"], part["perplexity"], styles.get(kind, "x-"), label=f"{quantizer.upper()} {kind} G={G}",
