@@ -34,6 +34,7 @@ from mpsearch.core.io import atomic_write_text
 from mpsearch.deploy.lm_metrics import perplexity
 from mpsearch.kernels.gptq import gptq_quantize
 from mpsearch.kernels.quantize import fake_quantize
+from mpsearch.pricing.gptq_errors import gptq_normaliser
 from mpsearch.pricing.recipes import error_weighted_costs
 from mpsearch.sensitivity.blockwise import block_input_hessians
 from mpsearch.sensitivity.calibration import Calibration
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     def price(indices: list[int], sums: list[torch.Tensor], rows: list[int]) -> None:
         for i, s, n in zip(indices, sums, rows):
             h = (s * (2.0 / max(n, 1))).float()
-            norm = float(h.diagonal().clamp(min=0).mean()) * (1 + config.damp)
+            norm = gptq_normaliser(h, config.damp)
             w = modules[i].weight.detach().float()
             gptq_cost[space.units[i].name] = {}
             for b in widths:

@@ -53,7 +53,7 @@ from mpsearch.deploy.evaluate import fake_quantize_model
 from mpsearch.deploy.lm_metrics import perplexity
 from mpsearch.pricing.recipes import recipe_tables, token_fisher_values
 from mpsearch.pricing.tables import build_cost_table
-from mpsearch.sensitivity._tensors import reduce_one
+from mpsearch.sensitivity._tensors import reduce_matrix, scores_and_groups
 from mpsearch.sensitivity.base import Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.solvers import get_solver
@@ -207,9 +207,8 @@ def gptq_priced(runner: Runner, space, values, widths: tuple[int, ...]) -> CostT
     quant = dataclasses.replace(space.quantizer, method="gptq")
     gspace = discover_quietly(runner.model, bits=tuple(w for w in widths if w in BITS), pin_first_last=None,
                               exclude=["lm_head"], quantizer=quant)
-    reduced = {u.name: reduce_one(u, v, quant) for u, v in zip(space.units, values)}
-    sens = Sensitivity(method="token_fisher", scores={n: r[0] for n, r in reduced.items()}, settings={}, seconds=0.0,
-                       details={}, group_scores={n: r[1] for n, r in reduced.items()})
+    scores, groups = scores_and_groups(space, [reduce_matrix(v, quant) for v in values])
+    sens = Sensitivity(method="token_fisher", scores=scores, settings={}, seconds=0.0, details={}, group_scores=groups)
     table = build_cost_table(runner.model, gspace, sens, error="gptq", calibration=runner.gptq_calib)
     print(f"GPTQ-error table: {table.n_items} groups in {time.perf_counter() - start:.0f} s", flush=True)
     return table

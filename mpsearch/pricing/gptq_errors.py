@@ -41,10 +41,10 @@ from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.sensitivity.salience_obs import input_hessians
 from mpsearch.space.discover import SearchSpace, unit_modules
 
-__all__ = ["gptq_errors", "gptq_unit_errors"]
+__all__ = ["gptq_errors", "gptq_normaliser", "gptq_unit_errors"]
 
 
-def _normaliser(hessian: torch.Tensor, damp: float) -> float:
+def gptq_normaliser(hessian: torch.Tensor, damp: float) -> float:
     """``mean(diag)`` of the Hessian GPTQ minimises over: dead columns at 1, then damped."""
     diag = hessian.diagonal().to(torch.float64)
     diag = torch.where(diag == 0, torch.ones_like(diag), diag)
@@ -57,7 +57,7 @@ def gptq_unit_errors(w2d: torch.Tensor, hessian: torch.Tensor, bits: list[int], 
     Their sum is ``tr(dW H_d dW^T) / mean(diag H_d)``, which equals ``||Q_b(W) - W||^2`` of round
     to nearest when ``H`` is a multiple of the identity. Width 16 gives zeros.
     """
-    norm = _normaliser(hessian, config.damp)
+    norm = gptq_normaliser(hessian, config.damp)
     h = hessian.to(torch.float32)
     out: dict[int, torch.Tensor] = {}
     for b in bits:

@@ -17,7 +17,7 @@ from torch import nn
 from mpsearch.core.config import QuantizerConfig, group_sizes
 from mpsearch.core.errors import DataError
 from mpsearch.kernels.quantize import num_groups, weight_matrix
-from mpsearch.space.discover import QuantUnit, SearchSpace
+from mpsearch.space.discover import SearchSpace
 from mpsearch.space.hooks import model_mode
 
 
@@ -64,23 +64,26 @@ def unit_reduce(per_weight: Sequence[torch.Tensor], space: SearchSpace) -> tuple
     ``per_weight[i]`` has the shape of unit i's weight tensor; it is viewed as
     the unit's (out, fan_in) matrix exactly as the quantizer views the weight.
     """
-    scores: dict[str, float] = {}
-    groups: dict[str, np.ndarray] | None = {} if space.quantizer.group_size is not None else None
-    for unit, values in zip(space.units, per_weight):
-        scores[unit.name], group = reduce_one(unit, values, space.quantizer)
-        if groups is not None:
-            groups[unit.name] = group
-    return scores, groups
+    return scores_and_groups(space, [reduce_matrix(weight_matrix(v.detach(), u.kind), space.quantizer)
+                                     for u, v in zip(space.units, per_weight)])
 
 
-def reduce_one(unit: QuantUnit, values: torch.Tensor, quantizer: QuantizerConfig) -> tuple[float, np.ndarray | None]:
-    """One unit's mean and (when ``quantizer`` has a group size) its per-group means, as :func:`unit_reduce` gives them.
+def reduce_matrix(mat: torch.Tensor, quantizer: QuantizerConfig) -> tuple[float, np.ndarray | None]:
+    """One unit's mean and (when ``quantizer`` has a group size) its per-group means, from its (out, fan_in) values.
 
     Estimators that produce one unit's per-weight values at a time reduce them at once with this,
     so the per-weight values of the whole model never sit in memory together.
     """
-    mat = weight_matrix(values.detach().cpu(), unit.kind)
+    mat = mat.detach().cpu()
     return float(mat.double().mean()), (group_reduce(mat, quantizer, "mean") if quantizer.group_size is not None else None)
+
+
+def scores_and_groups(space: SearchSpace, reduced: Sequence[tuple[float, np.ndarray | None] | None]
+                      ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+    """``Sensitivity.scores`` and ``group_scores`` from each unit's :func:`reduce_matrix` (None: the unit is left out)."""
+    kept = [(u.name, r) for u, r in zip(space.units, reduced) if r is not None]
+    groups = {name: r[1] for name, r in kept} if space.quantizer.group_size is not None else None
+    return {name: r[0] for name, r in kept}, groups
 
 
 def batch_length(batch: Any) -> int:

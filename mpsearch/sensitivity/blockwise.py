@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from mpsearch.core.errors import ConfigError
 from mpsearch.kernels.quantize import weight_matrix
-from mpsearch.sensitivity._tensors import reduce_one
+from mpsearch.sensitivity._tensors import reduce_matrix, scores_and_groups
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.sensitivity.salience_obs import input_hessians, layer_input_rows, obs_salience
@@ -202,7 +202,7 @@ class _InputEstimator(Estimator):
                 unit = space.units[i]
                 w2d = weight_matrix(modules[i].weight.detach(), unit.kind)
                 v = self.per_weight(w2d, stat, n) if n else torch.zeros(w2d.shape, dtype=torch.float64, device=w2d.device)
-                reduced[i] = reduce_one(unit, v.reshape(unit.weight_shape) if unit.kind != "conv1d" else v.t(), space.quantizer)
+                reduced[i] = reduce_matrix(v, space.quantizer)
                 seen[i] = n
 
         if self.mode == "block":
@@ -211,9 +211,7 @@ class _InputEstimator(Estimator):
             hessians, rows = input_hessians(model, data, space, self.progress)
             stats = [h.diagonal().clone() for h in hessians] if self.diagonal else hessians
             reduce(list(range(len(space.units))), stats, rows)
-        scores = {u.name: r[0] for u, r in zip(space.units, reduced) if r is not None}
-        groups = ({u.name: r[1] for u, r in zip(space.units, reduced) if r is not None}
-                  if space.quantizer.group_size is not None else None)
+        scores, groups = scores_and_groups(space, reduced)
         details = {"mode": self.mode, "rows": dict(zip(space.names, seen)), "calibration_samples": data.n_samples,
                    "unreached": [u.name for u, n in zip(space.units, seen) if n == 0]}
         return Sensitivity(method=self.name, scores=scores, settings=self.settings(), seconds=time.perf_counter() - start,

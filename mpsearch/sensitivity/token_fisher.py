@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mpsearch.core.errors import ConfigError
-from mpsearch.sensitivity._tensors import reduce_one, weights_requiring_grad
+from mpsearch.sensitivity._tensors import reduce_matrix, scores_and_groups, weights_requiring_grad
 from mpsearch.sensitivity.base import ESTIMATORS, Estimator, Sensitivity
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.sensitivity.salience_obs import layer_input_rows
@@ -60,6 +60,11 @@ def _check_kinds(space: SearchSpace) -> None:
                           "networks.")
 
 
+def _check_skip(skip_first: Any) -> None:
+    if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
+        raise ConfigError(f"`skip_first` must be a number of positions >= 0, but got skip_first={skip_first!r}. Pass e.g. 1.")
+
+
 def _readers(model: nn.Module, space: SearchSpace) -> list[tuple[int, nn.Module]]:
     """(unit index, module) for every module that reads a unit's weight: the unit's own and its tied ones."""
     named = dict(model.named_modules())
@@ -79,8 +84,7 @@ def token_fisher_values(model: nn.Module, data: Calibration, space: SearchSpace,
     By default the first position is dropped (see :data:`SKIP_FIRST`); 0 keeps every token.
     """
     _check_kinds(space)
-    if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
-        raise ConfigError(f"`skip_first` must be a number of positions >= 0, but got skip_first={skip_first!r}. Pass e.g. 1.")
+    _check_skip(skip_first)
     readers = _readers(model, space)
     sums = [torch.zeros(u.out_features, u.fan_in, dtype=torch.float64) for u in space.units]
     seen: list[tuple[int, nn.Module, torch.Tensor, torch.Tensor]] = []
@@ -134,8 +138,7 @@ class TokenFisher(Estimator):
     def __init__(self, *, skip_first: int = SKIP_FIRST, seed: int = 0, progress: bool = True) -> None:
         """``skip_first``: positions dropped at the start of every window (:func:`token_fisher_values`).
         ``seed`` is taken as every estimator takes it; the values are exact sums, so it changes nothing."""
-        if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
-            raise ConfigError(f"`skip_first` must be a number of positions >= 0, but got skip_first={skip_first!r}. Pass e.g. 1.")
+        _check_skip(skip_first)
         self.skip_first, self.seed, self.progress = skip_first, seed, progress
 
     def settings(self) -> dict:
@@ -144,10 +147,7 @@ class TokenFisher(Estimator):
     def estimate(self, model: nn.Module, data: Calibration, space: SearchSpace) -> Sensitivity:
         start = time.perf_counter()
         values = token_fisher_values(model, data, space, skip_first=self.skip_first, progress=self.progress)
-        reduced = [reduce_one(u, v.reshape(u.weight_shape) if u.kind != "conv1d" else v.t(), space.quantizer)
-                   for u, v in zip(space.units, values)]
-        del values
-        groups = ({u.name: r[1] for u, r in zip(space.units, reduced)} if space.quantizer.group_size is not None else None)
-        return Sensitivity(method=self.name, scores={u.name: r[0] for u, r in zip(space.units, reduced)}, settings=self.settings(),
+        scores, groups = scores_and_groups(space, [reduce_matrix(v, space.quantizer) for v in values])
+        return Sensitivity(method=self.name, scores=scores, settings=self.settings(),
                            seconds=time.perf_counter() - start, details={"calibration_samples": data.n_samples},
                            group_scores=groups)
