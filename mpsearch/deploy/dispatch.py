@@ -23,11 +23,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mpsearch.kernels.dequant import PARALLEL_ELEMENTS, dequantize_into, scratch
+from mpsearch.kernels.dequant import PARALLEL_ELEMENTS, dequantize_into, scratch, scratch_buffer
 from mpsearch.kernels.numba_cpu import GemvWeight, _numba_module, is_available
 
 DEQUANT_ROWS = 8  # from this many activation rows on, decode the weight and run the float op
 ROUTED = "numba"  # the backend whose calls are routed here
+CPU = torch.device("cpu")
 
 
 def prepare(unit: nn.Module) -> GemvWeight | None:
@@ -60,48 +61,58 @@ def _group_weight(unit: nn.Module) -> object:
 
 def forget(unit: nn.Module) -> None:
     """Drop the prepared weight and decoder (the buffers changed, or the backend did)."""
-    unit.__dict__.pop("_gemv", None)
-    unit.__dict__.pop("_decoder", None)
+    for key in ("_gemv", "_decoder", "_dense"):
+        unit.__dict__.pop(key, None)
 
 
-def _decoder(unit: nn.Module) -> tuple[object, ...]:
-    """The Numba decode kernel and its numpy operands for ``unit``, built once (a call then
-    skips validation and conversions: at batch 1 they cost more than the decoding)."""
+def _decoder(unit: nn.Module) -> tuple[object, tuple[object, ...]]:
+    """The Numba decode call for ``unit`` and its numpy operands (all but the output), built
+    once: a call then skips validation and conversions, which at batch 1 cost more than the
+    decoding. Per-group layers decode with their prepared :class:`GroupWeight`."""
     key = (unit.packed.data_ptr(), unit.scale.data_ptr())
     cached = unit.__dict__.get("_decoder")
     if cached is None or cached[0] != key:
-        dequantize_into(unit.packed[:1], unit.scale[:1], unit.zero_points()[:1], unit.bits,
-                        unit.K, unit.G)  # validates, and compiles the kernel
-        kernel = _numba_module("_numba_dequant").make_dequantize(
-            unit.bits, unit.out_features * unit.K >= PARALLEL_ELEMENTS)
-        group = unit.K if unit.G is None or unit.G >= unit.K else unit.G
-        cached = (key, kernel, unit.packed.numpy(), unit.scale.to(torch.float32).numpy(),
-                  unit.zero_points().numpy(), group)
-        unit.__dict__["_decoder"] = cached
-    return cached[1:]
-
-
-def dense_weight(unit: nn.Module, x: Tensor) -> Tensor:
-    """The (out, K) float32 weight for one float op on ``x``: in the shared scratch buffer,
-    unless autograd may keep it for a backward pass (then a fresh tensor)."""
-    if unit.packed.device.type != "cpu" or unit.backend != ROUTED or not is_available():
         if _grouped(unit):
-            return unit.dequantized()
+            cached = (key, prepare(unit).dequantize_into, ())  # type: ignore[union-attr]
+        else:
+            dequantize_into(unit.packed[:1], unit.scale[:1], unit.zero_points()[:1], unit.bits,
+                            unit.K, unit.G)  # validates, and compiles the kernel
+            kernel = _numba_module("_numba_dequant").make_dequantize(
+                unit.bits, unit.out_features * unit.K >= PARALLEL_ELEMENTS)
+            group = unit.K if unit.G is None or unit.G >= unit.K else unit.G
+            cached = (key, kernel, (unit.packed.numpy(), unit.scale.to(torch.float32).numpy(),
+                                    unit.zero_points().numpy(), group))
+        unit.__dict__["_decoder"] = cached
+    return cached[1], cached[2]
+
+
+def dense_weight(unit: nn.Module, x: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+    """The float32 weight for one float op on ``x``, as (out, K) or viewed as ``shape``: in
+    the shared scratch buffer, unless autograd may keep it for a backward pass (then a fresh
+    tensor)."""
+    grad = torch.is_grad_enabled() and x.requires_grad
+    fast = unit.__dict__.get("_dense")
+    if (fast is not None and not grad and fast[0] is unit._buffers["packed"]
+            and fast[1] is scratch_buffer(CPU) and fast[2] == shape):
+        fast[3](*fast[4])  # a batch-1 convolution is ~20 of these: each microsecond shows
+        return fast[5]
+    view = shape or (unit.out_features, unit.K)
+    if unit.backend != ROUTED or unit.packed.device.type != "cpu" or not is_available():
+        if _grouped(unit):
+            return unit.dequantized().view(view)
         from mpsearch.kernels.backends import get_backend
 
         return get_backend(unit.backend).op("dequantize")(
-            unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K, unit.G)
-    if torch.is_grad_enabled() and x.requires_grad:
-        out = torch.empty(unit.out_features, unit.K)
-    else:
-        out = scratch(unit.out_features * unit.K, unit.packed.device).view(unit.out_features,
-                                                                           unit.K)
-    if _grouped(unit):
-        prepare(unit).dequantize_into(out.numpy())  # type: ignore[union-attr]
-        return out
-    kernel, packed, scale, zero, group = _decoder(unit)
-    kernel(packed, scale, zero, group, out.numpy())
-    return out
+            unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K, unit.G).view(view)
+    numel = unit.out_features * unit.K
+    out = torch.empty(numel) if grad else scratch(numel, CPU)
+    kernel, operands = _decoder(unit)
+    args = (*operands, out.numpy().reshape(unit.out_features, unit.K))
+    kernel(*args)
+    if not grad:  # the same call, prebound, for the next time
+        unit.__dict__["_dense"] = (unit._buffers["packed"], scratch_buffer(CPU), shape, kernel,
+                                   args, out.view(view))
+    return out.view(view)
 
 
 def linear(unit: nn.Module, x2d: Tensor) -> Tensor:

@@ -249,9 +249,13 @@ class QuantConv2d(_PackedUnit):
     def forward(self, x: Tensor) -> Tensor:
         # Packed backends decode the weight (into a reused buffer on numba) and run torch's
         # own convolution: an im2col product would copy every input K/C times over.
-        w = self._float_weight()
-        w = dispatch.dense_weight(self, x) if w is None else w
-        w = w.reshape(self._weight_shape()).to(x.dtype)
+        if self.backend == dispatch.ROUTED:
+            w = dispatch.dense_weight(self, x, self._weight_shape())
+        else:
+            w = self._float_weight()
+            w = (dispatch.dense_weight(self, x) if w is None else w).reshape(self._weight_shape())
+        if w.dtype != x.dtype:
+            w = w.to(x.dtype)
         if self.padding_mode != "zeros":
             pad = [p for p in reversed(self.padding) for _ in range(2)]
             return F.conv2d(F.pad(x, pad, mode=self.padding_mode), w, self.bias, self.stride, 0,

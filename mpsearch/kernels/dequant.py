@@ -44,8 +44,17 @@ def scratch(numel: int, device: torch.device) -> Tensor:
     return buf[:numel]
 
 
+def scratch_buffer(device: torch.device) -> Tensor | None:
+    """This thread's whole buffer on ``device`` (None before the first :func:`scratch`): a
+    caller that keeps views of the buffer checks with it that they are still current."""
+    pool = getattr(_LOCAL, "pool", None)
+    return None if pool is None else pool.get(device)
+
+
 def release_scratch() -> None:
-    """Free this thread's scratch buffers (they are re-created on the next call)."""
+    """Drop this thread's scratch buffers (they are re-created on the next call). Packed
+    layers keep a view of the buffer they last decoded into until their next call, so the
+    memory is freed once every such layer has run again or been deleted."""
     _LOCAL.pool = {}
 
 
@@ -74,4 +83,4 @@ def dequantize_into(packed: Tensor, scale: Tensor, zero: Tensor, bits: int, K: i
     return out.copy_(reference_dequantize(packed, scale, zero, bits, K, G))
 
 
-__all__ = ["dequantize_into", "release_scratch", "scratch"]
+__all__ = ["dequantize_into", "release_scratch", "scratch", "scratch_buffer"]

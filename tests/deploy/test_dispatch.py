@@ -82,3 +82,24 @@ def test_conv_runs_torch_conv_on_the_decoded_weight_with_and_without_grad() -> N
     with torch.no_grad():
         assert close(q(x[:1]), ref(x[:1]))
         assert close(q(x), ref(x))
+
+
+def test_prebound_decode_follows_new_codes_and_a_moved_scratch_buffer() -> None:
+    from mpsearch.kernels.dequant import release_scratch, scratch
+
+    torch.manual_seed(2)
+    small, other = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(4, 8, 3, padding=1)
+    q = QuantConv2d.from_float(small, 4, QuantizerConfig(), backend="numba")
+    qo = QuantConv2d.from_float(other, 4, QuantizerConfig(), backend="numba")
+    ref = fake_quantize_model(nn.Sequential(other), {"0": 4}, QuantizerConfig())[0]
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        first = q(x)
+        assert "_dense" in q.__dict__ and torch.equal(q(x), first)
+        scratch(10**6, torch.device("cpu")).fill_(float("nan"))  # the buffer grows: new storage
+        assert torch.equal(q(x), first)
+        release_scratch()
+        assert torch.equal(q(x), first)
+        q.packed = qo.packed.clone()  # buffers replaced outright, without load_state_dict
+        q.scale, q.bias = qo.scale.clone(), qo.bias
+        assert close(q(x), ref(x))
