@@ -14,8 +14,10 @@ bits): a float32 matmul of B rows costs ~0.34 (resp. 0.047) ms per row, the fuse
   im2col copy. The packed bytes stay the only stored copy.
 
 Layers with per-group widths (:mod:`mpsearch.deploy.group_modules`) run one row on the
-per-group kernel (:class:`~mpsearch.kernels.groups_cpu.GroupWeight`) and every other call on
-the decoded weight.
+table-lookup GEMV of their widest width when it is at most 4 bits (the codes repacked at that
+width once, see :func:`_group_weight`), else on the per-group kernel
+(:class:`~mpsearch.kernels.groups_cpu.GroupWeight`), and every other call on the decoded
+weight.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 
 from mpsearch.kernels.dequant import PARALLEL_ELEMENTS, dequantize_into, scratch, scratch_buffer
 from mpsearch.kernels.numba_cpu import GemvWeight, _numba_module, is_available
+from mpsearch.kernels.packing import pack
 
 DEQUANT_ROWS = 8  # from this many activation rows on, decode the weight and run the float op
 ROUTED = "numba"  # the backend whose calls are routed here
@@ -52,7 +55,25 @@ def _grouped(unit: nn.Module) -> bool:
 
 
 def _group_weight(unit: nn.Module) -> object:
-    """The per-group weight's Numba operands (batch-1 kernel and decoder in one)."""
+    """The batch-1 weight of a per-group layer. Widths of at most 4 bits run on the uniform
+    table-lookup kernel of the widest width present, where it applies: a b-bit code with its
+    group's scale and zero-point is also a valid code of any wider width (the same
+    ``(code - zero) * scale``), so the codes are repacked at that width, once. On 2 cores that
+    is 2-2.8x faster than the per-group kernel (SmolLM2's 576 x 576 ... 1536 x 576 layers with
+    groups of 128 at 2, 3 and 4 bits: 27-47 us against 63-109 us). Other layers run the
+    per-group kernel."""
+
+    widest = max(unit.widths)
+    if widest <= 4 and _numba_module("_numba_lut").is_supported(widest, unit.K, unit.G):
+        gemv = GemvWeight(pack(unit.codes(), widest), unit.scale, unit.zero_points(), widest,
+                          unit.K, unit.G)
+        if gemv.kernel.startswith("lut"):
+            return gemv
+    return _group_decoder(unit)
+
+
+def _group_decoder(unit: nn.Module) -> object:
+    """The per-group weight's Numba operands (the per-group batch-1 kernel and the decoder)."""
     from mpsearch.kernels.groups_cpu import GroupWeight
 
     return GroupWeight(unit.packed, unit.scale, unit.zero_points(), unit.group_bits, unit.K,
@@ -73,7 +94,9 @@ def _decoder(unit: nn.Module) -> tuple[object, tuple[object, ...]]:
     cached = unit.__dict__.get("_decoder")
     if cached is None or cached[0] != key:
         if _grouped(unit):
-            cached = (key, prepare(unit).dequantize_into, ())  # type: ignore[union-attr]
+            gw = prepare(unit)
+            gw = gw if hasattr(gw, "dequantize_into") else _group_decoder(unit)
+            cached = (key, gw.dequantize_into, ())  # type: ignore[union-attr]
         else:
             dequantize_into(unit.packed[:1], unit.scale[:1], unit.zero_points()[:1], unit.bits,
                             unit.K, unit.G)  # validates, and compiles the kernel

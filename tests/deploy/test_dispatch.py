@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -103,3 +104,27 @@ def test_prebound_decode_follows_new_codes_and_a_moved_scratch_buffer() -> None:
         q.packed = qo.packed.clone()  # buffers replaced outright, without load_state_dict
         q.scale, q.bias = qo.scale.clone(), qo.bias
         assert close(q(x), ref(x))
+
+
+@pytest.mark.parametrize(("choices", "scheme"), [((2, 3, 4), "affine"), ((2, 3), "symmetric"),
+                                                 ((2, 5), "affine")])
+def test_group_widths_run_one_row_on_the_widest_lut_kernel(choices, scheme) -> None:
+    from mpsearch.deploy.group_modules import GroupQuantLinear
+    from mpsearch.kernels.groups_cpu import GroupWeight
+
+    torch.manual_seed(3)
+    config = QuantizerConfig(group_size=32, scheme=scheme)
+    layer = nn.Linear(96, 40)
+    gb = torch.from_numpy(np.random.default_rng(0).choice(choices, (40, 3)).astype(np.uint8))
+    q = GroupQuantLinear.from_float(layer, gb, config, backend="numba")
+    ref = GroupQuantLinear.from_float(layer, gb, config, backend="reference")
+    widest = max(choices)
+    gemv = dispatch.prepare(q)
+    if widest <= 4 and _numba_lut.is_supported(widest, 96, 32):
+        assert gemv.kernel == f"lut{widest}"
+    else:
+        assert isinstance(gemv, GroupWeight)
+    x = torch.randn(dispatch.DEQUANT_ROWS, 96)
+    with torch.no_grad():
+        assert close(q(x[:1]), ref(x[:1]))
+        assert close(q(x), ref(x))  # more rows: the decoded weight, not the LUT layout
