@@ -41,9 +41,14 @@ def prepare(unit: nn.Module) -> GemvWeight | None:
     ptr, gemv = unit.__dict__.get("_gemv", (None, None))
     if ptr != unit.packed.data_ptr():  # never built, or the buffers moved (``.to``, assign)
         gemv = None
-        if unit.backend == ROUTED and unit.packed.device.type == "cpu" and (
-                _grouped(unit) or unit.kind != "conv2d"):
-            gemv = _group_weight(unit) if _grouped(unit) else GemvWeight(unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K,
+        if unit.backend != ROUTED or unit.packed.device.type != "cpu":
+            pass
+        elif unit.kind == "conv2d":  # never one row: per-group convs keep only their decoder
+            gemv = _group_decoder(unit) if _grouped(unit) else None
+        elif _grouped(unit):
+            gemv = _group_weight(unit)
+        else:
+            gemv = GemvWeight(unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K,
                               unit.G)
         unit.__dict__["_gemv"] = (unit.packed.data_ptr(), gemv)
     return gemv

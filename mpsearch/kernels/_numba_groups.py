@@ -8,7 +8,8 @@ widths. x is prepared once per width present (each width scales its slots differ
 codes past the last whole 128-code block of a row are decoded one by one. Needs groups of a
 multiple of 128 codes (or one group per row); ``gemv_any`` handles any G, one code at a time.
 
-``dequantize`` writes ``(code - zero) * scale`` (the reference formula, bit-exact) into a
+``dequantize`` writes ``(code - zero) * scale`` (the reference formula, bit-exact, from a table of
+each group's values by code) into a
 caller's float32 (out, K) array, eight codes per little-endian word of b bytes.
 
 Rows are summed in a fixed order by one thread each: deterministic for any thread count.
@@ -187,32 +188,69 @@ def gemv_any(packed, row_off, group_bits, scale32, zero, x, G):
     return y
 
 
-@njit(parallel=True, **OPTS)
-def dequantize(packed, row_off, group_bits, scale32, zero, G, out):
-    """out[o, k] = (code - zero) * scale for every weight (float32, the reference formula)."""
-    rows, K = out.shape
-    ng = group_bits.shape[1]
-    for o in prange(rows):
-        p = row_off[o]
-        dst = out[o]
-        for g in range(ng):
-            b = np.int64(group_bits[o, g])
-            mask = np.uint64((1 << b) - 1)
-            k0 = g * G
-            length = min(G, K - k0)
-            s = scale32[o, g]
-            z = np.float32(zero[o, g])
-            whole = length // 8
-            for c in range(whole):
-                word = np.uint64(0)
-                base = p + c * b
-                for i in range(b):
-                    word |= np.uint64(packed[base + i]) << np.uint64(8 * i)
-                for j in range(8):
-                    code = (word >> np.uint64(j * b)) & mask
-                    dst[k0 + 8 * c + j] = (np.float32(code) - z) * s
-            nb = (length * b + 7) // 8
-            grp = packed[p:p + nb]
-            for t in range(8 * whole, length):
-                dst[k0 + t] = (np.float32(_code_at(grp, t, b)) - z) * s
-            p += nb
+def _make_dequantize(parallel: bool):
+    """``dequantize`` on Numba's threads (``parallel``) or on the calling thread (a small weight
+    decodes in microseconds, less than waking the threads takes)."""
+
+    @njit_as(f"group_dequantize{'p' if parallel else 's'}", parallel=parallel, **OPTS)
+    def dequantize(packed, row_off, group_bits, scale32, zero, G, out):
+        """out[o, k] = (code - zero) * scale for every weight (float32, the reference formula)."""
+        rows, K = out.shape
+        ng = group_bits.shape[1]
+        for chunk in prange((rows + 15) // 16):  # 16 rows per task share one table buffer
+            table = np.empty(256, np.float32)  # the group's values by code: one lookup per code
+            for o in range(16 * chunk, min(rows, 16 * chunk + 16)):
+                p = row_off[o]
+                dst = out[o]
+                for g in range(ng):
+                    b = np.int64(group_bits[o, g])
+                    mask = np.uint64((1 << b) - 1)
+                    k0 = g * G
+                    length = min(G, K - k0)
+                    s = scale32[o, g]
+                    z = np.float32(zero[o, g])
+                    for c in range(1 << b):
+                        table[c] = (np.float32(c) - z) * s
+                    nb = (length * b + 7) // 8
+                    whole = 0  # codes decoded by the whole-byte or whole-word loops
+                    if b == 4:  # each group starts on a byte: constant shifts where a byte holds codes
+                        whole = length // 2 * 2
+                        for i in range(length // 2):
+                            v = packed[p + i]
+                            dst[k0 + 2 * i] = table[v & 15]
+                            dst[k0 + 2 * i + 1] = table[v >> 4]
+                    elif b == 2:
+                        whole = length // 4 * 4
+                        for i in range(length // 4):
+                            v = packed[p + i]
+                            dst[k0 + 4 * i] = table[v & 3]
+                            dst[k0 + 4 * i + 1] = table[(v >> 2) & 3]
+                            dst[k0 + 4 * i + 2] = table[(v >> 4) & 3]
+                            dst[k0 + 4 * i + 3] = table[v >> 6]
+                    elif b == 3:
+                        whole = length // 8 * 8
+                        for c in range(length // 8):
+                            base = p + 3 * c
+                            w = np.uint32(packed[base]) | (np.uint32(packed[base + 1]) << 8) \
+                                | (np.uint32(packed[base + 2]) << 16)
+                            for j in range(8):
+                                dst[k0 + 8 * c + j] = table[(w >> (3 * j)) & 7]
+                    else:
+                        whole = length // 8 * 8
+                        for c in range(length // 8):
+                            word = np.uint64(0)
+                            base = p + c * b
+                            for i in range(b):
+                                word |= np.uint64(packed[base + i]) << np.uint64(8 * i)
+                            for j in range(8):
+                                dst[k0 + 8 * c + j] = table[(word >> np.uint64(j * b)) & mask]
+                    grp = packed[p:p + nb]
+                    for t in range(whole, length):
+                        dst[k0 + t] = table[_code_at(grp, t, b)]
+                    p += nb
+
+    return dequantize
+
+
+dequantize = _make_dequantize(True)
+dequantize_serial = _make_dequantize(False)

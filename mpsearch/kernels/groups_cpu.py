@@ -27,6 +27,7 @@ import torch
 
 from mpsearch.core.errors import DataError
 from mpsearch.kernels._operands import kernel_scales
+from mpsearch.kernels.dequant import PARALLEL_ELEMENTS
 from mpsearch.kernels.numba_cpu import _TASKS_PER_THREAD, _numba_module, _numpy, _workers
 from mpsearch.kernels.packing_groups import group_lengths, group_offsets
 
@@ -91,6 +92,7 @@ class GroupWeight:
         if out.shape != (self.out, self.K) or out.dtype != _F32 or not out.flags.c_contiguous:
             raise DataError(f"`out` must be a C-contiguous float32 array of shape "
                             f"{(self.out, self.K)}, but got {out.dtype} {out.shape}.")
-        self._module.dequantize(self._packed, self._row_off, self._bits, self._scale32,
-                                self._zero, self.G, out)
+        decode = self._module.dequantize if out.size >= PARALLEL_ELEMENTS else \
+            self._module.dequantize_serial
+        decode(self._packed, self._row_off, self._bits, self._scale32, self._zero, self.G, out)
         return out

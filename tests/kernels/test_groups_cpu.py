@@ -16,7 +16,8 @@ from mpsearch.kernels.groups_cpu import GroupWeight
 @pytest.mark.parametrize("scheme", ["symmetric", "affine"])
 @pytest.mark.parametrize("out,K,G,kernel", [(37, 576, 128, "blocks"), (33, 512, 256, "blocks"),
                                             (5, 100, 16, "codes"), (9, 40, 40, "blocks"),
-                                            (17, 300, 24, "codes")])
+                                            (17, 300, 24, "codes"),
+                                            (1024, 1024, 128, "blocks")])  # decoded in parallel
 def test_gemv_and_decode_match_reference(out, K, G, kernel, scheme):
     gen = torch.Generator().manual_seed(out)
     cfg = QuantizerConfig(scheme=scheme, group_size=G)
