@@ -143,14 +143,18 @@ def dense_weight(unit: nn.Module, x: Tensor, shape: tuple[int, ...] | None = Non
     return out.view(view)
 
 
-def linear(unit: nn.Module, x2d: Tensor) -> Tensor:
-    """(B, K) float32 -> (B, out) float32 on the kernel that suits B (see the module doc)."""
+def linear(unit: nn.Module, x2d: Tensor, bias: Tensor | None = None) -> Tensor:
+    """(B, K) float32 -> (B, out) float32 plus ``bias``, on the kernel that suits B (see the
+    module doc); on the decoded weight the bias is added by the matmul itself."""
     rows = x2d.shape[0]
     if rows == 1 and (gemv := prepare(unit)) is not None:
-        return torch.from_numpy(gemv(x2d[0].detach().contiguous().numpy())).reshape(1, -1)
-    if rows < DEQUANT_ROWS and not _grouped(unit):
-        return unit._matmul(x2d)
-    return x2d @ dense_weight(unit, x2d).T
+        y = torch.from_numpy(gemv(x2d[0].detach().contiguous().numpy())).reshape(1, -1)
+    elif rows < DEQUANT_ROWS and not _grouped(unit):
+        y = unit._matmul(x2d)
+    else:
+        w = dense_weight(unit, x2d)
+        return x2d @ w.T if bias is None else torch.addmm(bias, x2d, w.T)
+    return y if bias is None else y + bias
 
 
 __all__ = ["DEQUANT_ROWS", "dense_weight", "forget", "linear", "prepare"]

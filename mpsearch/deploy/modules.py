@@ -202,9 +202,12 @@ class QuantLinear(_PackedUnit):
                 return y.reshape(*x.shape[:-1], self.out_features)
             return F.linear(x, w.to(x.dtype), self.bias)
         x2d = x.reshape(-1, self.K).to(torch.float32)
-        y = dispatch.linear(self, x2d) if self.backend == dispatch.ROUTED else self._matmul(x2d)
-        if self.bias is not None:
-            y = y + self.bias
+        if self.backend == dispatch.ROUTED:
+            y = dispatch.linear(self, x2d, self.bias)
+        else:
+            y = self._matmul(x2d)
+            if self.bias is not None:
+                y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
