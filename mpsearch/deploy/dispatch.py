@@ -51,7 +51,21 @@ def prepare(unit: nn.Module) -> GemvWeight | None:
             gemv = GemvWeight(unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K,
                               unit.G)
         unit.__dict__["_gemv"] = (unit.packed.data_ptr(), gemv)
+        unit.__dict__["_row"] = (unit._buffers["packed"], gemv) if gemv is not None \
+            and unit.kind != "conv2d" else None
     return gemv
+
+
+def one_row(unit: nn.Module, x: Tensor) -> Tensor | None:
+    """``unit``'s output for one float32 CPU input row ``x`` (..., K) on its prepared weight,
+    without bias; None when that does not apply (not prepared, buffers replaced, more rows,
+    another dtype or device, autograd). Decoding a token calls this ~200 times (SmolLM2), so
+    it does only the checks that matter before the kernel."""
+    row = unit.__dict__.get("_row")
+    if (row is None or row[0] is not unit._buffers["packed"] or x.dtype != torch.float32
+            or not x.is_cpu or x.requires_grad or x.numel() != unit.K):
+        return None
+    return torch.from_numpy(row[1](x.reshape(unit.K).numpy()))
 
 
 def _grouped(unit: nn.Module) -> bool:
@@ -87,7 +101,7 @@ def _group_decoder(unit: nn.Module) -> object:
 
 def forget(unit: nn.Module) -> None:
     """Drop the prepared weight and decoder (the buffers changed, or the backend did)."""
-    for key in ("_gemv", "_decoder", "_dense"):
+    for key in ("_gemv", "_row", "_decoder", "_dense"):
         unit.__dict__.pop(key, None)
 
 
@@ -157,4 +171,4 @@ def linear(unit: nn.Module, x2d: Tensor, bias: Tensor | None = None) -> Tensor:
     return y if bias is None else y + bias
 
 
-__all__ = ["DEQUANT_ROWS", "dense_weight", "forget", "linear", "prepare"]
+__all__ = ["DEQUANT_ROWS", "dense_weight", "forget", "linear", "one_row", "prepare"]

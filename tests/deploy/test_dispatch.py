@@ -128,3 +128,24 @@ def test_group_widths_run_one_row_on_the_widest_lut_kernel(choices, scheme) -> N
     with torch.no_grad():
         assert close(q(x[:1]), ref(x[:1]))
         assert close(q(x), ref(x))  # more rows: the decoded weight, not the LUT layout
+
+
+def test_one_token_shortcut_checks_what_it_skips() -> None:
+    torch.manual_seed(4)
+    a, b = nn.Linear(64, 16), nn.Linear(64, 16)
+    qa = QuantLinear.from_float(a, 4, QuantizerConfig(), backend="numba")
+    qb = QuantLinear.from_float(b, 4, QuantizerConfig(), backend="numba")
+    ref = QuantLinear.from_float(a, 4, QuantizerConfig(), backend="reference")
+    x = torch.randn(1, 1, 64)
+    with torch.no_grad():
+        assert close(qa(x), ref(x))  # the first call prepares the one-row weight
+        assert dispatch.one_row(qa, x) is not None and close(qa(x), ref(x))
+        assert dispatch.one_row(qa, x.double()) is None and dispatch.one_row(qa, x[..., :32]) is None
+        qa.packed, qa.scale = qb.packed.clone(), qb.scale.clone()  # replaced, not reloaded
+        assert dispatch.one_row(qa, x) is None
+        qa.bias = qb.bias
+        assert close(qa(x), qb(x))  # the slow path re-prepared from the new buffers
+        assert dispatch.one_row(qa, x) is not None
+    xg = torch.randn(1, 64, requires_grad=True)
+    assert dispatch.one_row(qb, xg) is None
+    assert close(qb(xg).detach(), qb(xg.detach()))
