@@ -11,7 +11,9 @@ a shared machine hits them all), the forward of:
 * mpsearch packed on the ``numba`` backend: ``uniform4``, ``uniform2``, ``mixed3-layer`` (units
   at 2 or 4 bits, about 3 on average) and ``mixed3-group`` (each group at 2, 3 or 4 bits, 3 on
   average); fixed rules, not searched plans. Every quantizable unit is packed, token embeddings
-  and first and last layers included.
+  and first and last layers included. ``uniform4-bf16`` and ``mixed3-group-bf16`` are the same
+  packed models cast with ``.to(torch.bfloat16)`` (codes and scales unchanged, compute in
+  bfloat16), timed on blocks and images, not on decoding.
 
 Reported: median, min and max ms per call, the median's ratio to fp32's, bytes on disk
 (safetensors of the state dict; mpsearch's ``export`` folder), and for packed models the
@@ -165,6 +167,9 @@ def variants(model: nn.Module, group: int | None, group_wise: int, where: Path
         facts[name] = {"bytes": size, "avg_bits": average_bits(model, plan),
                        "group_size": plan.quantizer.group_size, "folder": str(folder),
                        "fake": fake_quantize_model(model, plan)}
+        if name in CAST:  # the same packed model cast to bfloat16: computes in it
+            models[f"{name}-bf16"] = apply(model, plan, backend="numba").to(torch.bfloat16)
+            facts[f"{name}-bf16"] = {"bytes": size, "compute": "bfloat16"}
     return models, facts
 
 
@@ -277,7 +282,7 @@ def _call(run: Callable[[nn.Module, Any], torch.Tensor], m: nn.Module, x: Any) -
 
 
 def _cast(x: Any, variant: str) -> Any:
-    if variant == "bf16" and isinstance(x, torch.Tensor) and x.is_floating_point():
+    if variant.endswith("bf16") and isinstance(x, torch.Tensor) and x.is_floating_point():
         return x.to(torch.bfloat16)
     return x
 
@@ -313,6 +318,7 @@ def smollm2(rounds: int, where: Path, new_tokens: int) -> dict[str, Any]:
         def gen(m: nn.Module) -> Any:
             return m.generate(prompt[:, :16], max_new_tokens=new_tokens,
                               min_new_tokens=new_tokens, do_sample=False)
+        models = {k: m for k, m in models.items() if not k.endswith("-bf16")}  # decode: float32 kernels
         for m in models.values():  # warm-up: the batch-1 kernels compile and prepare
             m.generate(prompt[:, :16], max_new_tokens=2, min_new_tokens=2, do_sample=False)
         t = time_rounds({k: (lambda m=m: gen(m)) for k, m in models.items()},
@@ -325,7 +331,8 @@ def smollm2(rounds: int, where: Path, new_tokens: int) -> dict[str, Any]:
                        lambda m, ids: m(input_ids=ids).logits, rounds, where, decode)
 
 
-PACKED = ("uniform4", "uniform2", "mixed3-layer", "mixed3-group")
+CAST = ("uniform4", "mixed3-group")  # also timed cast to bfloat16 (``-bf16``)
+PACKED = ("uniform4", "uniform2", "mixed3-layer", "mixed3-group", *(f"{k}-bf16" for k in CAST))
 
 
 def targets(doc: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ weight.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -101,16 +102,18 @@ def _group_decoder(unit: nn.Module) -> object:
 
 def forget(unit: nn.Module) -> None:
     """Drop the prepared weight and decoder (the buffers changed, or the backend did)."""
-    for key in ("_gemv", "_row", "_decoder", "_dense"):
+    for key in ("_gemv", "_row", "_decoder", "_decoder16", "_dense"):
         unit.__dict__.pop(key, None)
 
 
-def _decoder(unit: nn.Module) -> tuple[object, tuple[object, ...]]:
+def _decoder(unit: nn.Module, bf16: bool = False) -> tuple[object, tuple[object, ...]]:
     """The Numba decode call for ``unit`` and its numpy operands (all but the output), built
     once: a call then skips validation and conversions, which at batch 1 cost more than the
-    decoding. Per-group layers decode with their prepared :class:`GroupWeight`."""
+    decoding. Per-group layers decode with their prepared :class:`GroupWeight` (float32
+    only); ``bf16`` picks the kernel that writes bfloat16 bit patterns."""
     key = (unit.packed.data_ptr(), unit.scale.data_ptr())
-    cached = unit.__dict__.get("_decoder")
+    slot = "_decoder16" if bf16 else "_decoder"
+    cached = unit.__dict__.get(slot)
     if cached is None or cached[0] != key:
         if _grouped(unit):
             gw = prepare(unit)
@@ -120,22 +123,24 @@ def _decoder(unit: nn.Module) -> tuple[object, tuple[object, ...]]:
             dequantize_into(unit.packed[:1], unit.scale[:1], unit.zero_points()[:1], unit.bits,
                             unit.K, unit.G)  # validates, and compiles the kernel
             kernel = _numba_module("_numba_dequant").make_dequantize(
-                unit.bits, unit.out_features * unit.K >= PARALLEL_ELEMENTS)
+                unit.bits, unit.out_features * unit.K >= PARALLEL_ELEMENTS, bf16)
             group = unit.K if unit.G is None or unit.G >= unit.K else unit.G
             cached = (key, kernel, (unit.packed.numpy(), unit.scale.to(torch.float32).numpy(),
                                     unit.zero_points().numpy(), group))
-        unit.__dict__["_decoder"] = cached
+        unit.__dict__[slot] = cached
     return cached[1], cached[2]
 
 
 def dense_weight(unit: nn.Module, x: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
-    """The float32 weight for one float op on ``x``, as (out, K) or viewed as ``shape``: in
-    the shared scratch buffer, unless autograd may keep it for a backward pass (then a fresh
-    tensor)."""
+    """The weight for one float op on ``x``, as (out, K) or viewed as ``shape``: float32, or
+    bfloat16 for bfloat16 inputs (decoded straight to it, rounded to nearest even, where the
+    unit has one width); in the shared scratch buffer, unless autograd may keep it for a
+    backward pass (then a fresh tensor)."""
     grad = torch.is_grad_enabled() and x.requires_grad
+    half = x.dtype == torch.bfloat16 and not _grouped(unit)
     fast = unit.__dict__.get("_dense")
     if (fast is not None and not grad and fast[0] is unit._buffers["packed"]
-            and fast[1] is scratch_buffer(CPU) and fast[2] == shape):
+            and fast[1] is scratch_buffer(CPU) and fast[2] == (shape, half)):
         fast[3](*fast[4])  # a batch-1 convolution is ~20 of these: each microsecond shows
         return fast[5]
     view = shape or (unit.out_features, unit.K)
@@ -147,28 +152,40 @@ def dense_weight(unit: nn.Module, x: Tensor, shape: tuple[int, ...] | None = Non
         return get_backend(unit.backend).op("dequantize")(
             unit.packed, unit.scale, unit.zero_points(), unit.bits, unit.K, unit.G).view(view)
     numel = unit.out_features * unit.K
-    out = torch.empty(numel) if grad else scratch(numel, CPU)
-    kernel, operands = _decoder(unit)
-    args = (*operands, out.numpy().reshape(unit.out_features, unit.K))
+    if half:
+        out = torch.empty(numel, dtype=torch.bfloat16) if grad else \
+            scratch((numel + 1) // 2, CPU).view(torch.bfloat16)[:numel]
+        target = out.view(torch.int16).numpy().view(np.uint16)
+    else:
+        out = torch.empty(numel) if grad else scratch(numel, CPU)
+        target = out.numpy()
+    kernel, operands = _decoder(unit, half)
+    args = (*operands, target.reshape(unit.out_features, unit.K))
     kernel(*args)
     if not grad:  # the same call, prebound, for the next time
-        unit.__dict__["_dense"] = (unit._buffers["packed"], scratch_buffer(CPU), shape, kernel,
-                                   args, out.view(view))
+        unit.__dict__["_dense"] = (unit._buffers["packed"], scratch_buffer(CPU), (shape, half),
+                                   kernel, args, out.view(view))
     return out.view(view)
 
 
 def linear(unit: nn.Module, x2d: Tensor, bias: Tensor | None = None) -> Tensor:
-    """(B, K) float32 -> (B, out) float32 plus ``bias``, on the kernel that suits B (see the
-    module doc); on the decoded weight the bias is added by the matmul itself."""
+    """(B, K) -> (B, out) plus ``bias``, on the kernel that suits B (see the module doc). The
+    decoded-weight path computes in x's dtype (bfloat16 inputs run a bfloat16 matmul, the
+    weight rounded to it) and adds the bias inside the matmul; the packed kernels compute in
+    float32."""
     rows = x2d.shape[0]
     if rows == 1 and (gemv := prepare(unit)) is not None:
-        y = torch.from_numpy(gemv(x2d[0].detach().contiguous().numpy())).reshape(1, -1)
+        y = torch.from_numpy(gemv(x2d[0].detach().to(torch.float32).contiguous().numpy()))
+        y = y.reshape(1, -1)
     elif rows < DEQUANT_ROWS and not _grouped(unit):
-        y = unit._matmul(x2d)
+        y = unit._matmul(x2d.to(torch.float32))
     else:
         w = dense_weight(unit, x2d)
-        return x2d @ w.T if bias is None else torch.addmm(bias, x2d, w.T)
-    return y if bias is None else y + bias
+        w = w if x2d.dtype == w.dtype else w.to(x2d.dtype)
+        if bias is None:
+            return x2d @ w.T
+        return torch.addmm(bias if bias.dtype == x2d.dtype else bias.to(x2d.dtype), x2d, w.T)
+    return y if bias is None else y + bias.to(torch.float32)
 
 
 __all__ = ["DEQUANT_ROWS", "dense_weight", "forget", "linear", "one_row", "prepare"]

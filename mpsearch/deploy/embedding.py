@@ -117,6 +117,15 @@ class QuantEmbedding(_PackedUnit):
         q.__dict__["_shared"] = layer
         return q
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """As for the packed layers (scales keep their dtype); the rows looked up come out in
+        the dtype the model was cast to (``.to(torch.bfloat16)``, ``.half()``, ``.float()``)."""
+        out = super()._apply(fn, recurse)
+        cast = fn(torch.zeros(1, dtype=self.dtype))
+        if isinstance(cast, Tensor) and cast.is_floating_point():
+            self.dtype = cast.dtype
+        return out
+
     def _decode(self, packed: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
         """(rows, K) float32 from the selected rows' packed codes, on the backend's kernel."""
         if self.backend == dispatch.ROUTED and packed.device.type == "cpu":

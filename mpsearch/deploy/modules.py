@@ -97,6 +97,17 @@ class _PackedUnit(nn.Module):
         """The quantizer settings the codes were made with."""
         return QuantizerConfig(scheme=self.scheme, group_size=self.G, scale_dtype=self.scale_dtype)
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """Move or cast like any module, except that the stored scales keep their dtype: a
+        model cast to bfloat16 or float16 keeps its quantized weights exactly (only the bias
+        and the layers left in float are cast) and computes in the input's dtype."""
+        kept = self._buffers.get("scale")
+        out = super()._apply(fn, recurse)
+        new = self._buffers.get("scale")
+        if kept is not None and new is not None and new.dtype != kept.dtype:
+            self._buffers["scale"] = kept.to(new.device)
+        return out
+
     def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
         dispatch.forget(self)  # a prepared batch-1 weight would keep the old codes
         super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
@@ -198,20 +209,21 @@ class QuantLinear(_PackedUnit):
                 y = y + self.bias
             return y.reshape(*x.shape[:-1], self.out_features)
         w = self._float_weight()
+        bias = self.bias if self.bias is None or self.bias.dtype == x.dtype else self.bias.to(x.dtype)
         if w is not None:
+            w = w.to(x.dtype)
             if self.kind == "conv1d":  # as transformers' Conv1D computes it
                 w = w.t().contiguous()
-                y = x.reshape(-1, self.K) @ w if self.bias is None \
-                    else torch.addmm(self.bias, x.reshape(-1, self.K), w)
+                y = x.reshape(-1, self.K) @ w if bias is None \
+                    else torch.addmm(bias, x.reshape(-1, self.K), w)
                 return y.reshape(*x.shape[:-1], self.out_features)
-            return F.linear(x, w.to(x.dtype), self.bias)
-        x2d = x.reshape(-1, self.K).to(torch.float32)
-        if self.backend == dispatch.ROUTED:
-            y = dispatch.linear(self, x2d, self.bias)
+            return F.linear(x, w, bias)
+        if self.backend == dispatch.ROUTED:  # computes in x's float dtype
+            y = dispatch.linear(self, x.reshape(-1, self.K), self.bias)
         else:
-            y = self._matmul(x2d)
+            y = self._matmul(x.reshape(-1, self.K).to(torch.float32))
             if self.bias is not None:
-                y = y + self.bias
+                y = y + self.bias.to(torch.float32)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 

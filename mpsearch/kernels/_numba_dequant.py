@@ -24,19 +24,24 @@ from mpsearch.kernels._numba_simd import OPTS, njit_as
 
 
 @cache
-def make_dequantize(bits: int, parallel: bool) -> Callable:
+def make_dequantize(bits: int, parallel: bool, bf16: bool = False) -> Callable:
     """The kernel ``(packed, scale32, zero, group, out) -> None`` for one width; rows split
     over Numba's threads if ``parallel`` (worth it for large weights only: a small one is
-    decoded in microseconds, less than waking the threads takes)."""
+    decoded in microseconds, less than waking the threads takes). With ``bf16`` ``out`` is
+    uint16 and receives bfloat16 bit patterns: each table value rounded to nearest even from
+    its float32 value, as ``tensor.to(torch.bfloat16)`` rounds (finite values)."""
     mask = (1 << bits) - 1
     levels = 1 << bits
     per_byte = 8 // bits if 8 % bits == 0 else 0  # whole codes per byte, or 0
 
-    @njit_as(f"dequantize{bits}{'p' if parallel else 's'}", parallel=parallel, **OPTS)
+    @njit_as(f"dequantize{bits}{'p' if parallel else 's'}{'b' if bf16 else ''}", parallel=parallel,
+             **OPTS)
     def dequantize(packed, scale, zero, group, out):
         rows, K = out.shape
         for chunk in prange((rows + 15) // 16):  # 16 rows per task share one table buffer
-            table = np.empty(levels, np.float32)
+            values = np.empty(levels, np.float32)
+            value_bits = values.view(np.uint32)
+            table = np.empty(levels, out.dtype)
             for o in range(16 * chunk, min(rows, 16 * chunk + 16)):
                 row = packed[o]
                 dst = out[o]
@@ -47,7 +52,13 @@ def make_dequantize(bits: int, parallel: bool) -> Callable:
                     s = np.float32(scale[o, gi])
                     z = np.float32(zero[o, gi])
                     for c in range(levels):
-                        table[c] = (np.float32(c) - z) * s
+                        values[c] = (np.float32(c) - z) * s
+                        if bf16:
+                            u = value_bits[c]
+                            table[c] = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) \
+                                >> np.uint32(16)
+                        else:
+                            table[c] = values[c]
                     k = g0
                     if per_byte:
                         while k < g1 and k % per_byte:  # a group that starts inside a byte
