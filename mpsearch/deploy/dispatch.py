@@ -109,8 +109,9 @@ def forget(unit: nn.Module) -> None:
 def _decoder(unit: nn.Module, bf16: bool = False) -> tuple[object, tuple[object, ...]]:
     """The Numba decode call for ``unit`` and its numpy operands (all but the output), built
     once: a call then skips validation and conversions, which at batch 1 cost more than the
-    decoding. Per-group layers decode with their prepared :class:`GroupWeight` (float32
-    only); ``bf16`` picks the kernel that writes bfloat16 bit patterns."""
+    decoding. Per-group layers decode with their prepared :class:`GroupWeight` (its output
+    array picks float32 or bfloat16); ``bf16`` picks the kernel that writes bfloat16 bit
+    patterns."""
     key = (unit.packed.data_ptr(), unit.scale.data_ptr())
     slot = "_decoder16" if bf16 else "_decoder"
     cached = unit.__dict__.get(slot)
@@ -133,11 +134,11 @@ def _decoder(unit: nn.Module, bf16: bool = False) -> tuple[object, tuple[object,
 
 def dense_weight(unit: nn.Module, x: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
     """The weight for one float op on ``x``, as (out, K) or viewed as ``shape``: float32, or
-    bfloat16 for bfloat16 inputs (decoded straight to it, rounded to nearest even, where the
-    unit has one width); in the shared scratch buffer, unless autograd may keep it for a
-    backward pass (then a fresh tensor)."""
+    bfloat16 for bfloat16 inputs (decoded straight to it, rounded to nearest even); in the
+    shared scratch buffer, unless autograd may keep it for a backward pass (then a fresh
+    tensor)."""
     grad = torch.is_grad_enabled() and x.requires_grad
-    half = x.dtype == torch.bfloat16 and not _grouped(unit)
+    half = x.dtype == torch.bfloat16
     fast = unit.__dict__.get("_dense")
     if (fast is not None and not grad and fast[0] is unit._buffers["packed"]
             and fast[1] is scratch_buffer(CPU) and fast[2] == (shape, half)):

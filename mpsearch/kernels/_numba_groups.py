@@ -188,17 +188,21 @@ def gemv_any(packed, row_off, group_bits, scale32, zero, x, G):
     return y
 
 
-def _make_dequantize(parallel: bool):
+def _make_dequantize(parallel: bool, bf16: bool = False):
     """``dequantize`` on Numba's threads (``parallel``) or on the calling thread (a small weight
-    decodes in microseconds, less than waking the threads takes)."""
+    decodes in microseconds, less than waking the threads takes); with ``bf16`` into a uint16
+    ``out`` of bfloat16 bit patterns, each value rounded to nearest even."""
 
-    @njit_as(f"group_dequantize{'p' if parallel else 's'}", parallel=parallel, **OPTS)
+    @njit_as(f"group_dequantize{'p' if parallel else 's'}{'b' if bf16 else ''}", parallel=parallel,
+             **OPTS)
     def dequantize(packed, row_off, group_bits, scale32, zero, G, out):
         """out[o, k] = (code - zero) * scale for every weight (float32, the reference formula)."""
         rows, K = out.shape
         ng = group_bits.shape[1]
         for chunk in prange((rows + 15) // 16):  # 16 rows per task share one table buffer
-            table = np.empty(256, np.float32)  # the group's values by code: one lookup per code
+            values = np.empty(256, np.float32)  # the group's values by code: one lookup per code
+            value_bits = values.view(np.uint32)
+            table = np.empty(256, out.dtype)
             for o in range(16 * chunk, min(rows, 16 * chunk + 16)):
                 p = row_off[o]
                 dst = out[o]
@@ -210,7 +214,13 @@ def _make_dequantize(parallel: bool):
                     s = scale32[o, g]
                     z = np.float32(zero[o, g])
                     for c in range(1 << b):
-                        table[c] = (np.float32(c) - z) * s
+                        values[c] = (np.float32(c) - z) * s
+                        if bf16:
+                            u = value_bits[c]
+                            table[c] = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) \
+                                >> np.uint32(16)
+                        else:
+                            table[c] = values[c]
                     nb = (length * b + 7) // 8
                     whole = 0  # codes decoded by the whole-byte or whole-word loops
                     if b == 4:  # each group starts on a byte: constant shifts where a byte holds codes
@@ -244,9 +254,10 @@ def _make_dequantize(parallel: bool):
                                 word |= np.uint64(packed[base + i]) << np.uint64(8 * i)
                             for j in range(8):
                                 dst[k0 + 8 * c + j] = table[(word >> np.uint64(j * b)) & mask]
-                    grp = packed[p:p + nb]
-                    for t in range(whole, length):
-                        dst[k0 + t] = table[_code_at(grp, t, b)]
+                    if whole < length:  # codes past the last whole byte or word
+                        grp = packed[p:p + nb]
+                        for t in range(whole, length):
+                            dst[k0 + t] = table[_code_at(grp, t, b)]
                     p += nb
 
     return dequantize
@@ -254,3 +265,5 @@ def _make_dequantize(parallel: bool):
 
 dequantize = _make_dequantize(True)
 dequantize_serial = _make_dequantize(False)
+dequantize_bf16 = _make_dequantize(True, bf16=True)
+dequantize_serial_bf16 = _make_dequantize(False, bf16=True)

@@ -33,6 +33,7 @@ from mpsearch.kernels.packing_groups import group_lengths, group_offsets
 
 __all__ = ["GroupWeight"]
 _F32 = np.dtype(np.float32)
+_U16 = np.dtype(np.uint16)
 
 
 class GroupWeight:
@@ -88,11 +89,16 @@ class GroupWeight:
                                      self._zero, x, self.G)
 
     def dequantize_into(self, out: np.ndarray) -> np.ndarray:
-        """Write the float32 (out, K) weight into ``out`` (C-contiguous) and return it."""
-        if out.shape != (self.out, self.K) or out.dtype != _F32 or not out.flags.c_contiguous:
-            raise DataError(f"`out` must be a C-contiguous float32 array of shape "
-                            f"{(self.out, self.K)}, but got {out.dtype} {out.shape}.")
-        decode = self._module.dequantize if out.size >= PARALLEL_ELEMENTS else \
-            self._module.dequantize_serial
+        """Write the (out, K) weight into ``out`` (C-contiguous) and return it: float32, or,
+        for a uint16 ``out``, bfloat16 bit patterns (rounded to nearest even)."""
+        if out.shape != (self.out, self.K) or out.dtype not in (_F32, _U16) \
+                or not out.flags.c_contiguous:
+            raise DataError(f"`out` must be a C-contiguous float32 (or uint16, for bfloat16) array "
+                            f"of shape {(self.out, self.K)}, but got {out.dtype} {out.shape}.")
+        half = out.dtype == _U16
+        if out.size >= PARALLEL_ELEMENTS:
+            decode = self._module.dequantize_bf16 if half else self._module.dequantize
+        else:
+            decode = self._module.dequantize_serial_bf16 if half else self._module.dequantize_serial
         decode(self._packed, self._row_off, self._bits, self._scale32, self._zero, self.G, out)
         return out

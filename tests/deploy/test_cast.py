@@ -59,3 +59,21 @@ def test_cast_conv_and_tiny_decoder_end_to_end() -> None:
         want16 = fake.to(torch.bfloat16)(ids).logits
     assert got.dtype == torch.bfloat16 and rel(got, want) < 5e-2
     assert torch.equal(got, want16)  # the fake-quant model cast to bfloat16, bit for bit
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_group_widths_cast_to_bfloat16_round_like_torch(backend) -> None:
+    import numpy as np
+
+    from mpsearch.deploy.group_modules import GroupQuantLinear
+
+    torch.manual_seed(2)
+    config = QuantizerConfig(group_size=32, scheme="affine")
+    layer = nn.Linear(96, 40)
+    gb = torch.from_numpy(np.random.default_rng(1).choice([2, 3, 4, 5], (40, 3)).astype(np.uint8))
+    q = GroupQuantLinear.from_float(layer, gb, config, backend=backend).to(torch.bfloat16)
+    w = GroupQuantLinear.from_float(layer, gb, config, backend="reference").dequantized()
+    x = torch.randn(dispatch.DEQUANT_ROWS + 2, 96).to(torch.bfloat16)
+    want = torch.addmm(layer.bias.detach().to(torch.bfloat16), x, w.to(torch.bfloat16).T)
+    with torch.no_grad():
+        assert torch.equal(q(x), want)  # the decoded weight, rounded as torch rounds
