@@ -51,14 +51,7 @@ def make_dequantize(bits: int, parallel: bool, bf16: bool = False) -> Callable:
                     gi = g0 // group
                     s = np.float32(scale[o, gi])
                     z = np.float32(zero[o, gi])
-                    for c in range(levels):
-                        values[c] = (np.float32(c) - z) * s
-                        if bf16:
-                            u = value_bits[c]
-                            table[c] = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) \
-                                >> np.uint32(16)
-                        else:
-                            table[c] = values[c]
+                    fill_table(values, value_bits, table, levels, z, s, bf16)
                     k = g0
                     if per_byte:
                         while k < g1 and k % per_byte:  # a group that starts inside a byte
@@ -87,6 +80,22 @@ def make_dequantize(bits: int, parallel: bool, bf16: bool = False) -> Callable:
                     g0 = g1
 
     return dequantize
+
+
+@njit_as("dequantize_table", inline="always", **OPTS)
+def fill_table(values, value_bits, table, levels, z, s, bf16):
+    """``table[c]`` for codes ``c < levels``: ``(float32(c) - z) * s``, the reference formula,
+    or (``bf16``) its bfloat16 bit pattern, rounded to nearest even. ``value_bits`` is
+    ``values`` (float32 scratch) viewed as uint32. Also inlined into the per-group decoder
+    (:mod:`mpsearch.kernels._numba_groups`): Numba's disk cache keys on each function's own
+    file, so after editing this one touch that file too."""
+    for c in range(levels):
+        values[c] = (np.float32(c) - z) * s
+        if bf16:
+            u = value_bits[c]
+            table[c] = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        else:
+            table[c] = values[c]
 
 
 @njit_as("dequantize_code", inline="always", **OPTS)

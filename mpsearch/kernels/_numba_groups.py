@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from mpsearch.kernels._chunk_slots import slot_exponents
+from mpsearch.kernels._numba_dequant import fill_table
 from mpsearch.kernels._numba_kernels import _code_at, _slot_scales, _unscale, prepare_x
 from mpsearch.kernels._numba_simd import (
     OPTS,
@@ -213,14 +214,7 @@ def _make_dequantize(parallel: bool, bf16: bool = False):
                     length = min(G, K - k0)
                     s = scale32[o, g]
                     z = np.float32(zero[o, g])
-                    for c in range(1 << b):
-                        values[c] = (np.float32(c) - z) * s
-                        if bf16:
-                            u = value_bits[c]
-                            table[c] = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) \
-                                >> np.uint32(16)
-                        else:
-                            table[c] = values[c]
+                    fill_table(values, value_bits, table, 1 << b, z, s, bf16)
                     nb = (length * b + 7) // 8
                     whole = 0  # codes decoded by the whole-byte or whole-word loops
                     if b == 4:  # each group starts on a byte: constant shifts where a byte holds codes
