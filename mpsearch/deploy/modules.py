@@ -209,9 +209,10 @@ class QuantLinear(_PackedUnit):
                 y = y + self.bias
             return y.reshape(*x.shape[:-1], self.out_features)
         w = self._float_weight()
-        bias = self.bias if self.bias is None or self.bias.dtype == x.dtype else self.bias.to(x.dtype)
         if w is not None:
             w = w.to(x.dtype)
+            bias = self.bias if self.bias is None or self.bias.dtype == x.dtype \
+                else self.bias.to(x.dtype)
             if self.kind == "conv1d":  # as transformers' Conv1D computes it
                 w = w.t().contiguous()
                 y = x.reshape(-1, self.K) @ w if bias is None \

@@ -20,6 +20,7 @@ from functools import cache
 import numpy as np
 from numba import prange
 
+from mpsearch.kernels._numba_kernels import _code_at
 from mpsearch.kernels._numba_simd import OPTS, njit_as
 
 
@@ -65,7 +66,7 @@ def make_dequantize(bits: int, parallel: bool, bf16: bool = False) -> Callable:
                     else:
                         c0 = (k + 7) // 8
                         while k < min(8 * c0, g1):  # codes before the first whole chunk
-                            dst[k] = table[_code(row, k, bits, mask)]
+                            dst[k] = table[_code_at(row, k, bits)]
                             k += 1
                         for c in range(c0, g1 // 8):
                             word = np.uint64(0)
@@ -75,7 +76,7 @@ def make_dequantize(bits: int, parallel: bool, bf16: bool = False) -> Callable:
                                 dst[8 * c + j] = table[(word >> np.uint64(j * bits)) & np.uint64(mask)]
                         k = max(k, g1 // 8 * 8)
                     while k < g1:  # codes after the last whole byte or chunk of the group
-                        dst[k] = table[_code(row, k, bits, mask)]
+                        dst[k] = table[_code_at(row, k, bits)]
                         k += 1
                     g0 = g1
 
@@ -96,14 +97,3 @@ def fill_table(values, value_bits, table, levels, z, s, bf16):
             table[c] = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
         else:
             table[c] = values[c]
-
-
-@njit_as("dequantize_code", inline="always", **OPTS)
-def _code(row, k, bits, mask):
-    """Code ``k`` of a packed row (it may span two bytes)."""
-    bit = k * bits
-    p = bit >> 3
-    v = np.int64(row[p])
-    if p + 1 < row.shape[0]:
-        v |= np.int64(row[p + 1]) << 8
-    return (v >> (bit & 7)) & mask

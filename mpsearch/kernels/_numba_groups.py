@@ -9,8 +9,9 @@ codes past the last whole 128-code block of a row are decoded one by one. Needs 
 multiple of 128 codes (or one group per row); ``gemv_any`` handles any G, one code at a time.
 
 ``dequantize`` writes ``(code - zero) * scale`` (the reference formula, bit-exact, from a table of
-each group's values by code) into a
-caller's float32 (out, K) array, eight codes per little-endian word of b bytes.
+each group's values by code) into a caller's float32 (out, K) array (or, in its ``_bf16``
+variants, uint16 bfloat16 bit patterns), a byte at a time at 2 and 4 bits and eight codes per
+little-endian word of b bytes otherwise.
 
 Rows are summed in a fixed order by one thread each: deterministic for any thread count.
 """
@@ -197,7 +198,8 @@ def _make_dequantize(parallel: bool, bf16: bool = False):
     @njit_as(f"group_dequantize{'p' if parallel else 's'}{'b' if bf16 else ''}", parallel=parallel,
              **OPTS)
     def dequantize(packed, row_off, group_bits, scale32, zero, G, out):
-        """out[o, k] = (code - zero) * scale for every weight (float32, the reference formula)."""
+        """out[o, k] = (code - zero) * scale for every weight (the reference formula, in float32
+        or as bfloat16 bit patterns)."""
         rows, K = out.shape
         ng = group_bits.shape[1]
         for chunk in prange((rows + 15) // 16):  # 16 rows per task share one table buffer
