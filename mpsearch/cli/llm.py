@@ -20,6 +20,7 @@ fp16 scale and an 8-bit zero-point per ``--group-size`` inputs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -158,7 +159,7 @@ def calibration(args: argparse.Namespace, tokenizer: Any, text: Path, meta: Mapp
 def run_llm_sensitivity(args: argparse.Namespace, checkpoint: Path) -> int:
     """Score a causal LM on its calibration windows and write the cost table (group items with --group-size)."""
     from mpsearch.cli.inputs import build_estimator, parse_bits
-    from mpsearch.core.config import QuantizerConfig, Scheme
+    from mpsearch.core.config import RECOMMENDED
     from mpsearch.core.errors import ConfigError
     from mpsearch.pricing.tables import build_cost_table
     from mpsearch.space.discover import discover_quietly
@@ -174,7 +175,7 @@ def run_llm_sensitivity(args: argparse.Namespace, checkpoint: Path) -> int:
     model, tokenizer = load_lm(args.model, quiet=args.quiet)
     seq_len, n, seed = window_settings(args, {})
     calib = calibration(args, tokenizer, text, {})
-    quantizer = QuantizerConfig(scheme=Scheme.AFFINE, group_size=args.group_size)
+    quantizer = dataclasses.replace(RECOMMENDED, group_size=args.group_size)  # affine, MSE-clipped ranges
     space = discover_quietly(model, bits=bits, pin_first_last=None, exclude=["lm_head"], quantizer=quantizer)
     meta = {"model": str(args.model), "model_kind": "causal_lm", "text": str(text), "windows": n, "seq_len": seq_len,
             "seed": seed, "calibration": n}

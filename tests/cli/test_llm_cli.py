@@ -3,6 +3,7 @@ each equal to the library calls it stands for, and the refusals in the flags' ow
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -47,8 +48,9 @@ def _api_pieces(folder, text):
 
 @pytest.mark.parametrize("estimator", ["token_fisher", "xtx"])
 def test_sensitivity_table_equals_the_error_weighted_recipe(lm, tmp_path, estimator):
-    """The default (token Fisher) and xtx: each table is the library's error-weighted recipe on the same windows."""
-    from mpsearch.core.config import QuantizerConfig, Scheme
+    """The default (token Fisher) and xtx: each table is the library's error-weighted recipe on the same windows,
+    with the recommended quantizer (affine, MSE-clipped ranges) at the given group size."""
+    from mpsearch.core.config import RECOMMENDED
     from mpsearch.pricing.recipes import input_values, recipe_tables, token_fisher_values
     from mpsearch.sensitivity.calibration import Calibration
     from mpsearch.space.discover import discover_quietly
@@ -66,7 +68,8 @@ def test_sensitivity_table_equals_the_error_weighted_recipe(lm, tmp_path, estima
     assert (meta["text"], meta["windows"], meta["seq_len"], meta["seed"]) == (str(text), WINDOWS, SEQ, 0)
     model, calib, _ = _api_pieces(folder, text)
     space = discover_quietly(model, bits=(2, 3, 4), pin_first_last=None, exclude=["lm_head"],
-                             quantizer=QuantizerConfig(scheme=Scheme.AFFINE, group_size=G))
+                             quantizer=dataclasses.replace(RECOMMENDED, group_size=G))
+    assert costs.quantizer["clip_search"] is True
     data = Calibration.causal_lm(calib)
     values = (token_fisher_values if estimator == "token_fisher" else input_values)(model, data, space)
     group, _ = recipe_tables(model, space, values)
