@@ -2,11 +2,12 @@
 
 Writes ONE JSON document (also printed). Run from the repository root:
 
-    python benchmarks/gptq.py --data-dir DATA --out benchmarks/data/gptq.json
+    python benchmarks/gptq.py --data-dir DATA --act-order --clip --out benchmarks/data/gptq.json
     python benchmarks/gptq.py --data-dir DATA --windows 16 --mode whole     # the unit-by-unit forward
 
 Model: SmolLM2-135M-Instruct (dequantized Q4_1 GGUF); its 210 decoder linears quantized to 3 bits,
-per group of 128 inputs, affine, by :func:`mpsearch.deploy.gptq.run_gptq` (``lm_head``, tied to
+per group of 128 inputs, affine (``--act-order``, ``--clip``: act-order and MSE clipping, the
+settings of the best SmolLM2 plans), by :func:`mpsearch.deploy.gptq.run_gptq` (``lm_head``, tied to
 the embedding, stays in floating point). Calibration: ``--windows`` windows of 256 tokens from the
 prose calibration split, 4 windows a batch. Figures: wall seconds (target < 180 s), process CPU
 seconds, the part spent accumulating Hessians and in the GPTQ kernel (the rest: forwards,
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-windows", type=int, default=16, help="held-out windows for perplexity (0: skip)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mode", choices=("auto", "block", "whole"), default="auto")
+    p.add_argument("--act-order", action="store_true", help="GPTQ's act-order (static groups)")
+    p.add_argument("--clip", action="store_true", help="MSE clipping of every group's range (round to nearest too)")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (default: print only)")
     args = p.parse_args(argv)
     if args.data_dir is None:
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model, tokenizer = load_smollm2()
     calib = Calibration.causal_lm(text_windows(tokenizer, load_prose(args.data_dir, "calibration"), 256, args.windows, seed=0))
-    quantizer = QuantizerConfig(scheme=Scheme.AFFINE, group_size=128, method="gptq")
+    quantizer = QuantizerConfig(scheme=Scheme.AFFINE, group_size=128, method="gptq", act_order=args.act_order,
+                                clip_search=args.clip)
     space = discover_quietly(model, bits=(3,), pin_first_last=None, exclude=["lm_head"], quantizer=quantizer)
     plan = BitPlan(bits={**dict.fromkeys(space.names, 3), "lm_head": 16}, quantizer=quantizer)
 
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     doc = {
         "model": "SmolLM2-135M-Instruct (dequantized Q4_1)", "units": len(space.units), "weights": space.n_weights,
-        "quantizer": "3 bits, affine, G=128, GPTQ damp 0.01, block 128, no act-order", "mode": args.mode,
+        "quantizer": f"3 bits, affine, G=128, GPTQ damp 0.01, block 128, {'' if args.act_order else 'no '}act-order, "
+                     f"{'MSE clipping' if args.clip else 'no clipping'}", "mode": args.mode,
         "calibration": f"{calib.n_samples} windows of 256 tokens, 4 a batch", "threads": torch.get_num_threads(),
         "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "target_wall_s": 180,
         "hessian_seconds": round(add.seconds, 1), "hessian_calls": add.calls,
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.eval_windows:
         held_out = text_windows(tokenizer, load_prose(args.data_dir, "evaluation"), 256, args.eval_windows, seed=0)
-        rtn = fake_quantize_model(model, BitPlan(bits=plan.bits, quantizer=QuantizerConfig(scheme=Scheme.AFFINE, group_size=128)))
+        rtn_quantizer = QuantizerConfig(scheme=Scheme.AFFINE, group_size=128, clip_search=args.clip)
+        rtn = fake_quantize_model(model, BitPlan(bits=plan.bits, quantizer=rtn_quantizer))
         doc["perplexity"] = {"eval": f"{len(held_out)} held-out windows of 256 tokens",
                              **{k: round(perplexity(m, held_out).perplexity, 2)
                                 for k, m in (("float", model), ("rtn", rtn), ("gptq", quantized))}}
