@@ -8,10 +8,10 @@ widths. x is prepared once per width present (each width scales its slots differ
 codes past the last whole 128-code block of a row are decoded one by one. Needs groups of a
 multiple of 128 codes (or one group per row); ``gemv_any`` handles any G, one code at a time.
 
-``dequantize`` writes ``(code - zero) * scale`` (the reference formula, bit-exact, from a table of
-each group's values by code) into a caller's float32 (out, K) array (or, in its ``_bf16``
-variants, uint16 bfloat16 bit patterns), a byte at a time at 2 and 4 bits and eight codes per
-little-endian word of b bytes otherwise.
+``dequantize`` writes ``(code - zero) * scale`` (the reference formula, bit-exact) into a
+caller's float32 (out, K) array (or, in its ``_bf16`` variants, uint16 bfloat16 bit patterns),
+each group with the one-width decoder's loop for its width
+(:func:`mpsearch.kernels._numba_dequant.decode_run`), branching on the width once per group.
 
 Rows are summed in a fixed order by one thread each: deterministic for any thread count.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from mpsearch.kernels._chunk_slots import slot_exponents
-from mpsearch.kernels._numba_dequant import fill_table
+from mpsearch.kernels._numba_dequant import decode_run, round_bf16
 from mpsearch.kernels._numba_kernels import _code_at, _slot_scales, _unscale, prepare_x
 from mpsearch.kernels._numba_simd import (
     OPTS,
@@ -202,58 +202,29 @@ def _make_dequantize(parallel: bool, bf16: bool = False):
         or as bfloat16 bit patterns)."""
         rows, K = out.shape
         ng = group_bits.shape[1]
-        for chunk in prange((rows + 15) // 16):  # 16 rows per task share one table buffer
-            values = np.empty(256, np.float32)  # the group's values by code: one lookup per code
-            value_bits = values.view(np.uint32)
-            table = np.empty(256, out.dtype)
+        for chunk in prange((rows + 15) // 16):  # 16 rows per task share one float buffer
+            buf = np.empty(min(G, K) if bf16 else 0, np.float32)
+            buf_bits = buf.view(np.uint32)
             for o in range(16 * chunk, min(rows, 16 * chunk + 16)):
                 p = row_off[o]
                 dst = out[o]
                 for g in range(ng):
                     b = np.int64(group_bits[o, g])
-                    mask = np.uint64((1 << b) - 1)
                     k0 = g * G
-                    length = min(G, K - k0)
+                    n = min(G, K - k0)
                     s = scale32[o, g]
                     z = np.float32(zero[o, g])
-                    fill_table(values, value_bits, table, 1 << b, z, s, bf16)
-                    nb = (length * b + 7) // 8
-                    whole = 0  # codes decoded by the whole-byte or whole-word loops
-                    if b == 4:  # each group starts on a byte: constant shifts where a byte holds codes
-                        whole = length // 2 * 2
-                        for i in range(length // 2):
-                            v = packed[p + i]
-                            dst[k0 + 2 * i] = table[v & 15]
-                            dst[k0 + 2 * i + 1] = table[v >> 4]
-                    elif b == 2:
-                        whole = length // 4 * 4
-                        for i in range(length // 4):
-                            v = packed[p + i]
-                            dst[k0 + 4 * i] = table[v & 3]
-                            dst[k0 + 4 * i + 1] = table[(v >> 2) & 3]
-                            dst[k0 + 4 * i + 2] = table[(v >> 4) & 3]
-                            dst[k0 + 4 * i + 3] = table[v >> 6]
-                    elif b == 3:
-                        whole = length // 8 * 8
-                        for c in range(length // 8):
-                            base = p + 3 * c
-                            w = np.uint32(packed[base]) | (np.uint32(packed[base + 1]) << 8) \
-                                | (np.uint32(packed[base + 2]) << 16)
-                            for j in range(8):
-                                dst[k0 + 8 * c + j] = table[(w >> (3 * j)) & 7]
+                    nb = (n * b + 7) // 8
+                    grp = packed[p:p + nb]  # every group starts on a byte
+                    if bf16:
+                        done = decode_run(grp, b, n, z, s, buf)
+                        for t in range(done, n):
+                            buf[t] = (np.float32(_code_at(grp, t, b)) - z) * s
+                        round_bf16(buf_bits, n, dst[k0:])
                     else:
-                        whole = length // 8 * 8
-                        for c in range(length // 8):
-                            word = np.uint64(0)
-                            base = p + c * b
-                            for i in range(b):
-                                word |= np.uint64(packed[base + i]) << np.uint64(8 * i)
-                            for j in range(8):
-                                dst[k0 + 8 * c + j] = table[(word >> np.uint64(j * b)) & mask]
-                    if whole < length:  # codes past the last whole byte or word
-                        grp = packed[p:p + nb]
-                        for t in range(whole, length):
-                            dst[k0 + t] = table[_code_at(grp, t, b)]
+                        done = decode_run(grp, b, n, z, s, dst[k0:])
+                        for t in range(done, n):
+                            dst[k0 + t] = (np.float32(_code_at(grp, t, b)) - z) * s
                     p += nb
 
     return dequantize
