@@ -7,7 +7,8 @@ only) it times, in interleaved rounds (each round runs every variant once, so a 
 a shared machine hits them all), the forward of:
 
 * ``fp32``, ``bf16`` (the model cast), ``int8-dynamic`` (``torch.ao.quantization.quantize_dynamic``
-  on the Linear layers; convolutions stay fp32 there), ``torchao-int4wo`` if torchao imports;
+  on the Linear layers; convolutions stay fp32 there), torchao's ``Int4WeightOnlyConfig`` and
+  ``Int8WeightOnlyConfig`` where torchao imports and has a CPU kernel for them;
 * mpsearch packed on the ``numba`` backend: ``uniform4``, ``uniform2``, ``mixed3-layer`` (units
   at 2 or 4 bits, about 3 on average) and ``mixed3-group`` (each group at 2, 3 or 4 bits, 3 on
   average); fixed rules, not searched plans. Every quantizable unit is packed, token embeddings
@@ -58,6 +59,9 @@ from mpsearch.kernels.quantize import weight_matrix  # noqa: E402
 from mpsearch.space.discover import discover_quietly  # noqa: E402
 
 OUT = Path(__file__).parent / "data" / "deployed.json"
+# torchao's weight-only configs, timed where they run on this CPU (torchao is not a dependency:
+# install it into the benchmark's environment to include them)
+TORCHAO = {"torchao-int4wo": "Int4WeightOnlyConfig", "torchao-int8wo": "Int8WeightOnlyConfig"}
 
 
 def units(model: nn.Module) -> list[str]:
@@ -152,14 +156,18 @@ def variants(model: nn.Module, group: int | None, group_wise: int, where: Path
     models["int8-dynamic"] = torch.ao.quantization.quantize_dynamic(_copy(model), {nn.Linear},
                                                                     dtype=torch.qint8)
     facts["int8-dynamic"] = {"bytes": state_bytes(models["int8-dynamic"])}
-    try:
-        from torchao.quantization import int4_weight_only, quantize_
+    for name, config in TORCHAO.items():
+        try:
+            import torchao.quantization as tq
 
-        m = _copy(model)
-        quantize_(m, int4_weight_only())
-        models["torchao-int4wo"], facts["torchao-int4wo"] = m, {"bytes": state_bytes(m)}
-    except Exception as err:  # not installed, or no CPU kernel for this model
-        facts["torchao-int4wo"] = {"skipped": f"{type(err).__name__}: {err}"[:200]}
+            m = _copy(model)
+            tq.quantize_(m, getattr(tq, config)(**({"group_size": 128} if "Int4" in config else {})))
+            if not any(type(x.weight) not in (torch.Tensor, nn.Parameter)
+                       for x in m.modules() if isinstance(x, nn.Linear)):
+                raise ValueError("no Linear layer was quantized (too small for the config)")
+            models[name], facts[name] = m, {"bytes": state_bytes(m), "config": config}
+        except Exception as err:  # not installed, or no CPU kernel for this model
+            facts[name] = {"skipped": f"{type(err).__name__}: {err}"[:200], "config": config}
     for name, plan in plans(model, group, group_wise).items():
         q = apply(model, plan, backend="numba")
         folder, size = export_folder(q, plan, where / name)
@@ -248,6 +256,11 @@ def memory(title: str, facts: dict[str, dict]) -> dict[str, Any]:
             lines = proc.stdout.strip().splitlines()
             out[f"{name}@{backend}" if backend else name] = json.loads(lines[-1]) \
                 if proc.returncode == 0 and lines else {"error": proc.stderr.strip()[-300:]}
+    proc = subprocess.run([sys.executable, script, "numba-runtime"], capture_output=True, text=True,
+                          check=False)
+    lines = proc.stdout.strip().splitlines()
+    out["numba-runtime"] = json.loads(lines[-1]) if proc.returncode == 0 and lines \
+        else {"error": proc.stderr.strip()[-300:]}
     for f in facts.values():
         f.pop("folder", None)
     return out
@@ -350,7 +363,11 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
 
     def peaks(model: str) -> dict[str, Any]:
         m = doc[model]["memory"]
-        return {k: m[k].get("peak_mib") for k in m if k != "fp32"} | {"fp32": m.get("fp32", {}).get("peak_mib")}
+        peak = {k: m[k].get("peak_mib") for k in m if k not in ("fp32", "numba-runtime")}
+        runtime = m.get("numba-runtime", {})
+        if "peak_mib" in runtime:  # what Numba costs a process whatever the model
+            peak["numba runtime alone, over imports"] = round(runtime["peak_mib"] - runtime["rss_imports_mib"], 1)
+        return peak | {"fp32": m.get("fp32", {}).get("peak_mib")}
 
     if "times" in doc.get("resnet20", {}):
         for label in ("batch1", "batch64"):
