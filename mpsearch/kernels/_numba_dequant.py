@@ -87,7 +87,7 @@ def round_bf16(values, n, out):
     for t in range(n):
         u = values[t]
         out[t] = np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-                                >> np.uint32(16))
+                           >> np.uint32(16))
 
 
 @cache
