@@ -11,7 +11,9 @@ bits): a float32 matmul of B rows costs ~0.34 (resp. 0.047) ms per row, the fuse
 * fewer than :data:`DEQUANT_ROWS` rows: the fused packed GEMM;
 * more rows, and every convolution: the weight decoded into a reused scratch buffer
   (:func:`mpsearch.kernels.dequant.scratch`), then PyTorch's float op, so a convolution pays no
-  im2col copy. The packed bytes stay the only stored copy.
+  im2col copy. The packed bytes stay the only stored copy. A Linear of more than
+  :data:`TILE_ELEMENTS` weights (an LM head) decodes a tile of rows at a time, so the buffer
+  never holds a whole large float weight.
 
 Layers with per-group widths (:mod:`mpsearch.deploy.group_modules`) run one row on the
 table-lookup GEMV of their widest width when it is at most 4 bits (the codes repacked at that
@@ -31,6 +33,7 @@ from mpsearch.kernels.numba_cpu import GemvWeight, _numba_module, is_available
 from mpsearch.kernels.packing import pack
 
 DEQUANT_ROWS = 8  # from this many activation rows on, decode the weight and run the float op
+TILE_ELEMENTS = 1 << 22  # a Linear larger than this decodes for a block a tile of rows at a time
 ROUTED = "numba"  # the backend whose calls are routed here
 CPU = torch.device("cpu")
 
@@ -180,10 +183,46 @@ def linear(unit: nn.Module, x2d: Tensor, bias: Tensor | None = None) -> Tensor:
         y = y.reshape(1, -1)
     elif rows < DEQUANT_ROWS and not _grouped(unit):
         y = unit._matmul(x2d.to(torch.float32))
+    elif (unit.out_features * unit.K > TILE_ELEMENTS and x2d.dtype in (torch.float32, torch.bfloat16)
+          and not (torch.is_grad_enabled() and x2d.requires_grad) and unit.backend == ROUTED
+          and unit.packed.device.type == "cpu" and is_available()):
+        return _tiled(unit, x2d, bias)
     else:
         w = dense_weight(unit, x2d).to(x2d.dtype)  # .to returns the tensor itself when it matches
         return x2d @ w.T if bias is None else torch.addmm(bias.to(x2d.dtype), x2d, w.T)
     return y if bias is None else y + bias.to(torch.float32)
 
 
-__all__ = ["DEQUANT_ROWS", "dense_weight", "forget", "linear", "one_row", "prepare"]
+def _tiled(unit: nn.Module, x2d: Tensor, bias: Tensor | None) -> Tensor:
+    """``x2d @ W.T`` plus ``bias`` for a large weight (an LM head, a token table's tied layer),
+    decoded :data:`TILE_ELEMENTS` weights at a time into the scratch buffer, so the buffer stays
+    16 MiB instead of the whole float weight (SmolLM2's head: 113 MB). In x's dtype (float32 or
+    bfloat16), as the whole-weight path computes. The tiles decode on the calling thread: with
+    a Numba parallel region before each tile's matmul, SmolLM2's head on 256 tokens took
+    139-145 ms instead of the whole weight's 119-125; serially, 121-130."""
+    half = x2d.dtype == torch.bfloat16
+    step = max(1, TILE_ELEMENTS // unit.K)
+    numel = min(step, unit.out_features) * unit.K
+    buf = scratch((numel + 1) // 2, CPU).view(torch.bfloat16)[:numel] if half else scratch(numel, CPU)
+    target = buf.view(torch.int16).numpy().view(np.uint16) if half else buf.numpy()
+    kernel, operands = _decoder(unit, half)
+    if operands:  # decode on this thread: Numba's threads spinning after a parallel region slow
+        kernel = _numba_module("_numba_dequant").make_dequantize(unit.bits, False, half)  # torch's
+    b = None if bias is None else bias.to(x2d.dtype)
+    y = torch.empty(x2d.shape[0], unit.out_features, dtype=x2d.dtype)
+    for r0 in range(0, unit.out_features, step):
+        r1 = min(unit.out_features, r0 + step)
+        tile = target[:(r1 - r0) * unit.K].reshape(r1 - r0, unit.K)
+        if operands:  # one width: the rows' codes, scales and zero-points
+            kernel(*(a[r0:r1] for a in operands[:3]), operands[3], tile)
+        else:  # per-group widths: the prepared decoder, from row r0
+            kernel(tile, r0, parallel=False)
+        w = buf[:(r1 - r0) * unit.K].view(r1 - r0, unit.K)
+        if b is None:  # straight into y's columns (BLAS writes with y's row stride)
+            torch.mm(x2d, w.T, out=y[:, r0:r1])
+        else:
+            torch.addmm(b[r0:r1], x2d, w.T, out=y[:, r0:r1])
+    return y
+
+
+__all__ = ["DEQUANT_ROWS", "TILE_ELEMENTS", "dense_weight", "forget", "linear", "one_row", "prepare"]

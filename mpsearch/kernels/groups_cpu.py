@@ -88,17 +88,24 @@ class GroupWeight:
         return self._module.gemv_any(self._packed, self._row_off, self._bits, self._scale32,
                                      self._zero, x, self.G)
 
-    def dequantize_into(self, out: np.ndarray) -> np.ndarray:
-        """Write the (out, K) weight into ``out`` (C-contiguous) and return it: float32, or,
-        for a uint16 ``out``, bfloat16 bit patterns (rounded to nearest even)."""
-        if out.shape != (self.out, self.K) or out.dtype not in (_F32, _U16) \
-                or not out.flags.c_contiguous:
+    def dequantize_into(self, out: np.ndarray, start: int = 0,
+                        parallel: bool | None = None) -> np.ndarray:
+        """Write the weight's rows ``start .. start + len(out)`` (all of them by default) into
+        ``out`` (C-contiguous, (rows, K)) and return it: float32, or, for a uint16 ``out``,
+        bfloat16 bit patterns (rounded to nearest even). On Numba's threads if ``parallel``
+        (by default: for outputs of at least ``PARALLEL_ELEMENTS`` weights)."""
+        rows = out.shape[0] if out.ndim == 2 else -1
+        if (out.ndim != 2 or out.shape[1] != self.K or not 0 <= start <= start + rows <= self.out
+                or out.dtype not in (_F32, _U16) or not out.flags.c_contiguous):
             raise DataError(f"`out` must be a C-contiguous float32 (or uint16, for bfloat16) array "
-                            f"of shape {(self.out, self.K)}, but got {out.dtype} {out.shape}.")
+                            f"of (rows, {self.K}) with rows {start}.. within the weight's "
+                            f"{self.out}, but got {out.dtype} {out.shape}.")
         half = out.dtype == _U16
-        if out.size >= PARALLEL_ELEMENTS:
+        if out.size >= PARALLEL_ELEMENTS if parallel is None else parallel:
             decode = self._module.dequantize_bf16 if half else self._module.dequantize
         else:
             decode = self._module.dequantize_serial_bf16 if half else self._module.dequantize_serial
-        decode(self._packed, self._row_off, self._bits, self._scale32, self._zero, self.G, out)
+        end = start + rows
+        decode(self._packed, self._row_off[start:end], self._bits[start:end],
+               self._scale32[start:end], self._zero[start:end], self.G, out)
         return out

@@ -149,3 +149,36 @@ def test_one_token_shortcut_checks_what_it_skips() -> None:
     xg = torch.randn(1, 64, requires_grad=True)
     assert dispatch.one_row(qb, xg) is None
     assert close(qb(xg).detach(), qb(xg.detach()))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_layers_decode_a_tile_of_rows_at_a_time(monkeypatch, grouped, dtype) -> None:
+    """Above TILE_ELEMENTS weights a token block decodes the weight in tiles of rows into a
+    scratch buffer of one tile (a last tile cut short included), with the whole-weight path's
+    outputs."""
+    from mpsearch.deploy.group_modules import GroupQuantLinear
+    from mpsearch.kernels.dequant import release_scratch, scratch_buffer
+
+    torch.manual_seed(5)
+    config = QuantizerConfig(group_size=32)
+    layer = nn.Linear(96, 40)
+    if grouped:
+        gb = torch.from_numpy(np.random.default_rng(1).choice((2, 3, 4, 6), (40, 3)).astype(np.uint8))
+        q = GroupQuantLinear.from_float(layer, gb, config, backend="numba")
+        ref = GroupQuantLinear.from_float(layer, gb, config, backend="reference")
+    else:
+        q = QuantLinear.from_float(layer, 3, config, backend="numba")
+        ref = fake_quantize_model(nn.Sequential(layer), {"0": 3}, config)[0]
+    q, ref = q.to(dtype), ref.to(dtype)
+    x = torch.randn(dispatch.DEQUANT_ROWS + 3, 96, dtype=dtype)
+    with torch.no_grad():
+        whole = q(x)
+        monkeypatch.setattr(dispatch, "TILE_ELEMENTS", 96 * 7)  # tiles of 7 rows, the last of 5
+        release_scratch()
+        tiled = q(x)
+        assert scratch_buffer(torch.device("cpu")).numel() * 4 <= 96 * 7 * x.element_size()
+        assert close(tiled.float(), whole.float())
+        assert tiled.dtype == dtype
+        if dtype == torch.float32:
+            assert close(tiled, ref(x))
