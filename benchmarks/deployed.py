@@ -247,20 +247,21 @@ def bench_model(title: str, model: nn.Module, groups: tuple[int | None, int],
 def memory(title: str, facts: dict[str, dict]) -> dict[str, Any]:
     """RSS of loading the fp32 model and each exported packed model, each in a fresh process."""
     script = str(Path(__file__).with_name("deployed_memory.py"))
+
+    def probe(*args: str) -> dict[str, Any]:
+        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                              check=False)
+        lines = proc.stdout.strip().splitlines()
+        return json.loads(lines[-1]) if proc.returncode == 0 and lines \
+            else {"error": proc.stderr.strip()[-300:]}
+
     out = {}
     for name, f in [("fp32", {}), *((k, v) for k, v in facts.items() if "folder" in v)]:
         what = title if name == "fp32" else f["folder"]
         for backend in ("numba", "torch") if name != "fp32" else ("",):
-            proc = subprocess.run([sys.executable, script, "fp32" if name == "fp32" else "packed",
-                                   what, backend], capture_output=True, text=True, check=False)
-            lines = proc.stdout.strip().splitlines()
-            out[f"{name}@{backend}" if backend else name] = json.loads(lines[-1]) \
-                if proc.returncode == 0 and lines else {"error": proc.stderr.strip()[-300:]}
-    proc = subprocess.run([sys.executable, script, "numba-runtime"], capture_output=True, text=True,
-                          check=False)
-    lines = proc.stdout.strip().splitlines()
-    out["numba-runtime"] = json.loads(lines[-1]) if proc.returncode == 0 and lines \
-        else {"error": proc.stderr.strip()[-300:]}
+            out[f"{name}@{backend}" if backend else name] = probe(
+                "fp32" if name == "fp32" else "packed", what, backend)
+    out["numba-runtime"] = probe("numba-runtime")
     for f in facts.values():
         f.pop("folder", None)
     return out

@@ -135,6 +135,12 @@ def _decoder(unit: nn.Module, bf16: bool = False) -> tuple[object, tuple[object,
     return cached[1], cached[2]
 
 
+def _numba_cpu(unit: nn.Module) -> bool:
+    """Whether ``unit`` decodes with the Numba kernels: the numba backend, buffers on the CPU,
+    Numba installed (otherwise the backend's own decoder)."""
+    return unit.backend == ROUTED and unit.packed.device.type == "cpu" and is_available()
+
+
 def dense_weight(unit: nn.Module, x: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
     """The weight for one float op on ``x``, as (out, K) or viewed as ``shape``: float32, or
     bfloat16 for bfloat16 inputs (decoded straight to it, rounded to nearest even); in the
@@ -148,7 +154,7 @@ def dense_weight(unit: nn.Module, x: Tensor, shape: tuple[int, ...] | None = Non
         fast[3](*fast[4])  # a batch-1 convolution is ~20 of these: each microsecond shows
         return fast[5]
     view = shape or (unit.out_features, unit.K)
-    if unit.backend != ROUTED or unit.packed.device.type != "cpu" or not is_available():
+    if not _numba_cpu(unit):
         if _grouped(unit):
             return unit.dequantized().view(view)
         from mpsearch.kernels.backends import get_backend
@@ -184,8 +190,7 @@ def linear(unit: nn.Module, x2d: Tensor, bias: Tensor | None = None) -> Tensor:
     elif rows < DEQUANT_ROWS and not _grouped(unit):
         y = unit._matmul(x2d.to(torch.float32))
     elif (unit.out_features * unit.K > TILE_ELEMENTS and x2d.dtype in (torch.float32, torch.bfloat16)
-          and not (torch.is_grad_enabled() and x2d.requires_grad) and unit.backend == ROUTED
-          and unit.packed.device.type == "cpu" and is_available()):
+          and not (torch.is_grad_enabled() and x2d.requires_grad) and _numba_cpu(unit)):
         return _tiled(unit, x2d, bias)
     else:
         w = dense_weight(unit, x2d).to(x2d.dtype)  # .to returns the tensor itself when it matches
